@@ -1,0 +1,298 @@
+//! Identifiers and names that parse: holding one of these types proves the
+//! value is well formed, so nothing past the edge of the system re-checks it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+/// Why a value was refused. `field` names the input, for `details.field`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidValue {
+    pub field: &'static str,
+    pub reason: &'static str,
+}
+
+impl InvalidValue {
+    pub const fn new(field: &'static str, reason: &'static str) -> Self {
+        Self { field, reason }
+    }
+}
+
+/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`: roles, groups, users and key names.
+fn check_name(field: &'static str, value: &str) -> Result<(), InvalidValue> {
+    let mut chars = value.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok {
+        return Err(InvalidValue::new(field, "must start with a letter or digit"));
+    }
+    if value.len() > 64 {
+        return Err(InvalidValue::new(field, "must be at most 64 characters"));
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(InvalidValue::new(field, "may hold only letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+/// Declares a string newtype whose only constructor is `parse`.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: &str) -> Result<Self, InvalidValue> {
+                let check: fn(&'static str, &str) -> Result<(), InvalidValue> = $check;
+                check($field, value)?;
+                Ok(Self(value.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A tenant id, `^[a-z0-9][a-z0-9-]{0,62}$`, or the reserved `_platform`.
+    TenantId,
+    "tenant",
+    |field, value| {
+        if value == TenantId::PLATFORM {
+            return Ok(());
+        }
+        let mut chars = value.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !first_ok {
+            return Err(InvalidValue::new(field, "must start with a lower-case letter or digit"));
+        }
+        if value.len() > 63 {
+            return Err(InvalidValue::new(field, "must be at most 63 characters"));
+        }
+        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+            return Err(InvalidValue::new(field, "may hold only a-z, 0-9 and '-'"));
+        }
+        Ok(())
+    }
+);
+name_type!(
+    /// A username, unique across the whole service.
+    Username,
+    "username",
+    check_name
+);
+name_type!(
+    /// A role name, unique within its tenant.
+    RoleName,
+    "role",
+    check_name
+);
+name_type!(
+    /// A group name, unique within its tenant.
+    GroupName,
+    "group",
+    check_name
+);
+name_type!(
+    /// A key name, unique among the tenant's active keys.
+    KeyName,
+    "name",
+    check_name
+);
+
+impl TenantId {
+    /// The tenant of the service's own operators.
+    pub const PLATFORM: &'static str = "_platform";
+
+    pub fn platform() -> Self {
+        Self(Self::PLATFORM.to_owned())
+    }
+
+    pub fn is_platform(&self) -> bool {
+        self.0 == Self::PLATFORM
+    }
+}
+
+impl RoleName {
+    pub const SUPERADMIN: &'static str = "superadmin";
+    pub const VERIFIER: &'static str = "verifier";
+}
+
+/// Parses a canonical ULID: 26 upper-case Crockford base32 characters, as
+/// the `ulid` crate prints them. Lower case or ambiguous letters are refused
+/// so that one id has exactly one spelling (it is a map key and a path).
+fn parse_ulid(field: &'static str, value: &str) -> Result<Ulid, InvalidValue> {
+    let bad = InvalidValue::new(field, "must be a ULID (26 upper-case Crockford base32 characters)");
+    if value.len() != 26 {
+        return Err(bad);
+    }
+    let id = Ulid::from_string(value).map_err(|_| bad.clone())?;
+    if id.to_string() != value {
+        return Err(bad);
+    }
+    Ok(id)
+}
+
+macro_rules! ulid_type {
+    ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Ulid);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self(Ulid::generate())
+            }
+
+            pub fn parse(value: &str) -> Result<Self, InvalidValue> {
+                parse_ulid($field, value).map(Self)
+            }
+
+            pub fn ulid(&self) -> Ulid {
+                self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidValue;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let raw = String::deserialize(d)?;
+                Self::parse(&raw).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+ulid_type!(
+    /// The id of an API key; also the middle part of its token.
+    KeyId,
+    "keyId"
+);
+ulid_type!(
+    /// The id of an outbox event; the AMQP `message_id`.
+    EventId,
+    "eventId"
+);
+
+/// A user's password: 12 to 256 characters. Its `Debug` shows nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn parse(value: &str) -> Result<Self, InvalidValue> {
+        let n = value.chars().count();
+        if !(12..=256).contains(&n) {
+            return Err(InvalidValue::new("password", "must be 12 to 256 characters"));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_ids() {
+        for ok in ["a", "acme", "acme-2", "0", "_platform", &"a".repeat(63)] {
+            assert!(TenantId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "Acme", "a_b", "a b", "_other", &"a".repeat(64), "a\0"] {
+            assert!(TenantId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["a", "Log.Shippers_1-x", &"a".repeat(64)] {
+            assert!(RoleName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".a", "-a", "a/b", "a b", "é", &"a".repeat(65), "%00"] {
+            assert!(RoleName::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(KeyName::parse("").unwrap_err().field, "name");
+    }
+
+    #[test]
+    fn ulids_are_canonical() {
+        let id = KeyId::new();
+        assert_eq!(KeyId::parse(&id.to_string()).unwrap(), id);
+        assert!(KeyId::parse(&id.to_string().to_lowercase()).is_err());
+        assert!(KeyId::parse("8ZZZZZZZZZZZZZZZZZZZZZZZZZ").is_err(), "overflow");
+        assert!(KeyId::parse("not-a-ulid").is_err());
+    }
+
+    #[test]
+    fn password_bounds_and_debug() {
+        assert!(Password::parse("short").is_err());
+        assert!(Password::parse(&"x".repeat(257)).is_err());
+        let p = Password::parse("correct horse battery").unwrap();
+        assert_eq!(format!("{p:?}"), "Password(***)");
+    }
+}

@@ -1,0 +1,112 @@
+//! Store errors: constraint violations become typed errors where the query
+//! is made; everything else is `Unavailable` (worth a retry) or `Internal`.
+//! The sqlx error is kept as the source, for the log, never for a client.
+
+use std::borrow::Cow;
+
+use crate::ids::{KeyId, Username};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("tenant not found")]
+    TenantNotFound,
+    #[error("role not found")]
+    RoleNotFound,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("group not found")]
+    GroupNotFound,
+    #[error("API key not found")]
+    KeyNotFound,
+    #[error("tenant already exists")]
+    TenantExists,
+    #[error("an active key with this name exists")]
+    DuplicateKeyName,
+    #[error("username taken")]
+    DuplicateUsername,
+    #[error("role is still assigned")]
+    RoleInUse,
+    #[error("built-in roles cannot be changed")]
+    BuiltinRole,
+    #[error("unknown roles: {0:?}")]
+    UnknownRoles(Vec<String>),
+    #[error("unknown users: {0:?}")]
+    UnknownUsers(Vec<Username>),
+    #[error("unknown API keys: {0:?}")]
+    UnknownKeys(Vec<KeyId>),
+    #[error("the revocation is not in a state that allows this")]
+    InvalidState,
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error")]
+    Internal(#[source] sqlx::Error),
+    #[error("the database holds a value this version cannot read: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if is_unavailable(&e) { Self::Unavailable(e) } else { Self::Internal(e) }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(inner) => inner.into(),
+            other => Self::Corrupt(format!("migrations: {other}")),
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether a caller may retry later with a fair chance of success.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Connection loss, pool exhaustion, a server shutting down or a busy
+/// SQLite file: the request was fine, the database was not there for it.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or(Cow::Borrowed(""));
+            // Postgres class 08 (connection), 57P0x (shutdown, cannot connect
+            // now), 53300 (too many connections), 40001/40P01 (serialization,
+            // deadlock: retry); SQLite 5/6 (busy, locked) and their extended codes.
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || matches!(&*code, "53300" | "40001" | "40P01")
+                || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// The kind of constraint a database error violated, if it was one.
+pub(crate) fn violation(e: &sqlx::Error) -> Option<sqlx::error::ErrorKind> {
+    match e {
+        sqlx::Error::Database(db) => match db.kind() {
+            sqlx::error::ErrorKind::Other => None,
+            kind => Some(kind),
+        },
+        _ => None,
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(violation(e), Some(sqlx::error::ErrorKind::UniqueViolation))
+}
+
+pub(crate) fn is_fk_violation(e: &sqlx::Error) -> bool {
+    matches!(violation(e), Some(sqlx::error::ErrorKind::ForeignKeyViolation))
+}

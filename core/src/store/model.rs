@@ -1,0 +1,273 @@
+//! What the store reads and writes, in domain types.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::ids::{EventId, GroupName, KeyId, KeyName, RoleName, TenantId, Username};
+use crate::privilege::Privilege;
+use crate::rbac::RoleGrant;
+
+pub type Timestamp = DateTime<Utc>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Role {
+    pub tenant_id: TenantId,
+    pub name: RoleName,
+    pub privileges: Vec<Privilege>,
+    /// Built-in roles (`superadmin`, `verifier` in `_platform`) are read-only.
+    pub builtin: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A user as every read returns it: never a password or hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub tenant_id: TenantId,
+    pub username: Username,
+    pub roles: Vec<RoleName>,
+    pub created_at: Timestamp,
+}
+
+/// What a password check needs; only authentication reads it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserCredentials {
+    pub tenant_id: TenantId,
+    pub username: Username,
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for UserCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserCredentials")
+            .field("tenant_id", &self.tenant_id)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub tenant_id: TenantId,
+    pub username: Username,
+    pub password_hash: String,
+    pub roles: Vec<RoleName>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    pub tenant_id: TenantId,
+    pub name: GroupName,
+    pub roles: Vec<RoleName>,
+    pub users: Vec<Username>,
+    pub api_keys: Vec<KeyId>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// The desired state of a group, for create-or-replace.
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    pub roles: Vec<RoleName>,
+    pub users: Vec<Username>,
+    pub api_keys: Vec<KeyId>,
+}
+
+/// What is stored of a key's life; `expired` is derived at read time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl KeyStatus {
+    /// The status a reader sees at `now`: an active key past its expiry is
+    /// `expired`, without anything having to rewrite the row.
+    pub fn at(stored_active: bool, expires_at: Option<Timestamp>, now: Timestamp) -> Self {
+        match (stored_active, expires_at) {
+            (false, _) => Self::Revoked,
+            (true, Some(exp)) if exp <= now => Self::Expired,
+            (true, _) => Self::Active,
+        }
+    }
+}
+
+/// Which keys a listing returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatusFilter {
+    #[default]
+    All,
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl StatusFilter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::All, Self::Active, Self::Revoked, Self::Expired]
+            .into_iter()
+            .find(|f| f.as_str() == value)
+    }
+}
+
+/// One page of a key listing: newest first, strictly after `before`.
+#[derive(Debug, Clone)]
+pub struct KeyQuery {
+    pub status: StatusFilter,
+    pub limit: u32,
+    /// The last key id of the previous page. Key ids are ULIDs, so ordering
+    /// by id is ordering by creation time, and a key created while a client
+    /// pages can never shift the pages that follow.
+    pub before: Option<KeyId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationState {
+    Pending,
+    Published,
+    Applied,
+    Failed,
+}
+
+/// Where a revoked key's event is on its way to the ingestors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    pub state: RevocationState,
+    pub event_id: EventId,
+    pub attempts: i32,
+    pub published_at: Option<Timestamp>,
+    /// Ingestors that acknowledged applying the event.
+    pub applied_by: i64,
+    /// Ingestors live when the event was published.
+    pub ingestors: i64,
+    pub last_error: Option<String>,
+}
+
+/// A key as every read returns it: masked, never the secret or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKey {
+    pub key_id: KeyId,
+    #[serde(skip)]
+    pub tenant_id: TenantId,
+    pub name: KeyName,
+    pub roles: Vec<RoleName>,
+    pub start: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub status: KeyStatus,
+    pub revoked_at: Option<Timestamp>,
+    pub revoked_by: Option<String>,
+    pub revocation: Option<Revocation>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub key_id: KeyId,
+    pub tenant_id: TenantId,
+    pub name: KeyName,
+    pub roles: Vec<RoleName>,
+    pub start: String,
+    /// argon2id PHC string of the secret; the secret itself never comes here.
+    pub secret_hash: String,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// What verification needs to prove a secret and answer for its key.
+#[derive(Clone)]
+pub struct KeyCredentials {
+    pub key_id: KeyId,
+    pub tenant_id: TenantId,
+    pub secret_hash: String,
+    pub active: bool,
+    pub expires_at: Option<Timestamp>,
+    pub grants: Vec<RoleGrant>,
+}
+
+impl std::fmt::Debug for KeyCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCredentials")
+            .field("key_id", &self.key_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to a revoke: the key as it now is, and whether this call
+/// was the one that revoked it (and so wrote the event).
+#[derive(Debug, Clone)]
+pub struct Revoked {
+    pub key: ApiKey,
+    pub newly_revoked: bool,
+}
+
+/// An outbox row leased to a worker for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// The outbox sequence: monotonic, the message's `sequence`.
+    pub id: i64,
+    pub event_id: EventId,
+    pub kind: String,
+    pub tenant_id: TenantId,
+    pub key_id: KeyId,
+    pub created_at: Timestamp,
+    pub attempts: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    /// Rows neither published nor dead.
+    pub pending: i64,
+    pub oldest_pending_at: Option<Timestamp>,
+    pub dead: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Purged {
+    pub events: u64,
+    pub acks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestorRecord {
+    pub id: String,
+    pub queue: String,
+    pub first_seen_at: Timestamp,
+    pub last_seen_at: Timestamp,
+    /// Published events (still in the outbox) this ingestor has not acked.
+    pub unacked: i64,
+}
+
+/// The kind of every event the outbox holds today.
+pub const KEY_REVOKED: &str = "key.revoked";
