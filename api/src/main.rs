@@ -1,1 +1,28 @@
-fn main() {}
+use std::process::ExitCode;
+
+use keyward_api::settings::{Cli, Command};
+use keyward_api::startup::{Application, open_store};
+use keyward_core::config::parse_or_exit;
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let cli: Cli = parse_or_exit();
+    keyward_core::telemetry::init(cli.settings.log.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Migrate => open_store(&cli.settings).await.map(|_| {
+            tracing::info!("migrations applied");
+        }),
+        Command::Serve => match Application::build(cli.settings).await {
+            Ok(app) => app.run_until_stopped().await.map_err(Into::into),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the whole cause chain, no backtrace.
+            eprintln!("keyward-api: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -26,7 +26,9 @@ impl FromStr for DatabaseUrl {
         let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
         match url.scheme() {
             "sqlite" | "postgres" | "postgresql" => Ok(Self(url)),
-            other => Err(format!("unsupported scheme `{other}` (use sqlite: or postgres:)")),
+            other => Err(format!(
+                "unsupported scheme `{other}` (use sqlite: or postgres:)"
+            )),
         }
     }
 }
@@ -51,8 +53,12 @@ impl fmt::Debug for DatabaseUrl {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseSettings {
     /// Database URL: `sqlite://file.db?mode=rwc` or `postgres://…`.
-    #[arg(long = "database-url", env = "KEYWARD_DATABASE_URL", default_value = "sqlite://keyward.db?mode=rwc")]
-    pub url: DatabaseUrl,
+    #[arg(
+        long = "database-url",
+        env = "KEYWARD_DATABASE_URL",
+        default_value = "sqlite://keyward.db?mode=rwc"
+    )]
+    pub database_url: DatabaseUrl,
 }
 
 /// `RUST_LOG` is read by the subscriber itself; the format is a setting.
@@ -69,11 +75,159 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert!("sqlite://keyward.db?mode=rwc".parse::<DatabaseUrl>().unwrap().is_sqlite());
+        assert!(
+            "sqlite://keyward.db?mode=rwc"
+                .parse::<DatabaseUrl>()
+                .unwrap()
+                .is_sqlite()
+        );
         assert!("postgres://u:p@h/db".parse::<DatabaseUrl>().is_ok());
         assert!("mysql://h/db".parse::<DatabaseUrl>().is_err());
         assert!("::".parse::<DatabaseUrl>().is_err());
-        let shown = "postgres://u:hunter2@h/db".parse::<DatabaseUrl>().unwrap().to_string();
+        let shown = "postgres://u:hunter2@h/db"
+            .parse::<DatabaseUrl>()
+            .unwrap()
+            .to_string();
         assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}
+
+/// Parses the command line and environment, or exits: help and version
+/// print as usual (exit 0); a bad setting prints one line and exits 2,
+/// never a usage screen or a backtrace.
+pub fn parse_or_exit<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(parsed) => parsed,
+        Err(e) => exit_with_clap_error(&e),
+    }
+}
+
+fn exit_with_clap_error(e: &clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        std::process::exit(0);
+    }
+    eprintln!("{}", one_line(e));
+    std::process::exit(2);
+}
+
+/// The first line of clap's message; for a rejected value, without the
+/// value itself, which may be a password or an API key.
+pub fn one_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::ValueValidation {
+        let arg = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(arg)) => arg.clone(),
+            _ => "a setting".to_owned(),
+        };
+        let why = std::error::Error::source(e)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return format!("error: invalid value for '{arg}': {why}");
+    }
+    let rendered = e.render().to_string();
+    rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("error: bad settings")
+        .to_owned()
+}
+
+/// An AMQP URL (`amqp://user:pass@host:port/vhost`). Its `Display` hides
+/// the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl(url::Url);
+
+impl AmqpUrl {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl FromStr for AmqpUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+        match url.scheme() {
+            "amqp" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(Self(url)),
+            "amqp" => Err("the URL names no host".into()),
+            "amqps" => Err("amqps:// needs a build with TLS support, which this one lacks".into()),
+            other => Err(format!("unsupported scheme `{other}` (use amqp:)")),
+        }
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({self})")
+    }
+}
+
+/// An AMQP exchange or queue name: 1 to 255 of `[A-Za-z0-9._:-]`.
+pub fn parse_amqp_name(value: &str) -> Result<String, String> {
+    let ok = (1..=255).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("must be 1 to 255 of A-Z a-z 0-9 . _ : -".into())
+    }
+}
+
+/// `KEYWARD_AMQP_URL` and `KEYWARD_EXCHANGE`, shared by the worker and ingestors.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpSettings {
+    /// RabbitMQ URL.
+    #[arg(
+        long = "amqp-url",
+        env = "KEYWARD_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: AmqpUrl,
+    /// Durable topic exchange revocation events are published to.
+    #[arg(long = "exchange", env = "KEYWARD_EXCHANGE", default_value = "keyward.events",
+          value_parser = parse_amqp_name)]
+    pub exchange: String,
+}
+
+#[cfg(test)]
+mod amqp_tests {
+    use super::*;
+
+    #[test]
+    fn amqp_urls_and_names() {
+        assert!(
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+                .parse::<AmqpUrl>()
+                .is_ok()
+        );
+        assert!("amqps://h/".parse::<AmqpUrl>().is_err());
+        assert!("http://h/".parse::<AmqpUrl>().is_err());
+        let shown = "amqp://u:topsecret@h/"
+            .parse::<AmqpUrl>()
+            .unwrap()
+            .to_string();
+        assert!(!shown.contains("topsecret"));
+        assert!(parse_amqp_name("keyward.events").is_ok());
+        assert!(parse_amqp_name("").is_err());
+        assert!(parse_amqp_name("a b").is_err());
     }
 }

@@ -16,19 +16,35 @@ use crate::ids::InvalidValue;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct Argon2Settings {
     /// argon2id memory cost in KiB.
-    #[arg(long = "argon2-memory-kib", env = "KEYWARD_ARGON2_MEMORY_KIB", default_value_t = 19456)]
+    #[arg(
+        long = "argon2-memory-kib",
+        env = "KEYWARD_ARGON2_MEMORY_KIB",
+        default_value_t = 19456
+    )]
     pub memory_kib: u32,
     /// argon2id iterations.
-    #[arg(long = "argon2-iterations", env = "KEYWARD_ARGON2_ITERATIONS", default_value_t = 2)]
+    #[arg(
+        long = "argon2-iterations",
+        env = "KEYWARD_ARGON2_ITERATIONS",
+        default_value_t = 2
+    )]
     pub iterations: u32,
     /// argon2id lanes.
-    #[arg(long = "argon2-parallelism", env = "KEYWARD_ARGON2_PARALLELISM", default_value_t = 1)]
+    #[arg(
+        long = "argon2-parallelism",
+        env = "KEYWARD_ARGON2_PARALLELISM",
+        default_value_t = 1
+    )]
     pub parallelism: u32,
 }
 
 impl Default for Argon2Settings {
     fn default() -> Self {
-        Self { memory_kib: 19456, iterations: 2, parallelism: 1 }
+        Self {
+            memory_kib: 19456,
+            iterations: 2,
+            parallelism: 1,
+        }
     }
 }
 
@@ -56,10 +72,16 @@ impl std::fmt::Debug for SecretHasher {
 
 impl SecretHasher {
     pub fn new(settings: Argon2Settings) -> Result<Self, InvalidValue> {
-        let params =
-            Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
-                .map_err(|_| InvalidValue::new("argon2", "parameters out of range"))?;
-        Ok(Self { argon2: Arc::new(Argon2::new(Algorithm::Argon2id, Version::V0x13, params)) })
+        let params = Params::new(
+            settings.memory_kib,
+            settings.iterations,
+            settings.parallelism,
+            None,
+        )
+        .map_err(|_| InvalidValue::new("argon2", "parameters out of range"))?;
+        Ok(Self {
+            argon2: Arc::new(Argon2::new(Algorithm::Argon2id, Version::V0x13, params)),
+        })
     }
 
     /// A PHC string (`$argon2id$v=19$m=…`) with a fresh random salt.
@@ -117,8 +139,12 @@ mod tests {
     use super::*;
 
     fn cheap() -> SecretHasher {
-        SecretHasher::new(Argon2Settings { memory_kib: 256, iterations: 1, parallelism: 1 })
-            .unwrap()
+        SecretHasher::new(Argon2Settings {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        })
+        .unwrap()
     }
 
     #[tokio::test]
@@ -140,9 +166,12 @@ mod tests {
     #[tokio::test]
     async fn old_parameters_still_verify() {
         let old = cheap().hash("pw").await.unwrap();
-        let newer =
-            SecretHasher::new(Argon2Settings { memory_kib: 512, iterations: 2, parallelism: 1 })
-                .unwrap();
+        let newer = SecretHasher::new(Argon2Settings {
+            memory_kib: 512,
+            iterations: 2,
+            parallelism: 1,
+        })
+        .unwrap();
         assert!(newer.verify("pw", &old).await.unwrap());
     }
 
@@ -156,7 +185,11 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        let s = Argon2Settings { memory_kib: 1, iterations: 0, parallelism: 1 };
+        let s = Argon2Settings {
+            memory_kib: 1,
+            iterations: 0,
+            parallelism: 1,
+        };
         assert!(SecretHasher::new(s).is_err());
         assert!(SecretHasher::new(Argon2Settings::default()).is_ok());
     }

@@ -26,13 +26,19 @@ fn check_name(field: &'static str, value: &str) -> Result<(), InvalidValue> {
     let mut chars = value.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     if !first_ok {
-        return Err(InvalidValue::new(field, "must start with a letter or digit"));
+        return Err(InvalidValue::new(
+            field,
+            "must start with a letter or digit",
+        ));
     }
     if value.len() > 64 {
         return Err(InvalidValue::new(field, "must be at most 64 characters"));
     }
     if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(InvalidValue::new(field, "may hold only letters, digits, '.', '_' and '-'"));
+        return Err(InvalidValue::new(
+            field,
+            "may hold only letters, digits, '.', '_' and '-'",
+        ));
     }
     Ok(())
 }
@@ -154,7 +160,10 @@ impl RoleName {
 /// the `ulid` crate prints them. Lower case or ambiguous letters are refused
 /// so that one id has exactly one spelling (it is a map key and a path).
 fn parse_ulid(field: &'static str, value: &str) -> Result<Ulid, InvalidValue> {
-    let bad = InvalidValue::new(field, "must be a ULID (26 upper-case Crockford base32 characters)");
+    let bad = InvalidValue::new(
+        field,
+        "must be a ULID (26 upper-case Crockford base32 characters)",
+    );
     if value.len() != 26 {
         return Err(bad);
     }
@@ -238,7 +247,10 @@ impl Password {
     pub fn parse(value: &str) -> Result<Self, InvalidValue> {
         let n = value.chars().count();
         if !(12..=256).contains(&n) {
-            return Err(InvalidValue::new("password", "must be 12 to 256 characters"));
+            return Err(InvalidValue::new(
+                "password",
+                "must be 12 to 256 characters",
+            ));
         }
         Ok(Self(value.to_owned()))
     }
@@ -263,7 +275,16 @@ mod tests {
         for ok in ["a", "acme", "acme-2", "0", "_platform", &"a".repeat(63)] {
             assert!(TenantId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "Acme", "a_b", "a b", "_other", &"a".repeat(64), "a\0"] {
+        for bad in [
+            "",
+            "-a",
+            "Acme",
+            "a_b",
+            "a b",
+            "_other",
+            &"a".repeat(64),
+            "a\0",
+        ] {
             assert!(TenantId::parse(bad).is_err(), "{bad}");
         }
     }
@@ -284,7 +305,10 @@ mod tests {
         let id = KeyId::new();
         assert_eq!(KeyId::parse(&id.to_string()).unwrap(), id);
         assert!(KeyId::parse(&id.to_string().to_lowercase()).is_err());
-        assert!(KeyId::parse("8ZZZZZZZZZZZZZZZZZZZZZZZZZ").is_err(), "overflow");
+        assert!(
+            KeyId::parse("8ZZZZZZZZZZZZZZZZZZZZZZZZZ").is_err(),
+            "overflow"
+        );
         assert!(KeyId::parse("not-a-ulid").is_err());
     }
 

@@ -12,4 +12,6 @@ pub mod privilege;
 pub mod rbac;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod token;

@@ -86,7 +86,10 @@ impl StreamPattern {
         }
         let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*');
         if value.starts_with(['.', '_', '-']) || !value.chars().all(allowed) {
-            return Err(InvalidValue::new(field, "may hold only letters, digits, '.', '_', '-' and '*'"));
+            return Err(InvalidValue::new(
+                field,
+                "may hold only letters, digits, '.', '_', '-' and '*'",
+            ));
         }
         Ok(Self(value.to_owned()))
     }
@@ -151,7 +154,10 @@ pub struct Privilege {
 
 impl Privilege {
     pub fn new(kind: PrivilegeKind, stream: Option<StreamPattern>) -> Self {
-        Self { privilege: kind, resource: stream.map(|stream| Resource { stream }) }
+        Self {
+            privilege: kind,
+            resource: stream.map(|stream| Resource { stream }),
+        }
     }
 
     pub fn stream(&self) -> Option<&StreamPattern> {
@@ -227,7 +233,10 @@ mod tests {
         let p: Privilege =
             serde_json::from_str(r#"{"privilege":"ingestor","resource":{"stream":"app-*"}}"#)
                 .unwrap();
-        assert_eq!(p, Privilege::new(PrivilegeKind::Ingestor, Some(pat("app-*"))));
+        assert_eq!(
+            p,
+            Privilege::new(PrivilegeKind::Ingestor, Some(pat("app-*")))
+        );
         assert!(serde_json::from_str::<Privilege>(r#"{"privilege":"root"}"#).is_err());
     }
 

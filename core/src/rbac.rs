@@ -49,7 +49,9 @@ impl Permissions {
     pub fn from_grants(tenant: TenantId, grants: impl IntoIterator<Item = RoleGrant>) -> Self {
         let mut by_role: BTreeMap<RoleName, (Vec<Privilege>, BTreeSet<Grant>)> = BTreeMap::new();
         for g in grants {
-            let entry = by_role.entry(g.role).or_insert_with(|| (g.privileges, BTreeSet::new()));
+            let entry = by_role
+                .entry(g.role)
+                .or_insert_with(|| (g.privileges, BTreeSet::new()));
             entry.1.insert(g.via);
         }
         let roles = by_role
@@ -74,7 +76,10 @@ impl Permissions {
     }
 
     fn holds(&self, kind: PrivilegeKind) -> bool {
-        self.roles.iter().flat_map(|r| &r.privileges).any(|p| p.privilege == kind)
+        self.roles
+            .iter()
+            .flat_map(|r| &r.privileges)
+            .any(|p| p.privilege == kind)
     }
 
     /// Superadmin counts only for principals of `_platform`: a tenant role
@@ -124,7 +129,9 @@ mod tests {
         }
     }
     fn group(g: &str) -> Grant {
-        Grant::Group { group: GroupName::parse(g).unwrap() }
+        Grant::Group {
+            group: GroupName::parse(g).unwrap(),
+        }
     }
 
     #[test]
@@ -155,7 +162,11 @@ mod tests {
 
     #[test]
     fn superadmin_reaches_every_tenant_but_only_from_platform() {
-        let sa = [grant("superadmin", &[PrivilegeKind::Superadmin], Grant::Direct)];
+        let sa = [grant(
+            "superadmin",
+            &[PrivilegeKind::Superadmin],
+            Grant::Direct,
+        )];
         let p = Permissions::from_grants(TenantId::platform(), sa.clone());
         assert!(p.may_act_on_tenant(&tenant("acme")));
         assert!(p.may_verify());
@@ -191,9 +202,18 @@ mod tests {
         ];
         assert!(may_ingest(&privs, "app-logs"));
         assert!(!may_ingest(&privs, "db-logs"), "reader does not ingest");
-        assert!(may_ingest(&[Privilege::new(PrivilegeKind::Editor, None)], "x"));
-        assert!(may_ingest(&[Privilege::new(PrivilegeKind::Writer, None)], "x"));
-        assert!(!may_ingest(&[Privilege::new(PrivilegeKind::Verifier, None)], "x"));
+        assert!(may_ingest(
+            &[Privilege::new(PrivilegeKind::Editor, None)],
+            "x"
+        ));
+        assert!(may_ingest(
+            &[Privilege::new(PrivilegeKind::Writer, None)],
+            "x"
+        ));
+        assert!(!may_ingest(
+            &[Privilege::new(PrivilegeKind::Verifier, None)],
+            "x"
+        ));
         assert!(!may_ingest(&[], "x"));
     }
 

@@ -14,7 +14,9 @@ pub enum LogFormat {
 /// for what a command prints on purpose.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // A second init (tests starting several apps) keeps the first subscriber.
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),

@@ -91,7 +91,11 @@ impl ApiKeyToken {
         }
         let body = format!("{prefix}_{key_id}_{random}");
         let full = format!("{body}{}", checksum(&body));
-        Ok(Self { full, prefix_len: prefix.as_str().len(), key_id })
+        Ok(Self {
+            full,
+            prefix_len: prefix.as_str().len(),
+            key_id,
+        })
     }
 
     /// Parses and checks a token without I/O.
@@ -100,7 +104,8 @@ impl ApiKeyToken {
         KeyPrefix::parse(prefix).map_err(|_| TokenError::Malformed)?;
         let (id, tail) = rest.split_once('_').ok_or(TokenError::Malformed)?;
         let key_id = KeyId::parse(id).map_err(|_| TokenError::Malformed)?;
-        if tail.len() != RANDOM_LEN + CHECKSUM_LEN || !tail.bytes().all(|b| b.is_ascii_alphanumeric())
+        if tail.len() != RANDOM_LEN + CHECKSUM_LEN
+            || !tail.bytes().all(|b| b.is_ascii_alphanumeric())
         {
             return Err(TokenError::Malformed);
         }
@@ -108,7 +113,11 @@ impl ApiKeyToken {
         if checksum(body) != sum {
             return Err(TokenError::BadChecksum);
         }
-        Ok(Self { full: value.to_owned(), prefix_len: prefix.len(), key_id })
+        Ok(Self {
+            full: value.to_owned(),
+            prefix_len: prefix.len(),
+            key_id,
+        })
     }
 
     pub fn key_id(&self) -> KeyId {

@@ -1,1 +1,140 @@
+//! Helpers for end-to-end tests: find the real binaries cargo built, start
+//! them on free ports with a fresh database, and stop them again.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+/// The path of a workspace binary next to the running test executable
+/// (`target/<profile>/deps/this-test` → `target/<profile>/<name>`).
+/// `cargo test --workspace` builds every binary before any test runs: each
+/// binary's package has integration tests of its own (`tests/cli.rs`),
+/// which is what makes cargo build it.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (or `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running binary, killed when dropped.
+pub struct Running {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Running {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `GET path` answers 200, or panics after `timeout`.
+    pub async fn wait_ready(&mut self, path: &str, timeout: Duration) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the process exited early with {status}");
+            }
+            if let Ok(r) = client.get(self.url(path)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} not ready within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Starts `keyward-api` on a free port with `env` added.
+pub fn start_api(env: &[(&str, &str)]) -> Running {
+    let port = free_port();
+    let mut cmd = Command::new(binary("keyward-api"));
+    cmd.current_dir(std::env::temp_dir())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEYWARD_LISTEN", format!("127.0.0.1:{port}"))
+        // Cheap argon2: these tests are about the process, not the cost.
+        .env("KEYWARD_ARGON2_MEMORY_KIB", "256")
+        .env("KEYWARD_ARGON2_ITERATIONS", "1")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    Running {
+        child: cmd.spawn().expect("spawn keyward-api"),
+        port,
+    }
+}
+
+/// Runs a binary to completion (killed after 60 s: a test never hangs on
+/// a process that unexpectedly serves); returns (exit code, stdout, stderr).
+pub async fn run_to_end(
+    exe: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let running = Command::new(exe)
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .unwrap_or_else(|_| panic!("{} {args:?} did not exit within 60 s", exe.display()))
+        .expect("run binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts the contract for a bad setting: a non-zero exit, exactly one
+/// line on stderr, no panic, and `secret` (if any) nowhere in it.
+pub async fn assert_rejected(
+    exe: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    secret: Option<&str>,
+) {
+    let (code, _, err) = run_to_end(exe, args, env).await;
+    let what = format!("{} {args:?} {env:?}", exe.display());
+    assert_ne!(code, 0, "{what}: should fail");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{what}: one line, got: {err}"
+    );
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    if let Some(secret) = secret {
+        assert!(!err.contains(secret), "{what}: echoed a secret: {err}");
+    }
+}

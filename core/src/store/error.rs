@@ -48,7 +48,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        if is_unavailable(&e) { Self::Unavailable(e) } else { Self::Internal(e) }
+        if is_unavailable(&e) {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e)
+        }
     }
 }
 
@@ -108,5 +112,20 @@ pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 pub(crate) fn is_fk_violation(e: &sqlx::Error) -> bool {
-    matches!(violation(e), Some(sqlx::error::ErrorKind::ForeignKeyViolation))
+    matches!(
+        violation(e),
+        Some(sqlx::error::ErrorKind::ForeignKeyViolation)
+    )
+}
+
+/// An error with its sources on one line, for logs.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

@@ -99,8 +99,12 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts the key and its roles in one transaction (`UnknownRoles`,
     /// `DuplicateKeyName`, `TenantNotFound`).
     async fn create_key(&self, key: &NewApiKey, now: Timestamp) -> StoreResult<ApiKey>;
-    async fn get_key(&self, tenant: &TenantId, key_id: KeyId, now: Timestamp)
-    -> StoreResult<ApiKey>;
+    async fn get_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        now: Timestamp,
+    ) -> StoreResult<ApiKey>;
     async fn list_keys(
         &self,
         tenant: &TenantId,

@@ -49,7 +49,10 @@ impl PgStore {
 
     /// Delivered at commit, so a worker never wakes for a rolled-back event.
     async fn notify_outbox(&self, conn: &mut PgConnection) -> StoreResult<()> {
-        sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL).execute(conn).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 

@@ -14,7 +14,11 @@ use crate::ids::{EventId, GroupName, KeyId, KeyName, RoleName, TenantId, Usernam
 use crate::privilege::{Privilege, PrivilegeKind, StreamPattern};
 use crate::rbac::{Grant, RoleGrant};
 
-pub(crate) fn parse<T, E>(what: &str, value: &str, f: impl FnOnce(&str) -> Result<T, E>) -> StoreResult<T> {
+pub(crate) fn parse<T, E>(
+    what: &str,
+    value: &str,
+    f: impl FnOnce(&str) -> Result<T, E>,
+) -> StoreResult<T> {
     f(value).map_err(|_| StoreError::Corrupt(format!("bad {what} in the database")))
 }
 
@@ -33,7 +37,9 @@ pub(crate) fn roles(names: &[String]) -> StoreResult<Vec<RoleName>> {
 
 fn privilege(kind: &str, stream: Option<&str>) -> StoreResult<Privilege> {
     let kind = parse("privilege", kind, PrivilegeKind::from_str)?;
-    let stream = stream.map(|s| parse("stream", s, StreamPattern::parse)).transpose()?;
+    let stream = stream
+        .map(|s| parse("stream", s, StreamPattern::parse))
+        .transpose()?;
     Ok(Privilege::new(kind, stream))
 }
 
@@ -47,7 +53,11 @@ pub(crate) struct TenantRow {
 impl TryFrom<TenantRow> for Tenant {
     type Error = StoreError;
     fn try_from(r: TenantRow) -> StoreResult<Self> {
-        Ok(Tenant { id: tenant(&r.id)?, name: r.name, created_at: r.created_at.0 })
+        Ok(Tenant {
+            id: tenant(&r.id)?,
+            name: r.name,
+            created_at: r.created_at.0,
+        })
     }
 }
 
@@ -156,7 +166,10 @@ impl GroupRow {
             tenant_id: tenant(&self.tenant_id)?,
             name: parse("group name", &self.name, GroupName::parse)?,
             roles: roles(role_names)?,
-            users: users.iter().map(|u| parse("username", u, Username::parse)).collect::<StoreResult<_>>()?,
+            users: users
+                .iter()
+                .map(|u| parse("username", u, Username::parse))
+                .collect::<StoreResult<_>>()?,
             api_keys: keys.iter().map(|k| key_id(k)).collect::<StoreResult<_>>()?,
             created_at: self.created_at.0,
             updated_at: self.updated_at.0,
@@ -179,15 +192,21 @@ pub(crate) struct GrantRow {
 pub(crate) fn fold_grants(rows: Vec<GrantRow>) -> StoreResult<Vec<RoleGrant>> {
     let mut out: Vec<(String, Option<String>, RoleGrant)> = Vec::new();
     for r in rows {
-        let same = out
-            .last()
-            .is_some_and(|(role_name, group, _)| *role_name == r.role_name && *group == r.group_name);
+        let same = out.last().is_some_and(|(role_name, group, _)| {
+            *role_name == r.role_name && *group == r.group_name
+        });
         if !same {
             let via = match &r.group_name {
                 None => Grant::Direct,
-                Some(g) => Grant::Group { group: parse("group name", g, GroupName::parse)? },
+                Some(g) => Grant::Group {
+                    group: parse("group name", g, GroupName::parse)?,
+                },
             };
-            let grant = RoleGrant { role: role(&r.role_name)?, privileges: Vec::new(), via };
+            let grant = RoleGrant {
+                role: role(&r.role_name)?,
+                privileges: Vec::new(),
+                via,
+            };
             out.push((r.role_name.clone(), r.group_name.clone(), grant));
         }
         if let (Some(kind), Some((_, _, last))) = (r.privilege.as_deref(), out.last_mut()) {

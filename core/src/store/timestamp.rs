@@ -69,5 +69,7 @@ impl<'r> Decode<'r, Sqlite> for Ts {
 /// Postgres keeps microseconds; so does SQLite here. Rounding every time
 /// we hand to the database keeps what we return equal to what we re-read.
 pub(crate) fn truncate_micros(t: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.timestamp_micros(t.timestamp_micros()).single().unwrap_or(t)
+    Utc.timestamp_micros(t.timestamp_micros())
+        .single()
+        .unwrap_or(t)
 }

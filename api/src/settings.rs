@@ -1,0 +1,94 @@
+//! `keyward-api` command line and settings (API.md §12).
+
+use std::net::SocketAddr;
+
+use keyward_core::config::{DatabaseSettings, LogSettings};
+use keyward_core::hashing::Argon2Settings;
+use keyward_core::ids::Password;
+use keyward_core::token::KeyPrefix;
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "keyward-api", version, about = "Keyward admin API")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Migrate, bootstrap the first admin, serve (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    /// Address to serve HTTP on; port 0 picks a free one.
+    #[arg(
+        long = "listen",
+        env = "KEYWARD_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// Password of the bootstrap `admin` on an empty database (12 to 256
+    /// characters); a random one is printed once to stderr when unset.
+    #[arg(long = "admin-password", env = "KEYWARD_ADMIN_PASSWORD", hide_env_values = true,
+          value_parser = parse_password)]
+    pub admin_password: Option<Password>,
+    /// First part of every API key, `[a-z]{1,8}`.
+    #[arg(long = "key-prefix", env = "KEYWARD_KEY_PREFIX", default_value = "kw")]
+    pub key_prefix: KeyPrefix,
+    #[command(flatten)]
+    pub argon2: Argon2Settings,
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+fn parse_password(value: &str) -> Result<Password, String> {
+    // The message must not echo the value: it is a secret.
+    Password::parse(value).map_err(|e| e.reason.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keyward-api").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let cli = parse(&[]).unwrap();
+        assert_eq!(cli.command, None);
+        assert_eq!(cli.settings.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            cli.settings.database.database_url.as_str(),
+            "sqlite://keyward.db?mode=rwc"
+        );
+        assert_eq!(cli.settings.key_prefix.as_str(), "kw");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_without_echoing_secrets() {
+        assert!(parse(&["--listen", "nope"]).is_err());
+        assert!(parse(&["--database-url", "mysql://x"]).is_err());
+        assert!(parse(&["--key-prefix", "KW"]).is_err());
+        let e = parse(&["--admin-password", "tiny-secret"]).unwrap_err();
+        let e = keyward_core::config::one_line(&e);
+        assert!(!e.contains("tiny-secret"), "{e}");
+        assert_eq!(parse(&["migrate"]).unwrap().command, Some(Command::Migrate));
+    }
+}

@@ -1,0 +1,1153 @@
+//! The store conformance suite: every test runs against SQLite and
+//! PostgreSQL (a fresh database each), so both backends answer alike.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use keyward_core::ids::{EventId, GroupName, KeyId, KeyName, RoleName, TenantId, Username};
+use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
+use keyward_core::rbac::{Grant, Permissions};
+use keyward_core::store::*;
+
+type S = Arc<dyn Store>;
+
+// ---------------------------------------------------------------- helpers
+
+fn t(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+fn r(s: &str) -> RoleName {
+    RoleName::parse(s).unwrap()
+}
+fn u(s: &str) -> Username {
+    Username::parse(s).unwrap()
+}
+fn g(s: &str) -> GroupName {
+    GroupName::parse(s).unwrap()
+}
+fn now() -> Timestamp {
+    Utc::now()
+}
+fn at(secs: i64) -> Timestamp {
+    Utc.timestamp_opt(1_900_000_000 + secs, 0).unwrap()
+}
+fn admin_priv() -> Vec<Privilege> {
+    vec![Privilege::new(PrivilegeKind::Admin, None)]
+}
+fn ingest_priv(stream: &str) -> Vec<Privilege> {
+    vec![Privilege::new(
+        PrivilegeKind::Ingestor,
+        Some(StreamPattern::parse(stream).unwrap()),
+    )]
+}
+
+async fn tenant(s: &S, id: &str) -> TenantId {
+    s.create_tenant(&t(id), None, now()).await.unwrap();
+    t(id)
+}
+
+async fn role(s: &S, tenant: &TenantId, name: &str, privileges: Vec<Privilege>) -> RoleName {
+    s.put_role(tenant, &r(name), &privileges, now())
+        .await
+        .unwrap();
+    r(name)
+}
+
+fn new_key(tenant: &TenantId, name: &str, roles: &[RoleName]) -> NewApiKey {
+    let key_id = KeyId::new();
+    NewApiKey {
+        key_id,
+        tenant_id: tenant.clone(),
+        name: KeyName::parse(name).unwrap(),
+        roles: roles.to_vec(),
+        start: format!("kw_{key_id}_abcd"),
+        secret_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        created_by: "admin".into(),
+        created_at: now(),
+        expires_at: None,
+    }
+}
+
+async fn key(s: &S, tenant: &TenantId, name: &str, roles: &[RoleName]) -> ApiKey {
+    s.create_key(&new_key(tenant, name, roles), now())
+        .await
+        .unwrap()
+}
+
+fn new_user(tenant: &TenantId, name: &str, roles: &[RoleName]) -> NewUser {
+    NewUser {
+        tenant_id: tenant.clone(),
+        username: u(name),
+        password_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        roles: roles.to_vec(),
+        created_at: now(),
+    }
+}
+
+async fn revoke(s: &S, tenant: &TenantId, key_id: KeyId) -> Revoked {
+    s.revoke_key(tenant, key_id, "admin", EventId::new(), now())
+        .await
+        .unwrap()
+}
+
+fn state(k: &ApiKey) -> RevocationState {
+    k.revocation
+        .as_ref()
+        .expect("revoked key has a revocation")
+        .state
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- tenants
+
+async fn migrations_are_idempotent(s: S) {
+    s.migrate().await.unwrap();
+    s.migrate().await.unwrap();
+    s.ping().await.unwrap();
+}
+
+async fn tenants(s: S) {
+    let created = s
+        .create_tenant(&t("acme"), Some("Acme Inc"), now())
+        .await
+        .unwrap();
+    assert_eq!(created.name.as_deref(), Some("Acme Inc"));
+    assert!(matches!(
+        s.create_tenant(&t("acme"), None, now()).await,
+        Err(StoreError::TenantExists)
+    ));
+    let ids: Vec<String> = s
+        .list_tenants()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    assert_eq!(ids, vec!["_platform", "acme"]);
+    assert!(s.tenant_exists(&t("acme")).await.unwrap());
+    assert!(!s.tenant_exists(&t("nope")).await.unwrap());
+    let listed = s.list_tenants().await.unwrap();
+    assert_eq!(
+        listed[1], created,
+        "what create returns is what reads return"
+    );
+}
+
+// ---------------------------------------------------------------- roles
+
+async fn roles_put_get_list_delete(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let (created, is_new) = s
+        .put_role(&acme, &r("ops"), &admin_priv(), now())
+        .await
+        .unwrap();
+    assert!(is_new);
+    assert_eq!(created.privileges, admin_priv());
+    let (replaced, is_new) = s
+        .put_role(&acme, &r("ops"), &ingest_priv("app-*"), now())
+        .await
+        .unwrap();
+    assert!(!is_new);
+    assert_eq!(replaced.privileges, ingest_priv("app-*"));
+    assert_eq!(s.get_role(&acme, &r("ops")).await.unwrap(), replaced);
+
+    let many = vec![
+        Privilege::new(
+            PrivilegeKind::Reader,
+            Some(StreamPattern::parse("b").unwrap()),
+        ),
+        Privilege::new(PrivilegeKind::Writer, None),
+        Privilege::new(
+            PrivilegeKind::Reader,
+            Some(StreamPattern::parse("a").unwrap()),
+        ),
+    ];
+    role(&s, &acme, "empty", vec![]).await;
+    role(&s, &acme, "many", many.clone()).await;
+    let names: Vec<String> = s
+        .list_roles(&acme)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.name.to_string())
+        .collect();
+    assert_eq!(names, vec!["empty", "many", "ops"]);
+    assert_eq!(
+        s.get_role(&acme, &r("many")).await.unwrap().privileges,
+        many,
+        "order kept"
+    );
+    assert!(
+        s.get_role(&acme, &r("empty"))
+            .await
+            .unwrap()
+            .privileges
+            .is_empty()
+    );
+
+    s.delete_role(&acme, &r("ops")).await.unwrap();
+    assert!(matches!(
+        s.get_role(&acme, &r("ops")).await,
+        Err(StoreError::RoleNotFound)
+    ));
+    assert!(matches!(
+        s.delete_role(&acme, &r("ops")).await,
+        Err(StoreError::RoleNotFound)
+    ));
+    assert!(matches!(
+        s.put_role(&t("nope"), &r("x"), &[], now()).await,
+        Err(StoreError::TenantNotFound)
+    ));
+}
+
+async fn roles_are_per_tenant(s: S) {
+    let a = tenant(&s, "a").await;
+    let b = tenant(&s, "b").await;
+    role(&s, &a, "ops", admin_priv()).await;
+    assert!(matches!(
+        s.get_role(&b, &r("ops")).await,
+        Err(StoreError::RoleNotFound)
+    ));
+    assert!(s.list_roles(&b).await.unwrap().is_empty());
+    assert!(matches!(
+        s.create_key(&new_key(&b, "k", &[r("ops")]), now()).await,
+        Err(StoreError::UnknownRoles(missing)) if missing == vec!["ops".to_string()]
+    ));
+}
+
+async fn builtin_roles_are_read_only(s: S) {
+    let platform = TenantId::platform();
+    let sa = s.get_role(&platform, &r("superadmin")).await.unwrap();
+    assert!(sa.builtin);
+    assert_eq!(
+        sa.privileges,
+        vec![Privilege::new(PrivilegeKind::Superadmin, None)]
+    );
+    let v = s.get_role(&platform, &r("verifier")).await.unwrap();
+    assert_eq!(
+        v.privileges,
+        vec![Privilege::new(PrivilegeKind::Verifier, None)]
+    );
+    assert!(matches!(
+        s.put_role(&platform, &r("superadmin"), &admin_priv(), now())
+            .await,
+        Err(StoreError::BuiltinRole)
+    ));
+    assert!(matches!(
+        s.delete_role(&platform, &r("verifier")).await,
+        Err(StoreError::BuiltinRole)
+    ));
+    assert_eq!(
+        s.get_role(&platform, &r("superadmin")).await.unwrap(),
+        sa,
+        "unchanged"
+    );
+}
+
+async fn role_in_use_cannot_be_deleted(s: S) {
+    let acme = tenant(&s, "acme").await;
+    for holder in ["user", "key", "group"] {
+        let name = format!("held-by-{holder}");
+        let held = role(&s, &acme, &name, admin_priv()).await;
+        match holder {
+            "user" => {
+                s.create_user(&new_user(&acme, "alice", std::slice::from_ref(&held)))
+                    .await
+                    .unwrap();
+            }
+            "key" => {
+                key(&s, &acme, "k", std::slice::from_ref(&held)).await;
+            }
+            _ => {
+                let spec = GroupSpec {
+                    roles: vec![held.clone()],
+                    users: vec![],
+                    api_keys: vec![],
+                };
+                s.put_group(&acme, &g("ops"), &spec, now()).await.unwrap();
+            }
+        }
+        assert!(
+            matches!(
+                s.delete_role(&acme, &held).await,
+                Err(StoreError::RoleInUse)
+            ),
+            "{holder}"
+        );
+        assert!(
+            s.get_role(&acme, &held).await.is_ok(),
+            "{holder}: still there"
+        );
+    }
+    // Once nothing holds it, it goes.
+    s.delete_user(&acme, &u("alice")).await.unwrap();
+    s.delete_role(&acme, &r("held-by-user")).await.unwrap();
+    s.delete_group(&acme, &g("ops")).await.unwrap();
+    s.delete_role(&acme, &r("held-by-group")).await.unwrap();
+}
+
+// ---------------------------------------------------------------- users
+
+async fn users_crud(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let ops = role(&s, &acme, "ops", admin_priv()).await;
+    let ro = role(&s, &acme, "ro", vec![]).await;
+    let alice = s
+        .create_user(&new_user(&acme, "alice", &[ro.clone(), ops.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(alice.roles, vec![ops.clone(), ro.clone()]);
+    assert_eq!(s.get_user(&acme, &u("alice")).await.unwrap(), alice);
+    s.create_user(&new_user(&acme, "bob", &[])).await.unwrap();
+    let names: Vec<String> = s
+        .list_users(&acme)
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.username.to_string())
+        .collect();
+    assert_eq!(names, vec!["alice", "bob"]);
+
+    let updated = s
+        .set_user_roles(&acme, &u("alice"), std::slice::from_ref(&ro))
+        .await
+        .unwrap();
+    assert_eq!(updated.roles, vec![ro.clone()]);
+    assert!(matches!(
+        s.set_user_roles(&acme, &u("alice"), &[r("ghost"), ops.clone()]).await,
+        Err(StoreError::UnknownRoles(m)) if m == vec!["ghost".to_string()]
+    ));
+    assert_eq!(
+        s.get_user(&acme, &u("alice")).await.unwrap().roles,
+        vec![ro],
+        "unchanged"
+    );
+    assert!(matches!(
+        s.set_user_roles(&acme, &u("nobody"), &[]).await,
+        Err(StoreError::UserNotFound)
+    ));
+
+    let creds = s.user_credentials(&u("alice")).await.unwrap().unwrap();
+    assert_eq!(creds.tenant_id, acme);
+    assert!(creds.password_hash.starts_with("$argon2id$"));
+    assert!(
+        !format!("{creds:?}").contains("argon2"),
+        "Debug hides the hash"
+    );
+    assert!(s.user_credentials(&u("nobody")).await.unwrap().is_none());
+
+    s.delete_user(&acme, &u("alice")).await.unwrap();
+    assert!(matches!(
+        s.get_user(&acme, &u("alice")).await,
+        Err(StoreError::UserNotFound)
+    ));
+    assert!(matches!(
+        s.delete_user(&acme, &u("alice")).await,
+        Err(StoreError::UserNotFound)
+    ));
+}
+
+async fn usernames_are_global_and_writes_are_all_or_nothing(s: S) {
+    let a = tenant(&s, "a").await;
+    let b = tenant(&s, "b").await;
+    s.create_user(&new_user(&a, "alice", &[])).await.unwrap();
+    assert!(matches!(
+        s.create_user(&new_user(&b, "alice", &[])).await,
+        Err(StoreError::DuplicateUsername)
+    ));
+    assert!(matches!(
+        s.get_user(&b, &u("alice")).await,
+        Err(StoreError::UserNotFound)
+    ));
+    assert!(matches!(
+        s.create_user(&new_user(&a, "carol", &[r("ghost"), r("phantom")])).await,
+        Err(StoreError::UnknownRoles(m)) if m == vec!["ghost".to_string(), "phantom".to_string()]
+    ));
+    assert!(
+        s.user_credentials(&u("carol")).await.unwrap().is_none(),
+        "nothing written"
+    );
+    assert!(matches!(
+        s.create_user(&new_user(&t("nope"), "dave", &[])).await,
+        Err(StoreError::TenantNotFound)
+    ));
+}
+
+async fn bootstrap_happens_once(s: S) {
+    let platform = TenantId::platform();
+    let admin = new_user(&platform, "admin", &[r("superadmin")]);
+    assert!(s.bootstrap_user(&admin).await.unwrap());
+    assert!(!s.bootstrap_user(&admin).await.unwrap());
+    let other = new_user(&platform, "admin2", &[r("superadmin")]);
+    assert!(
+        !s.bootstrap_user(&other).await.unwrap(),
+        "never again once users exist"
+    );
+    let grants = s.user_grants(&platform, &u("admin")).await.unwrap();
+    assert!(Permissions::from_grants(platform, grants).is_superadmin());
+}
+
+// ---------------------------------------------------------------- groups
+
+async fn groups_crud_and_grants(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let ops = role(&s, &acme, "ops", admin_priv()).await;
+    let ship = role(&s, &acme, "ship", ingest_priv("app-*")).await;
+    s.create_user(&new_user(&acme, "alice", &[])).await.unwrap();
+    let k = key(&s, &acme, "k", std::slice::from_ref(&ship)).await;
+
+    let spec = GroupSpec {
+        roles: vec![ops.clone()],
+        users: vec![u("alice")],
+        api_keys: vec![k.key_id],
+    };
+    let (group, created) = s
+        .put_group(&acme, &g("admins"), &spec, now())
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(
+        (
+            group.roles.clone(),
+            group.users.clone(),
+            group.api_keys.clone()
+        ),
+        (vec![ops.clone()], vec![u("alice")], vec![k.key_id])
+    );
+    assert_eq!(s.get_group(&acme, &g("admins")).await.unwrap(), group);
+
+    // alice is admin through the group only, with provenance.
+    let grants = s.user_grants(&acme, &u("alice")).await.unwrap();
+    let perms = Permissions::from_grants(acme.clone(), grants);
+    assert!(perms.may_act_on_tenant(&acme));
+    assert_eq!(
+        perms.roles[0].granted_by,
+        vec![Grant::Group { group: g("admins") }]
+    );
+
+    // The key holds its own role and the group's.
+    let creds = s.key_credentials(k.key_id).await.unwrap().unwrap();
+    let perms = Permissions::from_grants(acme.clone(), creds.grants);
+    assert_eq!(perms.role_names(), vec![ops.clone(), ship.clone()]);
+
+    // Replacing the group drops members: alice loses admin on the next read.
+    let spec = GroupSpec {
+        roles: vec![ops.clone()],
+        users: vec![],
+        api_keys: vec![],
+    };
+    let (group, created) = s
+        .put_group(&acme, &g("admins"), &spec, now())
+        .await
+        .unwrap();
+    assert!(!created);
+    assert!(group.users.is_empty() && group.api_keys.is_empty());
+    let perms = Permissions::from_grants(
+        acme.clone(),
+        s.user_grants(&acme, &u("alice")).await.unwrap(),
+    );
+    assert!(!perms.may_act_on_tenant(&acme));
+
+    s.put_group(
+        &acme,
+        &g("b"),
+        &GroupSpec {
+            roles: vec![],
+            users: vec![],
+            api_keys: vec![],
+        },
+        now(),
+    )
+    .await
+    .unwrap();
+    let names: Vec<String> = s
+        .list_groups(&acme)
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.name.to_string())
+        .collect();
+    assert_eq!(names, vec!["admins", "b"]);
+    s.delete_group(&acme, &g("admins")).await.unwrap();
+    assert!(matches!(
+        s.get_group(&acme, &g("admins")).await,
+        Err(StoreError::GroupNotFound)
+    ));
+    assert!(matches!(
+        s.delete_group(&acme, &g("admins")).await,
+        Err(StoreError::GroupNotFound)
+    ));
+}
+
+async fn group_members_must_exist_in_the_tenant(s: S) {
+    let a = tenant(&s, "a").await;
+    let b = tenant(&s, "b").await;
+    s.create_user(&new_user(&b, "bob", &[])).await.unwrap();
+    let kb = key(&s, &b, "kb", &[]).await;
+    let spec = GroupSpec {
+        roles: vec![],
+        users: vec![u("bob")],
+        api_keys: vec![],
+    };
+    assert!(matches!(
+        s.put_group(&a, &g("x"), &spec, now()).await,
+        Err(StoreError::UnknownUsers(m)) if m == vec![u("bob")]
+    ));
+    let spec = GroupSpec {
+        roles: vec![],
+        users: vec![],
+        api_keys: vec![kb.key_id],
+    };
+    assert!(matches!(
+        s.put_group(&a, &g("x"), &spec, now()).await,
+        Err(StoreError::UnknownKeys(m)) if m == vec![kb.key_id]
+    ));
+    let spec = GroupSpec {
+        roles: vec![r("ghost")],
+        users: vec![],
+        api_keys: vec![],
+    };
+    assert!(matches!(
+        s.put_group(&a, &g("x"), &spec, now()).await,
+        Err(StoreError::UnknownRoles(_))
+    ));
+    assert!(
+        s.list_groups(&a).await.unwrap().is_empty(),
+        "nothing written"
+    );
+    // A deleted user leaves the groups it was in.
+    let spec = GroupSpec {
+        roles: vec![],
+        users: vec![u("bob")],
+        api_keys: vec![],
+    };
+    s.put_group(&b, &g("x"), &spec, now()).await.unwrap();
+    s.delete_user(&b, &u("bob")).await.unwrap();
+    assert!(s.get_group(&b, &g("x")).await.unwrap().users.is_empty());
+}
+
+// ---------------------------------------------------------------- keys
+
+async fn keys_create_get(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let ship = role(&s, &acme, "ship", ingest_priv("app-*")).await;
+    let mut nk = new_key(&acme, "ci", std::slice::from_ref(&ship));
+    nk.expires_at = Some(now() + chrono::Duration::days(1));
+    let created = s.create_key(&nk, now()).await.unwrap();
+    assert_eq!(created.key_id, nk.key_id);
+    assert_eq!(created.status, KeyStatus::Active);
+    assert_eq!(created.roles, vec![ship]);
+    assert_eq!(created.start, nk.start);
+    assert!(created.revocation.is_none() && created.last_used_at.is_none());
+    assert_eq!(s.get_key(&acme, nk.key_id, now()).await.unwrap(), created);
+    let other = tenant(&s, "other").await;
+    assert!(matches!(
+        s.get_key(&other, nk.key_id, now()).await,
+        Err(StoreError::KeyNotFound)
+    ));
+    assert!(matches!(
+        s.get_key(&acme, KeyId::new(), now()).await,
+        Err(StoreError::KeyNotFound)
+    ));
+
+    let creds = s.key_credentials(nk.key_id).await.unwrap().unwrap();
+    assert_eq!(
+        (creds.tenant_id.clone(), creds.active),
+        (acme.clone(), true)
+    );
+    assert_eq!(creds.secret_hash, nk.secret_hash);
+    assert!(
+        !format!("{creds:?}").contains("argon2"),
+        "Debug hides the hash"
+    );
+    assert!(s.key_credentials(KeyId::new()).await.unwrap().is_none());
+}
+
+async fn key_names_unique_among_active_keys(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let first = key(&s, &acme, "ci", &[]).await;
+    assert!(matches!(
+        s.create_key(&new_key(&acme, "ci", &[]), now()).await,
+        Err(StoreError::DuplicateKeyName)
+    ));
+    let other = tenant(&s, "other").await;
+    key(&s, &other, "ci", &[]).await;
+    revoke(&s, &acme, first.key_id).await;
+    key(&s, &acme, "ci", &[]).await;
+}
+
+async fn key_creation_is_all_or_nothing(s: S) {
+    let acme = tenant(&s, "acme").await;
+    role(&s, &acme, "ok", vec![]).await;
+    let nk = new_key(&acme, "ci", &[r("ok"), r("ghost")]);
+    assert!(matches!(
+        s.create_key(&nk, now()).await,
+        Err(StoreError::UnknownRoles(m)) if m == vec!["ghost".to_string()]
+    ));
+    assert!(s.key_credentials(nk.key_id).await.unwrap().is_none());
+    let q = KeyQuery {
+        status: StatusFilter::All,
+        limit: 50,
+        before: None,
+    };
+    assert!(s.list_keys(&acme, &q, now()).await.unwrap().is_empty());
+    assert!(matches!(
+        s.create_key(&new_key(&t("nope"), "ci", &[]), now()).await,
+        Err(StoreError::TenantNotFound)
+    ));
+}
+
+async fn key_listing_pages_and_filters(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let ro = role(&s, &acme, "ro", vec![]).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut nk = new_key(&acme, &format!("k{i}"), std::slice::from_ref(&ro));
+        if i == 1 {
+            nk.expires_at = Some(now() + chrono::Duration::milliseconds(1));
+        }
+        ids.push(s.create_key(&nk, now()).await.unwrap().key_id);
+        // ULIDs in the same millisecond still sort, but not by creation.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    revoke(&s, &acme, ids[2]).await;
+    let later = now() + chrono::Duration::seconds(1);
+    let other = tenant(&s, "other").await;
+    key(&s, &other, "theirs", &[]).await;
+
+    // Pages of 3, newest first, no overlap, nothing missed.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let q = KeyQuery {
+            status: StatusFilter::All,
+            limit: 3,
+            before,
+        };
+        let page = s.list_keys(&acme, &q, later).await.unwrap();
+        assert!(page.len() <= 3);
+        // A key created mid-listing lands before the cursor, never in a later page.
+        if before.is_some() && seen.len() == 3 {
+            key(&s, &acme, "late", &[]).await;
+        }
+        seen.extend(page.iter().map(|k| k.key_id));
+        assert!(page.iter().all(|k| k.roles == vec![ro.clone()]));
+        match page.last() {
+            Some(last) if page.len() == 3 => before = Some(last.key_id),
+            _ => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+
+    let ids_with = |status| {
+        let s = s.clone();
+        let acme = acme.clone();
+        async move {
+            let q = KeyQuery {
+                status,
+                limit: 200,
+                before: None,
+            };
+            let page = s.list_keys(&acme, &q, later).await.unwrap();
+            page.iter()
+                .map(|k| (k.key_id, k.status))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        ids_with(StatusFilter::Revoked).await,
+        vec![(ids[2], KeyStatus::Revoked)]
+    );
+    assert_eq!(
+        ids_with(StatusFilter::Expired).await,
+        vec![(ids[1], KeyStatus::Expired)]
+    );
+    let active = ids_with(StatusFilter::Active).await;
+    assert_eq!(active.len(), 6, "five remaining plus the late one");
+    assert!(active.iter().all(|(_, st)| *st == KeyStatus::Active));
+}
+
+async fn key_usage_is_recorded_in_batches(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let a = key(&s, &acme, "a", &[]).await.key_id;
+    let b = key(&s, &acme, "b", &[]).await.key_id;
+    assert_eq!(
+        s.record_key_usage(&[(a, at(10)), (b, at(20))])
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.record_key_usage(&[(a, at(5))]).await.unwrap(),
+        0,
+        "never backwards"
+    );
+    assert_eq!(
+        s.get_key(&acme, a, now()).await.unwrap().last_used_at,
+        Some(at(10))
+    );
+    assert_eq!(
+        s.get_key(&acme, b, now()).await.unwrap().last_used_at,
+        Some(at(20))
+    );
+    assert_eq!(s.record_key_usage(&[]).await.unwrap(), 0);
+}
+
+// ---------------------------------------------------------------- revoke
+
+async fn revoke_writes_tombstone_and_one_event(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let k = key(&s, &acme, "ci", &[]).await;
+    let first = revoke(&s, &acme, k.key_id).await;
+    assert!(first.newly_revoked);
+    assert_eq!(first.key.status, KeyStatus::Revoked);
+    assert_eq!(first.key.revoked_by.as_deref(), Some("admin"));
+    let rev = first.key.revocation.clone().unwrap();
+    assert_eq!(
+        (rev.state, rev.attempts, rev.applied_by),
+        (RevocationState::Pending, 0, 0)
+    );
+
+    let second = revoke(&s, &acme, k.key_id).await;
+    assert!(!second.newly_revoked);
+    assert_eq!(
+        second.key.revocation.unwrap().event_id,
+        rev.event_id,
+        "same event"
+    );
+    assert_eq!(second.key.revoked_at, first.key.revoked_at);
+
+    let events = s.claim_events("w", LEASE, 100, now()).await.unwrap();
+    assert_eq!(events.len(), 1, "exactly one event");
+    assert_eq!(
+        (events[0].event_id, events[0].key_id),
+        (rev.event_id, k.key_id)
+    );
+    assert_eq!(events[0].kind, KEY_REVOKED);
+    assert_eq!(events[0].tenant_id, acme);
+    assert_eq!(
+        Some(events[0].created_at),
+        first.key.revoked_at,
+        "revokedAt is the event time"
+    );
+
+    assert!(!s.key_credentials(k.key_id).await.unwrap().unwrap().active);
+    let other = tenant(&s, "other").await;
+    assert!(matches!(
+        s.revoke_key(&other, k.key_id, "x", EventId::new(), now())
+            .await,
+        Err(StoreError::KeyNotFound)
+    ));
+    assert!(matches!(
+        s.revoke_key(&acme, KeyId::new(), "x", EventId::new(), now())
+            .await,
+        Err(StoreError::KeyNotFound)
+    ));
+}
+
+async fn concurrent_revokes_write_one_event(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let k = key(&s, &acme, "ci", &[]).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, acme) = (s.clone(), acme.clone());
+            tokio::spawn(async move {
+                s.revoke_key(&acme, k.key_id, "admin", EventId::new(), now())
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut newly = 0;
+    let mut event_ids = HashSet::new();
+    for task in tasks {
+        let done = task.await.unwrap();
+        newly += usize::from(done.newly_revoked);
+        event_ids.insert(done.key.revocation.unwrap().event_id);
+    }
+    assert_eq!(newly, 1);
+    assert_eq!(event_ids.len(), 1, "every caller sees the one event");
+    assert_eq!(s.outbox_stats().await.unwrap().pending, 1);
+}
+
+async fn role_deleted_during_key_creation_is_never_half_assigned(s: S) {
+    let acme = tenant(&s, "acme").await;
+    for round in 0..15 {
+        let name = format!("racy{round}");
+        let racy = role(&s, &acme, &name, admin_priv()).await;
+        let nk = new_key(&acme, &format!("k{round}"), std::slice::from_ref(&racy));
+        let (s1, s2) = (s.clone(), s.clone());
+        let (acme1, acme2, racy2) = (acme.clone(), acme.clone(), racy.clone());
+        let create = tokio::spawn(async move { s1.create_key(&nk, now()).await });
+        let delete = tokio::spawn(async move { s2.delete_role(&acme2, &racy2).await });
+        let (created, deleted) = (create.await.unwrap(), delete.await.unwrap());
+        let role_exists = s.get_role(&acme1, &racy).await.is_ok();
+        match (created, deleted) {
+            (Ok(k), Err(StoreError::RoleInUse)) => {
+                assert!(role_exists);
+                let back = s.get_key(&acme1, k.key_id, now()).await.unwrap();
+                assert_eq!(back.roles, vec![racy]);
+            }
+            (Err(StoreError::UnknownRoles(m)), Ok(())) => {
+                assert_eq!(m, vec![name.clone()]);
+                assert!(!role_exists);
+            }
+            (c, d) => panic!("round {round}: inconsistent outcome: {c:?} / {d:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- outbox
+
+async fn revoked_keys(s: &S, tenant: &TenantId, n: usize) -> Vec<KeyId> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let k = key(s, tenant, &format!("k{i}"), &[]).await;
+        revoke(s, tenant, k.key_id).await;
+        ids.push(k.key_id);
+    }
+    ids
+}
+
+async fn claim_lease_publish(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let keys = revoked_keys(&s, &acme, 3).await;
+    let t0 = now();
+    let claimed = s.claim_events("w1", LEASE, 2, t0).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(
+        claimed[0].id < claimed[1].id,
+        "oldest first, in sequence order"
+    );
+    assert_eq!(claimed[0].key_id, keys[0]);
+    let rest = s.claim_events("w2", LEASE, 10, t0).await.unwrap();
+    assert_eq!(rest.len(), 1, "leased rows are not claimed again");
+    assert!(
+        s.claim_events("w2", LEASE, 10, t0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // An expired lease makes the row claimable again (its worker died).
+    let later = t0 + chrono::Duration::seconds(31);
+    let again = s.claim_events("w3", LEASE, 10, later).await.unwrap();
+    assert_eq!(again.len(), 3);
+
+    let ids: Vec<i64> = again.iter().map(|e| e.id).collect();
+    assert_eq!(
+        s.mark_published(&ids[..2], later, later - chrono::Duration::seconds(30))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.mark_published(&ids[..2], later, later).await.unwrap(),
+        0,
+        "once"
+    );
+    let k0 = s.get_key(&acme, keys[0], now()).await.unwrap();
+    let rev = k0.revocation.unwrap();
+    assert_eq!(rev.state, RevocationState::Published);
+    assert!(rev.published_at.is_some());
+    let stats = s.outbox_stats().await.unwrap();
+    assert_eq!((stats.pending, stats.dead), (1, 0));
+    assert!(stats.oldest_pending_at.is_some());
+    let far = later + chrono::Duration::hours(1);
+    let left = s.claim_events("w4", LEASE, 10, far).await.unwrap();
+    assert_eq!(left.len(), 1, "published rows are never claimed");
+}
+
+async fn release_returns_leases(s: S) {
+    let acme = tenant(&s, "acme").await;
+    revoked_keys(&s, &acme, 2).await;
+    let t0 = now();
+    let claimed = s.claim_events("w1", LEASE, 10, t0).await.unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    assert_eq!(s.release_leases("someone-else", &ids).await.unwrap(), 0);
+    assert_eq!(s.release_leases("w1", &ids).await.unwrap(), 2);
+    assert_eq!(s.claim_events("w2", LEASE, 10, t0).await.unwrap().len(), 2);
+}
+
+async fn retry_schedule_and_dead_letters(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let keys = revoked_keys(&s, &acme, 2).await;
+    let t0 = now();
+    let claimed = s.claim_events("w1", LEASE, 10, t0).await.unwrap();
+    let (a, b) = (claimed[0].id, claimed[1].id);
+    let next = t0 + chrono::Duration::seconds(10);
+    assert!(
+        !s.schedule_retry("not-owner", a, next, "broker unreachable")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.schedule_retry("w1", a, next, "broker unreachable")
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.mark_dead("w1", b, "gave up after 10 attempts", t0)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.claim_events("w2", LEASE, 10, t0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due yet"
+    );
+
+    let k = s.get_key(&acme, keys[0], now()).await.unwrap();
+    let rev = k.revocation.unwrap();
+    assert_eq!((rev.state, rev.attempts), (RevocationState::Pending, 1));
+    assert_eq!(rev.last_error.as_deref(), Some("broker unreachable"));
+    let due = s.claim_events("w2", LEASE, 10, next).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].id, due[0].attempts), (a, 1));
+
+    let dead = s.get_key(&acme, keys[1], now()).await.unwrap();
+    assert_eq!(state(&dead), RevocationState::Failed);
+    assert_eq!(s.outbox_stats().await.unwrap().dead, 1);
+    assert!(matches!(
+        s.retry_revocation(&acme, keys[0], now()).await,
+        Err(StoreError::InvalidState)
+    ));
+    let back = s.retry_revocation(&acme, keys[1], now()).await.unwrap();
+    let rev = back.revocation.unwrap();
+    assert_eq!(
+        (rev.state, rev.attempts, rev.last_error),
+        (RevocationState::Pending, 0, None)
+    );
+    let again = s.claim_events("w3", LEASE, 10, now()).await.unwrap();
+    assert!(again.iter().any(|e| e.id == b));
+
+    let active = key(&s, &acme, "live", &[]).await;
+    assert!(matches!(
+        s.retry_revocation(&acme, active.key_id, now()).await,
+        Err(StoreError::InvalidState)
+    ));
+    assert!(matches!(
+        s.retry_revocation(&acme, KeyId::new(), now()).await,
+        Err(StoreError::KeyNotFound)
+    ));
+    assert!(s.mark_dead("w3", b, "x", now()).await.unwrap());
+    assert_eq!(s.retry_all_dead(now()).await.unwrap(), 1);
+    assert_eq!(s.outbox_stats().await.unwrap().dead, 0);
+}
+
+async fn purge_keeps_undelivered_rows(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let keys = revoked_keys(&s, &acme, 3).await;
+    let t0 = now();
+    let claimed = s.claim_events("w", LEASE, 10, t0).await.unwrap();
+    s.mark_published(&[claimed[0].id], t0, t0).await.unwrap();
+    s.mark_dead("w", claimed[1].id, "gave up", t0)
+        .await
+        .unwrap();
+    s.ingestor_heartbeat("i1", "q1", t0).await.unwrap();
+    assert!(s.record_ack(claimed[0].event_id, "i1", t0).await.unwrap());
+
+    let purged = s.purge(t0 + chrono::Duration::days(8)).await.unwrap();
+    assert_eq!(purged, Purged { events: 1, acks: 1 });
+    let stats = s.outbox_stats().await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.dead),
+        (1, 1),
+        "pending and dead rows stay"
+    );
+    // The purged event's key still reads as revoked, its event published.
+    let k = s.get_key(&acme, keys[0], now()).await.unwrap();
+    assert_eq!(
+        (k.status, state(&k)),
+        (KeyStatus::Revoked, RevocationState::Published)
+    );
+    assert_eq!(
+        s.purge(t0 - chrono::Duration::days(1)).await.unwrap(),
+        Purged::default()
+    );
+}
+
+async fn concurrent_claimers_never_share_a_row(s: S) {
+    let acme = tenant(&s, "acme").await;
+    revoked_keys(&s, &acme, 60).await;
+    let tasks: Vec<_> = (0..6)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let owner = format!("w{w}");
+                let mut mine = Vec::new();
+                loop {
+                    let batch = s.claim_events(&owner, LEASE, 4, now()).await.unwrap();
+                    if batch.is_empty() {
+                        break mine;
+                    }
+                    mine.extend(batch.iter().map(|e| e.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "a row was leased to two claimers at once"
+    );
+    assert_eq!(all.len(), 60, "every row claimed");
+}
+
+// ---------------------------------------------------------------- ingestors
+
+async fn ingestors_acks_and_applied_state(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let keys = revoked_keys(&s, &acme, 2).await;
+    let t0 = now();
+    s.ingestor_heartbeat(
+        "i1",
+        "keyward.ingestor.i1",
+        t0 - chrono::Duration::seconds(5),
+    )
+    .await
+    .unwrap();
+    s.ingestor_heartbeat("i2", "keyward.ingestor.i2", t0)
+        .await
+        .unwrap();
+    s.ingestor_heartbeat(
+        "gone",
+        "keyward.ingestor.gone",
+        t0 - chrono::Duration::minutes(10),
+    )
+    .await
+    .unwrap();
+    // Heartbeats never move last_seen backwards.
+    s.ingestor_heartbeat(
+        "i2",
+        "keyward.ingestor.i2",
+        t0 - chrono::Duration::seconds(50),
+    )
+    .await
+    .unwrap();
+
+    let claimed = s.claim_events("w", LEASE, 10, t0).await.unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    s.mark_published(&ids, t0, t0 - chrono::Duration::seconds(30))
+        .await
+        .unwrap();
+    let ev = claimed[0].event_id;
+
+    let k = s.get_key(&acme, keys[0], now()).await.unwrap();
+    let rev = k.revocation.unwrap();
+    assert_eq!(
+        (rev.state, rev.ingestors, rev.applied_by),
+        (RevocationState::Published, 2, 0)
+    );
+
+    assert!(s.record_ack(ev, "i1", t0).await.unwrap());
+    assert!(!s.record_ack(ev, "i1", t0).await.unwrap(), "idempotent");
+    assert!(
+        !s.record_ack(EventId::new(), "i1", t0).await.unwrap(),
+        "unknown event ignored"
+    );
+    let rev = s
+        .get_key(&acme, keys[0], now())
+        .await
+        .unwrap()
+        .revocation
+        .unwrap();
+    assert_eq!((rev.state, rev.applied_by), (RevocationState::Published, 1));
+    s.record_ack(ev, "i2", t0).await.unwrap();
+    let rev = s
+        .get_key(&acme, keys[0], now())
+        .await
+        .unwrap()
+        .revocation
+        .unwrap();
+    assert_eq!(
+        (rev.state, rev.applied_by, rev.ingestors),
+        (RevocationState::Applied, 2, 2)
+    );
+
+    let list = s.list_ingestors().await.unwrap();
+    let ids: Vec<&str> = list.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, vec!["gone", "i1", "i2"]);
+    let i1 = &list[1];
+    assert_eq!(i1.queue, "keyward.ingestor.i1");
+    assert_eq!(i1.unacked, 1, "acked one of two published events");
+    assert_eq!(list[2].last_seen_at, t0.with_nanosecond_micros());
+}
+
+trait Micros {
+    fn with_nanosecond_micros(self) -> Self;
+}
+impl Micros for Timestamp {
+    fn with_nanosecond_micros(self) -> Self {
+        Utc.timestamp_micros(self.timestamp_micros()).unwrap()
+    }
+}
+
+// ---------------------------------------------------------------- runner
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = keyward_core::testing::TestDatabase::sqlite().await;
+                    super::$name(db.store()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = keyward_core::testing::TestDatabase::postgres().await else {
+                        return;
+                    };
+                    super::$name(db.store()).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    migrations_are_idempotent,
+    tenants,
+    roles_put_get_list_delete,
+    roles_are_per_tenant,
+    builtin_roles_are_read_only,
+    role_in_use_cannot_be_deleted,
+    users_crud,
+    usernames_are_global_and_writes_are_all_or_nothing,
+    bootstrap_happens_once,
+    groups_crud_and_grants,
+    group_members_must_exist_in_the_tenant,
+    keys_create_get,
+    key_names_unique_among_active_keys,
+    key_creation_is_all_or_nothing,
+    key_listing_pages_and_filters,
+    key_usage_is_recorded_in_batches,
+    revoke_writes_tombstone_and_one_event,
+    concurrent_revokes_write_one_event,
+    role_deleted_during_key_creation_is_never_half_assigned,
+    claim_lease_publish,
+    release_returns_leases,
+    retry_schedule_and_dead_letters,
+    purge_keeps_undelivered_rows,
+    concurrent_claimers_never_share_a_row,
+    ingestors_acks_and_applied_state,
+);

@@ -1,0 +1,132 @@
+//! Reference ingestor command line and settings (API.md §12).
+
+use std::net::SocketAddr;
+
+use keyward_core::config::{AmqpSettings, LogSettings};
+use keyward_core::token::ApiKeyToken;
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "keyward-ingestor",
+    version,
+    about = "Keyward reference ingestor"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Base URL of the Keyward API, for `POST /api/v1/verify` on a cache miss.
+    #[arg(long = "api-url", env = "KEYWARD_API_URL", default_value = "http://127.0.0.1:8080",
+          value_parser = parse_http_url)]
+    pub api_url: url::Url,
+    /// This node's `verifier` API key.
+    #[arg(long = "verifier-key", env = "KEYWARD_VERIFIER_KEY", hide_env_values = true,
+          value_parser = parse_verifier_key)]
+    pub verifier_key: Option<ApiKeyToken>,
+    #[command(flatten)]
+    pub amqp: AmqpSettings,
+    /// This ingestor's id; its queue is `keyward.ingestor.{id}`. Default: host name.
+    #[arg(long = "ingestor-id", env = "KEYWARD_INGESTOR_ID", value_parser = parse_ingestor_id)]
+    pub ingestor_id: Option<String>,
+    /// Address to serve `/ingest/{stream}`, `/healthz`, `/readyz`, `/metrics` on.
+    #[arg(
+        long = "listen",
+        env = "KEYWARD_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+impl Settings {
+    /// The configured id, else the host name (made queue-safe).
+    pub fn ingestor_id(&self) -> String {
+        self.ingestor_id.clone().unwrap_or_else(host_name)
+    }
+}
+
+fn parse_http_url(value: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
+    match url.scheme() {
+        "http" | "https" if url.host_str().is_some() => Ok(url),
+        _ => Err("must be an http:// or https:// URL with a host".into()),
+    }
+}
+
+fn parse_verifier_key(value: &str) -> Result<ApiKeyToken, String> {
+    // Never echo the value: it is a secret.
+    ApiKeyToken::parse(value).map_err(|e| e.to_string())
+}
+
+/// `[A-Za-z0-9._-]{1,64}`: it becomes part of a queue name.
+pub fn parse_ingestor_id(value: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("must be 1 to 64 of A-Z a-z 0-9 . _ -".into())
+    }
+}
+
+fn host_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if cleaned.is_empty() {
+        "ingestor".into()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("keyward-ingestor").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = parse(&[]).unwrap().settings;
+        assert_eq!(s.api_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8081");
+        assert!(parse_ingestor_id(&s.ingestor_id()).is_ok());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_without_echoing_secrets() {
+        let e = parse(&["--verifier-key", "kw_not-a-key"]).unwrap_err();
+        let e = keyward_core::config::one_line(&e);
+        assert!(!e.contains("not-a-key"), "{e}");
+        assert!(parse(&["--api-url", "ftp://x"]).is_err());
+        assert!(parse(&["--ingestor-id", "a b"]).is_err());
+    }
+}

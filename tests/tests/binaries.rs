@@ -1,0 +1,138 @@
+//! The real binaries start, parse their settings and fail cleanly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use keyward_core::testing::TestDatabase;
+use keyward_tests::{binary, run_to_end, start_api};
+use tokio::io::AsyncReadExt;
+
+const READY: Duration = Duration::from_secs(30);
+
+async fn stop_and_read_stderr(mut api: keyward_tests::Running) -> String {
+    api.child.start_kill().unwrap();
+    api.child.wait().await.unwrap();
+    let mut err = String::new();
+    api.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    err
+}
+
+#[tokio::test]
+async fn api_serves_on_sqlite_and_bootstraps_admin_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+    let mut api = start_api(&[("KEYWARD_DATABASE_URL", &url)]);
+    api.wait_ready("/readyz", READY).await;
+    let health = reqwest::get(api.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let err = stop_and_read_stderr(api).await;
+    assert_eq!(
+        err.matches("with password:").count(),
+        1,
+        "printed once: {err}"
+    );
+
+    // A second start on the same file keeps the admin it has.
+    let mut again = start_api(&[("KEYWARD_DATABASE_URL", &url)]);
+    again.wait_ready("/readyz", READY).await;
+    let err = stop_and_read_stderr(again).await;
+    assert!(!err.contains("with password:"), "never again: {err}");
+}
+
+#[tokio::test]
+async fn api_serves_on_postgres_with_a_configured_password() {
+    let Some(db) = TestDatabase::postgres_unmigrated().await else {
+        return;
+    };
+    let password = "correct horse battery staple";
+    let mut api = start_api(&[
+        ("KEYWARD_DATABASE_URL", db.url.as_str()),
+        ("KEYWARD_ADMIN_PASSWORD", password),
+        ("KEYWARD_LOG_FORMAT", "json"),
+    ]);
+    api.wait_ready("/readyz", READY).await;
+    let err = stop_and_read_stderr(api).await;
+    assert!(
+        !err.contains(password),
+        "the configured password is never printed"
+    );
+    assert!(!err.contains("with password:"));
+    let first = err.lines().find(|l| !l.is_empty()).unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(first).is_ok(),
+        "json logs: {first}"
+    );
+    // The bootstrap wrote the admin, with superadmin.
+    let store = db.store();
+    let admin = keyward_core::ids::Username::parse("admin").unwrap();
+    let user = store
+        .get_user(&keyward_core::ids::TenantId::platform(), &admin)
+        .await
+        .unwrap();
+    assert_eq!(user.roles[0].as_str(), "superadmin");
+}
+
+#[tokio::test]
+async fn api_migrate_subcommand_only_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+    let (code, _, err) = run_to_end(
+        &binary("keyward-api"),
+        &["migrate"],
+        &[("KEYWARD_DATABASE_URL", &url)],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains("with password:"),
+        "migrate does not bootstrap"
+    );
+    assert!(dir.path().join("k.db").exists());
+}
+
+#[tokio::test]
+async fn api_reports_an_unreachable_database_in_one_line() {
+    let (code, _, err) = run_to_end(
+        &binary("keyward-api"),
+        &[],
+        &[(
+            "KEYWARD_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:1/none",
+        )],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot open the database"), "{err}");
+}
+
+#[tokio::test]
+async fn api_reports_a_port_in_use_in_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+    let (code, _, err) = run_to_end(
+        &binary("keyward-api"),
+        &[],
+        &[
+            ("KEYWARD_DATABASE_URL", &url),
+            ("KEYWARD_LISTEN", &addr),
+            ("KEYWARD_ADMIN_PASSWORD", "correct horse battery"),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(
+        last.contains("cannot listen on") && last.contains("in use"),
+        "{err}"
+    );
+}
