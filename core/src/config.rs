@@ -35,12 +35,17 @@ impl FromStr for DatabaseUrl {
 
 impl fmt::Display for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
-        f.write_str(shown.as_str())
+        write_redacted(&self.0, f)
     }
+}
+
+/// Writes a URL with its password, if any, replaced by `***`.
+fn write_redacted(url: &url::Url, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    f.write_str(shown.as_str())
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -165,11 +170,7 @@ impl FromStr for AmqpUrl {
 
 impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut shown = self.0.clone();
-        if shown.password().is_some() {
-            let _ = shown.set_password(Some("***"));
-        }
-        f.write_str(shown.as_str())
+        write_redacted(&self.0, f)
     }
 }
 
