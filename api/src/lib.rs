@@ -2,7 +2,13 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod bootstrap;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod observe;
+pub mod request_id;
 pub mod routes;
 pub mod settings;
 pub mod startup;

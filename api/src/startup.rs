@@ -11,9 +11,9 @@ use keyward_core::hashing::SecretHasher;
 use keyward_core::store::{self, Store};
 
 use crate::bootstrap::bootstrap_admin;
-use crate::routes;
 use crate::settings::Settings;
 use crate::state::AppState;
+use crate::{extract, observe, routes};
 
 pub struct Application {
     server: Server,
@@ -31,16 +31,27 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr()?.port();
+        crate::metrics::handle();
+        let dummy_hash = hasher.hash(&ulid::Ulid::generate().to_string()).await?;
         let state = web::Data::new(AppState {
             store,
             hasher,
             key_prefix: settings.key_prefix.clone(),
+            dummy_hash,
         });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .service(routes::health::healthz)
-                .service(routes::health::readyz)
+                .app_data(web::PathConfig::default().error_handler(extract::path_error))
+                .app_data(web::QueryConfig::default().error_handler(extract::query_error))
+                .wrap(actix_web::middleware::from_fn(observe::observe))
+                .configure(routes::health::configure)
+                .configure(crate::metrics::configure)
+                .configure(routes::tenants::configure)
+                .configure(routes::roles::configure)
+                .configure(routes::users::configure)
+                .configure(routes::groups::configure)
+                .default_service(web::to(routes::not_found))
         })
         .listen(listener)?
         .run();

@@ -10,4 +10,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub hasher: SecretHasher,
     pub key_prefix: KeyPrefix,
+    /// A hash of a random secret, verified against when a username is
+    /// unknown, so a wrong username costs the same time as a wrong password.
+    pub dummy_hash: String,
 }

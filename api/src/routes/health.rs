@@ -1,16 +1,19 @@
 //! `/healthz` (the process is up) and `/readyz` (the database answers).
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::{HttpResponse, web};
 
 use crate::state::AppState;
 
-#[get("/healthz")]
-pub async fn healthz() -> HttpResponse {
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-#[get("/readyz")]
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.store.ping().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(e) => {

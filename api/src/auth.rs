@@ -1,0 +1,176 @@
+//! Authentication (who is calling) and the tenant gate (may they act here).
+//!
+//! `Authorization: Basic` authenticates a user by argon2 password check;
+//! `Authorization: Bearer` an API key: shape and checksum first (no I/O),
+//! then the key row by id and an argon2 proof. Either way the principal's
+//! effective roles are read from the store during this request, so a role
+//! or membership change counts from the very next request.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use base64::Engine;
+use keyward_core::ids::{KeyId, RoleName, TenantId, Username};
+use keyward_core::rbac::Permissions;
+use keyward_core::token::ApiKeyToken;
+
+use crate::error::{ApiError, ApiResult, Code};
+use crate::state::AppState;
+
+/// Who a principal is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalId {
+    User(Username),
+    Key(KeyId),
+}
+
+/// An authenticated caller with its effective roles as of this request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub id: PrincipalId,
+    pub permissions: Permissions,
+}
+
+impl Principal {
+    pub fn tenant(&self) -> &TenantId {
+        &self.permissions.tenant
+    }
+
+    /// How the principal is named in `createdBy`/`revokedBy`: a username,
+    /// or `apikey:{keyId}`.
+    pub fn name(&self) -> String {
+        match &self.id {
+            PrincipalId::User(u) => u.to_string(),
+            PrincipalId::Key(k) => format!("apikey:{k}"),
+        }
+    }
+
+    pub fn require_superadmin(&self) -> ApiResult<()> {
+        if self.permissions.is_superadmin() {
+            Ok(())
+        } else {
+            Err(ApiError::new(Code::Forbidden))
+        }
+    }
+
+    /// Permission on `tenant`: the same 403 whether it exists or not. A
+    /// superadmin acting on a tenant that does not exist gets 404.
+    pub async fn require_tenant(&self, state: &AppState, tenant: &TenantId) -> ApiResult<()> {
+        tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+        if !self.permissions.may_act_on_tenant(tenant) {
+            return Err(ApiError::new(Code::Forbidden));
+        }
+        if tenant != self.tenant() && !state.store.tenant_exists(tenant).await? {
+            return Err(ApiError::new(Code::TenantNotFound));
+        }
+        Ok(())
+    }
+
+    /// The built-in `_platform` roles (`superadmin`, `verifier`) may be
+    /// handed out only by a superadmin: an admin of `_platform` must not be
+    /// able to make anyone, itself included, a superadmin.
+    pub fn require_may_grant(&self, tenant: &TenantId, roles: &[RoleName]) -> ApiResult<()> {
+        let builtin =
+            |r: &RoleName| matches!(r.as_str(), RoleName::SUPERADMIN | RoleName::VERIFIER);
+        if tenant.is_platform() && roles.iter().any(builtin) && !self.permissions.is_superadmin() {
+            return Err(ApiError::new(Code::Forbidden)
+                .with_message("Only a superadmin may grant built-in roles."));
+        }
+        Ok(())
+    }
+}
+
+fn unauthenticated(message: &str) -> ApiError {
+    ApiError::new(Code::Unauthenticated).with_message(message)
+}
+
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let authorization = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::new(Code::Internal))?;
+            let authorization =
+                authorization.ok_or_else(|| unauthenticated("Missing credentials."))?;
+            let principal = authenticate(&state, &authorization).await?;
+            tracing::Span::current().record("principal", tracing::field::display(principal.name()));
+            Ok(principal)
+        })
+    }
+}
+
+async fn authenticate(state: &AppState, authorization: &str) -> ApiResult<Principal> {
+    let (scheme, credentials) = authorization.split_once(' ').unwrap_or((authorization, ""));
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        basic(state, credentials).await
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        bearer(state, credentials).await
+    } else {
+        Err(unauthenticated("Unsupported authorization scheme."))
+    }
+}
+
+async fn basic(state: &AppState, credentials: &str) -> ApiResult<Principal> {
+    let bad = || unauthenticated("Invalid username or password.");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials)
+        .map_err(|_| bad())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (username, password) = decoded.split_once(':').ok_or_else(bad)?;
+    let found = match Username::parse(username) {
+        Ok(u) => state.store.user_credentials(&u).await?,
+        Err(_) => None,
+    };
+    let Some(user) = found else {
+        // Same cost as a wrong password: no username oracle by timing.
+        state.hasher.verify(password, &state.dummy_hash).await?;
+        return Err(bad());
+    };
+    if !state.hasher.verify(password, &user.password_hash).await? {
+        return Err(bad());
+    }
+    let grants = state
+        .store
+        .user_grants(&user.tenant_id, &user.username)
+        .await?;
+    Ok(Principal {
+        id: PrincipalId::User(user.username),
+        permissions: Permissions::from_grants(user.tenant_id, grants),
+    })
+}
+
+async fn bearer(state: &AppState, credentials: &str) -> ApiResult<Principal> {
+    let bad = || unauthenticated("Invalid API key.");
+    let token = ApiKeyToken::parse(credentials).map_err(|_| bad())?;
+    let Some(key) = state.store.key_credentials(token.key_id()).await? else {
+        return Err(bad());
+    };
+    if !state
+        .hasher
+        .verify(token.expose_secret(), &key.secret_hash)
+        .await?
+    {
+        return Err(bad());
+    }
+    // Checked after the proof: only the holder of the secret learns why.
+    if !key.active {
+        return Err(unauthenticated("The API key is revoked."));
+    }
+    if key.expires_at.is_some_and(|exp| exp <= chrono::Utc::now()) {
+        return Err(unauthenticated("The API key is expired."));
+    }
+    Ok(Principal {
+        id: PrincipalId::Key(key.key_id),
+        permissions: Permissions::from_grants(key.tenant_id, key.grants),
+    })
+}

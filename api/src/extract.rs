@@ -1,0 +1,167 @@
+//! Request extractors that answer in the API's error model: a JSON body
+//! (415, 413, 400 with `details.field`) and path/query errors as 400.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, Code};
+
+/// Bodies larger than this are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON request body. Unknown fields are refused (a typo such as
+/// `expiresAT` must not be silently ignored); the request DTOs say so with
+/// `deny_unknown_fields`.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || mime.ends_with("+json")
+            })
+            .unwrap_or(false);
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !is_json {
+                return Err(ApiError::new(Code::UnsupportedMediaType));
+            }
+            if declared.is_some_and(|n| n > BODY_LIMIT) {
+                return Err(ApiError::new(Code::PayloadTooLarge));
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|_| {
+                    ApiError::invalid("body", "The request body could not be read.")
+                })?;
+                if body.len() + chunk.len() > BODY_LIMIT {
+                    return Err(ApiError::new(Code::PayloadTooLarge));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse_json(&body).map(Json)
+        })
+    }
+}
+
+/// Deserializes with the path of the offending field, in our own words:
+/// serde's messages name Rust types and are not part of the contract.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(value) => {
+            de.end()
+                .map_err(|_| ApiError::invalid("body", "The request body is not valid JSON."))?;
+            Ok(value)
+        }
+        Err(e) => {
+            let inner = e.inner();
+            if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+                return Err(ApiError::invalid(
+                    "body",
+                    "The request body is not valid JSON.",
+                ));
+            }
+            let path = e.path().to_string();
+            let text = inner.to_string();
+            if let Some(name) = quoted(&text, "unknown field `") {
+                let field = if path == "." {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                };
+                return Err(ApiError::invalid(
+                    &field,
+                    format!("Unknown field `{field}`."),
+                ));
+            }
+            if let Some(name) = quoted(&text, "missing field `") {
+                let field = if path == "." {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                };
+                return Err(ApiError::invalid(
+                    &field,
+                    format!("Field `{field}` is required."),
+                ));
+            }
+            let field = if path == "." { "body".to_owned() } else { path };
+            Err(ApiError::invalid(
+                &field,
+                format!("Field `{field}` has the wrong type."),
+            ))
+        }
+    }
+}
+
+/// The name between `prefix` and the next backtick, if `text` holds one.
+fn quoted<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let start = text.find(prefix)? + prefix.len();
+    let len = text[start..].find('`')?;
+    Some(&text[start..start + len])
+}
+
+/// Path and query errors in the API's shape (their text is actix's).
+pub fn path_error(_: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid("path", "A path segment is invalid.").into()
+}
+
+pub fn query_error(_: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid("query", "The query string is invalid.").into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        name: String,
+        roles: Vec<String>,
+    }
+
+    fn field_of(body: &str) -> String {
+        let e = parse_json::<Body>(body.as_bytes()).unwrap_err();
+        assert_eq!(e.code, Code::InvalidRequest);
+        assert!(
+            !e.message.contains("expected"),
+            "no serde text: {}",
+            e.message
+        );
+        e.details.unwrap()["field"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(field_of(r#"{"name": 1, "roles": []}"#), "name");
+        assert_eq!(field_of(r#"{"name": "a", "roles": [1]}"#), "roles[0]");
+        assert_eq!(field_of(r#"{"roles": []}"#), "name");
+        assert_eq!(field_of(r#"{"name": "a", "roles": [], "x": 1}"#), "x");
+        assert_eq!(field_of(r#"{"name": "a""#), "body");
+        assert_eq!(field_of(r#"[]"#), "body");
+        assert_eq!(field_of(r#"{"name": "a", "roles": []} trailing"#), "body");
+    }
+}

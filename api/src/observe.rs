@@ -1,0 +1,68 @@
+//! One middleware for what every request needs: its id, its tracing span,
+//! its metrics, and a panic turned into `500 internal` instead of a dropped
+//! connection.
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, ResponseError};
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::error::{ApiError, Code};
+use crate::request_id;
+
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let id = request_id::for_request(&req);
+    let method = req.method().to_string();
+    let http_req = req.request().clone();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        path = %req.path(),
+        tenant_id = tracing::field::Empty,
+        principal = tracing::field::Empty,
+    );
+    let started = Instant::now();
+    let outcome = request_id::scope(id.clone(), async {
+        match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+            Ok(Ok(res)) => res.map_into_boxed_body(),
+            Ok(Err(e)) => ServiceResponse::new(http_req.clone(), e.error_response()),
+            Err(_) => {
+                tracing::error!("handler panicked");
+                let res = ApiError::new(Code::Internal).error_response();
+                ServiceResponse::new(http_req.clone(), res)
+            }
+        }
+    })
+    .instrument(span.clone())
+    .await;
+    let mut res = outcome;
+    let status = res.status().as_u16();
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let elapsed = started.elapsed().as_secs_f64();
+    let labels = [
+        ("method", method),
+        ("route", route),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("keyward_http_requests_total", &labels).increment(1);
+    metrics::histogram!("keyward_http_request_duration_seconds", &labels).record(elapsed);
+    span.in_scope(|| tracing::info!(status, elapsed_ms = elapsed * 1000.0, "request finished"));
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(request_id::HEADER), value);
+    }
+    Ok(res)
+}

@@ -1,0 +1,98 @@
+//! `…/tenants/{t}/groups[/{name}]`: create or replace, read, list, delete.
+
+use actix_web::{HttpResponse, web};
+use keyward_core::ids::{GroupName, KeyId, Username};
+use keyward_core::store::GroupSpec;
+use serde::Deserialize;
+
+use super::{items, parse_list, parse_roles, resource, tenant_param};
+use crate::auth::Principal;
+use crate::error::ApiResult;
+use crate::extract::Json;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PutGroup {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/api/v1/tenants/{t}/groups").route(web::get().to(list)))
+        .service(
+            resource("/api/v1/tenants/{t}/groups/{name}")
+                .route(web::put().to(put))
+                .route(web::get().to(get))
+                .route(web::delete().to(delete)),
+        );
+}
+
+async fn put(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, String)>,
+    body: Json<PutGroup>,
+) -> ApiResult<HttpResponse> {
+    let tenant = tenant_param(&path.0)?;
+    who.require_tenant(&state, &tenant).await?;
+    let name = GroupName::parse(&path.1)?;
+    let body = body.0;
+    let spec = GroupSpec {
+        roles: parse_roles(&body.roles)?,
+        users: parse_list("users", &body.users, Username::parse)?,
+        api_keys: parse_list("apiKeys", &body.api_keys, KeyId::parse)?,
+    };
+    who.require_may_grant(&tenant, &spec.roles)?;
+    let (group, created) = state
+        .store
+        .put_group(&tenant, &name, &spec, chrono::Utc::now())
+        .await?;
+    Ok(if created {
+        HttpResponse::Created()
+            .insert_header((
+                "Location",
+                format!("/api/v1/tenants/{tenant}/groups/{name}"),
+            ))
+            .json(group)
+    } else {
+        HttpResponse::Ok().json(group)
+    })
+}
+
+async fn get(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let tenant = tenant_param(&path.0)?;
+    who.require_tenant(&state, &tenant).await?;
+    let name = GroupName::parse(&path.1)?;
+    Ok(HttpResponse::Ok().json(state.store.get_group(&tenant, &name).await?))
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let tenant = tenant_param(&path)?;
+    who.require_tenant(&state, &tenant).await?;
+    Ok(items(state.store.list_groups(&tenant).await?))
+}
+
+async fn delete(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let tenant = tenant_param(&path.0)?;
+    who.require_tenant(&state, &tenant).await?;
+    let name = GroupName::parse(&path.1)?;
+    state.store.delete_group(&tenant, &name).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,60 @@
+//! `POST /api/v1/tenants`, `GET /api/v1/tenants` (superadmin).
+
+use actix_web::{HttpResponse, web};
+use keyward_core::ids::TenantId;
+use serde::Deserialize;
+
+use super::{items, resource};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        resource("/api/v1/tenants")
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    );
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    who: Principal,
+    body: Json<CreateTenant>,
+) -> ApiResult<HttpResponse> {
+    who.require_superadmin()?;
+    let id = TenantId::parse(&body.0.id).map_err(|e| ApiError::invalid("id", e.reason))?;
+    let name = body
+        .0
+        .name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    if name.is_some_and(|n| n.chars().count() > 200 || n.chars().any(char::is_control)) {
+        return Err(ApiError::invalid(
+            "name",
+            "name must be at most 200 printable characters",
+        ));
+    }
+    let tenant = state
+        .store
+        .create_tenant(&id, name, chrono::Utc::now())
+        .await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/api/v1/tenants/{id}")))
+        .json(tenant))
+}
+
+async fn list(state: web::Data<AppState>, who: Principal) -> ApiResult<HttpResponse> {
+    who.require_superadmin()?;
+    Ok(items(state.store.list_tenants().await?))
+}
