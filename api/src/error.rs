@@ -175,6 +175,8 @@ pub struct ApiError {
     pub details: Option<Value>,
     /// The cause, for the log only.
     cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    /// Set when the error is answered outside the request's task.
+    request_id: Option<String>,
 }
 
 impl ApiError {
@@ -184,11 +186,17 @@ impl ApiError {
             message: code.default_message().to_owned(),
             details: None,
             cause: None,
+            request_id: None,
         }
     }
 
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
         self.message = message.into();
+        self
+    }
+
+    pub fn for_request(mut self, id: &str) -> Self {
+        self.request_id = Some(id.to_owned());
         self
     }
 
@@ -275,7 +283,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let request_id = request_id::current();
+        let request_id = self.request_id.clone().unwrap_or_else(request_id::current);
         let status = self.code.status();
         if status.is_server_error() {
             let cause = self.cause.as_deref().map(|c| chain(c)).unwrap_or_default();
@@ -290,6 +298,9 @@ impl ResponseError for ApiError {
             error["details"] = details.clone();
         }
         let mut response = HttpResponse::build(status);
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.insert_header((request_id::HEADER, value));
+        }
         match self.code {
             Code::Unauthenticated => {
                 response.insert_header((

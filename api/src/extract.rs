@@ -84,11 +84,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             let path = e.path().to_string();
             let text = inner.to_string();
             if let Some(name) = quoted(&text, "unknown field `") {
-                let field = if path == "." {
-                    name.to_owned()
-                } else {
-                    format!("{path}.{name}")
-                };
+                // The path already ends at the unknown field.
+                let field = if path == "." { name.to_owned() } else { path };
                 return Err(ApiError::invalid(
                     &field,
                     format!("Unknown field `{field}`."),

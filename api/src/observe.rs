@@ -5,11 +5,11 @@
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+use actix_web::Error;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, ResponseError};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -22,7 +22,6 @@ pub async fn observe(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let id = request_id::for_request(&req);
     let method = req.method().to_string();
-    let http_req = req.request().clone();
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -32,37 +31,51 @@ pub async fn observe(
         principal = tracing::field::Empty,
     );
     let started = Instant::now();
-    let outcome = request_id::scope(id.clone(), async {
-        match AssertUnwindSafe(next.call(req)).catch_unwind().await {
-            Ok(Ok(res)) => res.map_into_boxed_body(),
-            Ok(Err(e)) => ServiceResponse::new(http_req.clone(), e.error_response()),
-            Err(_) => {
-                tracing::error!("handler panicked");
-                let res = ApiError::new(Code::Internal).error_response();
-                ServiceResponse::new(http_req.clone(), res)
-            }
+    // The request cannot be cloned before routing (actix needs it unique),
+    // so a panic is answered through the error path, which knows the id.
+    let outcome = request_id::scope(id.clone(), AssertUnwindSafe(next.call(req)).catch_unwind())
+        .instrument(span.clone())
+        .await;
+    let mut res = match outcome {
+        Ok(Ok(res)) => res.map_into_boxed_body(),
+        Ok(Err(e)) => {
+            record(
+                &method,
+                "unmatched",
+                e.error_response().status().as_u16(),
+                started,
+            );
+            return Err(e);
         }
-    })
-    .instrument(span.clone())
-    .await;
-    let mut res = outcome;
+        Err(_) => {
+            span.in_scope(|| tracing::error!("handler panicked"));
+            record(&method, "unmatched", 500, started);
+            return Err(ApiError::new(Code::Internal).for_request(&id).into());
+        }
+    };
     let status = res.status().as_u16();
     let route = res
         .request()
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let elapsed = started.elapsed().as_secs_f64();
-    let labels = [
-        ("method", method),
-        ("route", route),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("keyward_http_requests_total", &labels).increment(1);
-    metrics::histogram!("keyward_http_request_duration_seconds", &labels).record(elapsed);
+    let elapsed = record(&method, &route, status, started);
     span.in_scope(|| tracing::info!(status, elapsed_ms = elapsed * 1000.0, "request finished"));
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut()
             .insert(HeaderName::from_static(request_id::HEADER), value);
     }
     Ok(res)
+}
+
+/// Counts the request and records its latency; returns the latency.
+fn record(method: &str, route: &str, status: u16, started: Instant) -> f64 {
+    let elapsed = started.elapsed().as_secs_f64();
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("keyward_http_requests_total", &labels).increment(1);
+    metrics::histogram!("keyward_http_request_duration_seconds", &labels).record(elapsed);
+    elapsed
 }

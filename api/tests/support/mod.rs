@@ -1,0 +1,180 @@
+//! Starts the real application in-process on port 0 with a fresh database.
+
+#![allow(dead_code)]
+
+use keyward_api::settings::Settings;
+use keyward_api::startup::Application;
+use keyward_core::config::{DatabaseSettings, LogSettings};
+use keyward_core::hashing::Argon2Settings;
+use keyward_core::ids::Password;
+use keyward_core::store::Store;
+use keyward_core::telemetry::LogFormat;
+use keyward_core::testing::TestDatabase;
+use keyward_core::token::KeyPrefix;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+}
+
+/// Who a request is sent as.
+#[derive(Clone, Copy)]
+pub enum As<'a> {
+    Nobody,
+    User(&'a str, &'a str),
+    Key(&'a str),
+}
+
+pub const ADMIN: As<'static> = As::User("admin", ADMIN_PASSWORD);
+
+impl TestApp {
+    pub async fn start(db: TestDatabase) -> Self {
+        let settings = Settings {
+            database: DatabaseSettings {
+                database_url: db.url.clone(),
+            },
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_password: Some(Password::parse(ADMIN_PASSWORD).unwrap()),
+            key_prefix: KeyPrefix::default(),
+            // Cheap argon2: these tests are about behaviour, not cost.
+            argon2: Argon2Settings {
+                memory_kib: 256,
+                iterations: 1,
+                parallelism: 1,
+            },
+            log: LogSettings {
+                log_format: LogFormat::Pretty,
+            },
+        };
+        let app = Application::build(settings).await.expect("app starts");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        actix_web::rt::spawn(app.run_until_stopped());
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            db,
+        }
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.db.store()
+    }
+
+    pub fn request(&self, method: Method, path: &str, who: As<'_>) -> RequestBuilder {
+        let req = self.client.request(method, format!("{}{path}", self.base));
+        match who {
+            As::Nobody => req,
+            As::User(u, p) => req.basic_auth(u, Some(p)),
+            As::Key(k) => req.bearer_auth(k),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        who: As<'_>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.request(method, path, who);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        read(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, path: &str, who: As<'_>) -> (u16, Value) {
+        self.call(Method::GET, path, who, None).await
+    }
+    pub async fn post(&self, path: &str, who: As<'_>, body: Value) -> (u16, Value) {
+        self.call(Method::POST, path, who, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, who: As<'_>, body: Value) -> (u16, Value) {
+        self.call(Method::PUT, path, who, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, who: As<'_>) -> (u16, Value) {
+        self.call(Method::DELETE, path, who, None).await
+    }
+
+    /// A tenant with an admin role and a user `{tenant}-admin` holding it.
+    pub async fn tenant_with_admin(&self, tenant: &str) -> String {
+        let (s, _) = self
+            .post("/api/v1/tenants", ADMIN, serde_json::json!({"id": tenant}))
+            .await;
+        assert_eq!(s, 201);
+        let role = serde_json::json!({"privileges": [{"privilege": "admin"}]});
+        let (s, _) = self
+            .put(
+                &format!("/api/v1/tenants/{tenant}/roles/admins"),
+                ADMIN,
+                role,
+            )
+            .await;
+        assert_eq!(s, 201);
+        let user = format!("{tenant}-admin");
+        let body =
+            serde_json::json!({"username": user, "password": ADMIN_PASSWORD, "roles": ["admins"]});
+        let (s, _) = self
+            .post(&format!("/api/v1/tenants/{tenant}/users"), ADMIN, body)
+            .await;
+        assert_eq!(s, 201);
+        user
+    }
+}
+
+pub async fn read(res: Response) -> (u16, Value) {
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    let json = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, json)
+}
+
+/// Asserts the error shape and code; returns the error object.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) -> Value {
+    assert_eq!(status, want_status, "body: {body}");
+    let err = body
+        .get("error")
+        .unwrap_or_else(|| panic!("no error object: {body}"))
+        .clone();
+    assert_eq!(err["code"], want_code, "body: {body}");
+    assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(err["requestId"].as_str().is_some_and(|m| !m.is_empty()));
+    err
+}
+
+/// Runs each named test on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    let db = keyward_core::testing::TestDatabase::sqlite().await;
+                    super::$name($crate::support::TestApp::start(db).await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    let Some(db) = keyward_core::testing::TestDatabase::postgres().await else {
+                        return;
+                    };
+                    super::$name($crate::support::TestApp::start(db).await).await;
+                }
+            )*
+        }
+    };
+}
