@@ -4,6 +4,10 @@
 
 mod support;
 
+use keyward_core::hashing::{Argon2Settings, SecretHasher};
+use keyward_core::ids::{EventId, KeyId, KeyName, RoleName, TenantId};
+use keyward_core::store::NewApiKey;
+use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use reqwest::Method;
 use serde_json::json;
 use support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
@@ -606,4 +610,114 @@ on_both_stores!(
     bad_input_is_4xx_and_writes_nothing,
     unknown_routes_and_methods,
     health_ready_metrics,
+    api_keys_authenticate_with_their_effective_roles,
+    database_down_is_503_and_recovers,
 );
+
+// ------------------------------------------------------------- bearer and outages
+
+/// Makes a key straight in the store (the key endpoints are step 3).
+async fn make_key(
+    app: &TestApp,
+    tenant: &str,
+    roles: &[&str],
+    expires_in_secs: Option<i64>,
+) -> ApiKeyToken {
+    let key_id = KeyId::new();
+    let token = ApiKeyToken::generate(&KeyPrefix::default(), key_id).unwrap();
+    let hasher = SecretHasher::new(Argon2Settings {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    })
+    .unwrap();
+    let now = chrono::Utc::now();
+    let key = NewApiKey {
+        key_id,
+        tenant_id: TenantId::parse(tenant).unwrap(),
+        name: KeyName::parse(&format!("k-{key_id}")).unwrap(),
+        roles: roles.iter().map(|r| RoleName::parse(r).unwrap()).collect(),
+        start: token.start(),
+        secret_hash: hasher.hash(token.expose_secret()).await.unwrap(),
+        created_by: "test".into(),
+        created_at: now,
+        expires_at: expires_in_secs.map(|s| now + chrono::Duration::seconds(s)),
+    };
+    app.store().create_key(&key, now).await.unwrap();
+    token
+}
+
+async fn api_keys_authenticate_with_their_effective_roles(app: TestApp) {
+    app.tenant_with_admin("acme").await;
+    let token = make_key(&app, "acme", &["admins"], None).await;
+    let who = As::Key(token.expose_secret());
+    assert_eq!(app.get("/api/v1/tenants/acme/roles", who).await.0, 200);
+    let (s, body) = app.get("/api/v1/tenants", who).await;
+    assert_error(s, &body, 403, "forbidden");
+
+    // Same key id, another secret: a valid shape, a wrong secret.
+    let forged = ApiKeyToken::generate(&KeyPrefix::default(), token.key_id()).unwrap();
+    let (s, body) = app
+        .get(
+            "/api/v1/tenants/acme/roles",
+            As::Key(forged.expose_secret()),
+        )
+        .await;
+    assert_error(s, &body, 401, "unauthenticated");
+
+    // A key without roles authenticates but may not act.
+    let plain = make_key(&app, "acme", &[], None).await;
+    let (s, body) = app
+        .get("/api/v1/tenants/acme/roles", As::Key(plain.expose_secret()))
+        .await;
+    assert_error(s, &body, 403, "forbidden");
+
+    let expired = make_key(&app, "acme", &["admins"], Some(-1)).await;
+    let (s, body) = app
+        .get(
+            "/api/v1/tenants/acme/roles",
+            As::Key(expired.expose_secret()),
+        )
+        .await;
+    let err = assert_error(s, &body, 401, "unauthenticated");
+    assert!(err["message"].as_str().unwrap().contains("expired"));
+
+    let acme = TenantId::parse("acme").unwrap();
+    app.store()
+        .revoke_key(
+            &acme,
+            token.key_id(),
+            "test",
+            EventId::new(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    let (s, body) = app.get("/api/v1/tenants/acme/roles", who).await;
+    let err = assert_error(s, &body, 401, "unauthenticated");
+    assert!(err["message"].as_str().unwrap().contains("revoked"));
+    assert!(!body.to_string().contains(token.expose_secret()));
+}
+
+async fn database_down_is_503_and_recovers(app: TestApp) {
+    if !app.db.set_reachable(false).await {
+        return; // SQLite: an embedded file has no server to lose.
+    }
+    let res = app
+        .request(Method::GET, "/api/v1/tenants", ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["retry-after"], "1");
+    let (s, body) = read(res).await;
+    let err = assert_error(s, &body, 503, "unavailable");
+    assert_eq!(err["message"], "The service is unavailable; retry later.");
+    assert_eq!(app.get("/readyz", As::Nobody).await.0, 503);
+    app.db.set_reachable(true).await;
+    assert_eq!(
+        app.get("/api/v1/tenants", ADMIN).await.0,
+        200,
+        "recovers without restart"
+    );
+    assert_eq!(app.get("/readyz", As::Nobody).await.0, 200);
+}

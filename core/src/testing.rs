@@ -103,6 +103,34 @@ impl TestDatabase {
     pub fn store(&self) -> Arc<dyn Store> {
         Arc::clone(&self.store)
     }
+
+    /// PostgreSQL only: refuse (or allow again) connections to this
+    /// database and cut the open ones, as if the server had gone away.
+    /// Returns `false` on SQLite, which has no server to lose.
+    pub async fn set_reachable(&self, reachable: bool) -> bool {
+        let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
+            return false;
+        };
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .expect("admin connection");
+        let allow = format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {reachable}");
+        sqlx::query(sqlx::AssertSqlSafe(allow))
+            .execute(&mut admin)
+            .await
+            .expect("alter database");
+        if !reachable {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(name)
+            .execute(&mut admin)
+            .await
+            .expect("terminate backends");
+        }
+        true
+    }
 }
 
 impl Drop for TestDatabase {

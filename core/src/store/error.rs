@@ -85,11 +85,12 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or(Cow::Borrowed(""));
             // Postgres class 08 (connection), 57P0x (shutdown, cannot connect
-            // now), 53300 (too many connections), 40001/40P01 (serialization,
-            // deadlock: retry); SQLite 5/6 (busy, locked) and their extended codes.
+            // now), 53300 (too many connections), 55000 (database not
+            // accepting connections), 40001/40P01 (serialization, deadlock:
+            // retry); SQLite 5/6 (busy, locked) and their extended codes.
             code.starts_with("08")
                 || code.starts_with("57P")
-                || matches!(&*code, "53300" | "40001" | "40P01")
+                || matches!(&*code, "53300" | "55000" | "40001" | "40P01")
                 || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
         }
         _ => false,
