@@ -289,14 +289,14 @@ impl ResponseError for ApiError {
             let cause = self.cause.as_deref().map(|c| chain(c)).unwrap_or_default();
             tracing::error!(request_id = %request_id, code = self.code.as_str(), %cause, "request failed");
         }
-        let mut error = json!({
-            "code": self.code.as_str(),
-            "message": self.message,
-            "requestId": request_id,
-        });
-        if let Some(details) = &self.details {
-            error["details"] = details.clone();
-        }
+        let body = ErrorBody {
+            error: ErrorObject {
+                code: self.code.as_str(),
+                message: self.message.clone(),
+                request_id: request_id.clone(),
+                details: self.details.clone(),
+            },
+        };
         let mut response = HttpResponse::build(status);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.insert_header((request_id::HEADER, value));
@@ -313,11 +313,29 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(json!({ "error": error }))
+        response.json(body)
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The body of every non-2xx answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorObject,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorObject {
+    /// One of the codes in the table (see the document's description).
+    pub code: &'static str,
+    pub message: String,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
 
 #[cfg(test)]
 mod tests {

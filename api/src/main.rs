@@ -9,6 +9,10 @@ async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
     keyward_core::telemetry::init(cli.settings.log.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Openapi => {
+            println!("{}", keyward_api::routes::openapi::spec());
+            Ok(())
+        }
         Command::Migrate => open_store(&cli.settings).await.map(|_| {
             tracing::info!("migrations applied");
         }),

@@ -33,6 +33,8 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "metrics", content_type = "text/plain")))]
 pub async fn render() -> HttpResponse {
     let body = handle().map(PrometheusHandle::render).unwrap_or_default();
     HttpResponse::Ok()

@@ -22,6 +22,8 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Print the OpenAPI 3 document and exit.
+    Openapi,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -51,6 +51,7 @@ impl Application {
                 .configure(routes::roles::configure)
                 .configure(routes::users::configure)
                 .configure(routes::groups::configure)
+                .configure(routes::openapi::configure)
                 .default_service(web::to(routes::not_found))
         })
         .listen(listener)?

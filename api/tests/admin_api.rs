@@ -595,6 +595,10 @@ async fn health_ready_metrics(app: TestApp) {
     assert!(text.contains("route=\"/api/v1/tenants\""), "{text}");
     assert!(text.contains("keyward_http_request_duration_seconds_bucket"));
     assert!(text.contains("keyward_argon2_duration_seconds"));
+    let (s, doc) = app.get("/api/v1/openapi.json", As::Nobody).await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/api/v1/tenants/{t}/roles/{name}"]["put"].is_object());
 }
 
 on_both_stores!(

@@ -43,9 +43,30 @@ fn check_name(field: &'static str, value: &str) -> Result<(), InvalidValue> {
     Ok(())
 }
 
+/// The OpenAPI schema of a string newtype: a string with its pattern.
+macro_rules! string_schema {
+    ($name:ident, $pattern:literal) => {
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some($pattern))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
+    };
+}
+pub(crate) use string_schema;
+
 /// Declares a string newtype whose only constructor is `parse`.
 macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $check:expr) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $pattern:literal, $check:expr) => {
+        string_schema!($name, $pattern);
+
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
@@ -95,6 +116,7 @@ name_type!(
     /// A tenant id, `^[a-z0-9][a-z0-9-]{0,62}$`, or the reserved `_platform`.
     TenantId,
     "tenant",
+    "^([a-z0-9][a-z0-9-]{0,62}|_platform)$",
     |field, value| {
         if value == TenantId::PLATFORM {
             return Ok(());
@@ -117,24 +139,28 @@ name_type!(
     /// A username, unique across the whole service.
     Username,
     "username",
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
     check_name
 );
 name_type!(
     /// A role name, unique within its tenant.
     RoleName,
     "role",
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
     check_name
 );
 name_type!(
     /// A group name, unique within its tenant.
     GroupName,
     "group",
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
     check_name
 );
 name_type!(
     /// A key name, unique among the tenant's active keys.
     KeyName,
     "name",
+    "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
     check_name
 );
 
@@ -176,6 +202,8 @@ fn parse_ulid(field: &'static str, value: &str) -> Result<Ulid, InvalidValue> {
 
 macro_rules! ulid_type {
     ($(#[$doc:meta])* $name:ident, $field:literal) => {
+        string_schema!($name, "^[0-7][0-9A-HJKMNP-TV-Z]{25}$");
+
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(Ulid);

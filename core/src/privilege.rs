@@ -9,6 +9,7 @@ use crate::ids::InvalidValue;
 
 /// What a role may let its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PrivilegeKind {
     /// Everything, in every tenant. Built-in role of `_platform` only.
@@ -78,6 +79,8 @@ impl FromStr for PrivilegeKind {
 #[serde(transparent)]
 pub struct StreamPattern(String);
 
+crate::ids::string_schema!(StreamPattern, "^[A-Za-z0-9*][A-Za-z0-9._*-]{0,127}$");
+
 impl StreamPattern {
     pub fn parse(value: &str) -> Result<Self, InvalidValue> {
         let field = "resource.stream";
@@ -138,6 +141,7 @@ impl<'de> Deserialize<'de> for StreamPattern {
 
 /// The resource a privilege is limited to: `{"stream": "app-*"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Resource {
     pub stream: StreamPattern,
@@ -145,6 +149,7 @@ pub struct Resource {
 
 /// One privilege of a role, optionally limited to streams.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Privilege {
     pub privilege: PrivilegeKind,

@@ -13,6 +13,7 @@ use crate::privilege::{Privilege, PrivilegeKind};
 
 /// Where a role came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "source", rename_all = "lowercase")]
 pub enum Grant {
     Direct,
@@ -29,6 +30,7 @@ pub struct RoleGrant {
 
 /// A role the principal holds, and every way it holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveRole {
     pub name: RoleName,

@@ -5,13 +5,15 @@ use keyward_core::ids::{GroupName, KeyId, Username};
 use keyward_core::store::GroupSpec;
 use serde::Deserialize;
 
+use super::Items;
 use super::{items, parse_list, parse_roles, resource, tenant_param};
 use crate::auth::Principal;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
+use keyward_core::store::Group;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PutGroup {
     #[serde(default)]
@@ -32,7 +34,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-async fn put(
+/// Create (201) or replace (200) a group with its roles and members.
+/// Unknown users or keys: 400 with `details.users` / `details.apiKeys`.
+#[utoipa::path(put, path = "/api/v1/tenants/{t}/groups/{name}", tag = "groups", request_body = PutGroup,
+    params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "group name")),
+    responses((status = 201, body = Group), (status = 200, body = Group),
+              (status = 422, description = "`unknown_roles`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn put(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,
@@ -64,7 +73,12 @@ async fn put(
     })
 }
 
-async fn get(
+/// One group.
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/groups/{name}", tag = "groups",
+    params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "group name")),
+    responses((status = 200, body = Group), (status = 404, description = "`group_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn get(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,
@@ -75,7 +89,11 @@ async fn get(
     Ok(HttpResponse::Ok().json(state.store.get_group(&tenant, &name).await?))
 }
 
-async fn list(
+/// The tenant's groups.
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/groups", tag = "groups",
+    params(("t" = String, Path, description = "tenant id")),
+    responses((status = 200, body = Items<Group>)), security(("basic" = []), ("bearer" = [])))]
+pub async fn list(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<String>,
@@ -85,7 +103,12 @@ async fn list(
     Ok(items(state.store.list_groups(&tenant).await?))
 }
 
-async fn delete(
+/// Delete a group.
+#[utoipa::path(delete, path = "/api/v1/tenants/{t}/groups/{name}", tag = "groups",
+    params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "group name")),
+    responses((status = 204, description = "deleted"), (status = 404, description = "`group_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn delete(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,

@@ -6,6 +6,8 @@ pub mod roles;
 pub mod tenants;
 pub mod users;
 
+pub mod openapi;
+
 use actix_web::{HttpResponse, web};
 use keyward_core::ids::{InvalidValue, RoleName, TenantId};
 use serde::Serialize;
@@ -13,7 +15,7 @@ use serde::Serialize;
 use crate::error::{ApiError, ApiResult, Code};
 
 /// `{"items": [...]}`: the shape of every list.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Items<T> {
     pub items: Vec<T>,
 }

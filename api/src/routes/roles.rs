@@ -7,19 +7,23 @@ use keyward_core::ids::RoleName;
 use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
 use serde::Deserialize;
 
+use super::Items;
 use super::{items, resource, tenant_param};
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
+use keyward_core::store::Role;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutRole {
     pub privileges: Vec<RawPrivilege>,
 }
 
-#[derive(Deserialize)]
+/// `privilege`: admin, editor, writer, reader or ingestor; the last three
+/// may take `resource.stream`, a stream name or `*` glob.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPrivilege {
     pub privilege: String,
@@ -27,7 +31,7 @@ pub struct RawPrivilege {
     pub resource: Option<RawResource>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawResource {
     pub stream: String,
@@ -67,7 +71,14 @@ fn parse_privileges(raw: &[RawPrivilege]) -> ApiResult<Vec<Privilege>> {
         .collect()
 }
 
-async fn put(
+/// Create (201) or replace (200) a role. Built-in roles: 409 `invalid_state`.
+#[utoipa::path(put, path = "/api/v1/tenants/{t}/roles/{name}", tag = "roles", request_body = PutRole,
+    params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "role name")),
+    responses((status = 201, body = Role), (status = 200, body = Role),
+              (status = 404, description = "`tenant_not_found`", body = ErrorBody),
+              (status = 409, description = "`invalid_state` (built-in role)", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn put(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,
@@ -90,7 +101,12 @@ async fn put(
     })
 }
 
-async fn get(
+/// One role.
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/roles/{name}", tag = "roles",
+    params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "role name")),
+    responses((status = 200, body = Role), (status = 404, description = "`role_not_found`, `tenant_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn get(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,
@@ -101,7 +117,12 @@ async fn get(
     Ok(HttpResponse::Ok().json(state.store.get_role(&tenant, &name).await?))
 }
 
-async fn list(
+/// The tenant's roles.
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/roles", tag = "roles",
+    params(("t" = String, Path, description = "tenant id")),
+    responses((status = 200, body = Items<Role>), (status = 404, description = "`tenant_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn list(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<String>,
@@ -111,7 +132,13 @@ async fn list(
     Ok(items(state.store.list_roles(&tenant).await?))
 }
 
-async fn delete(
+/// Delete a role; 409 `role_in_use` while a user, key or group holds it.
+#[utoipa::path(delete, path = "/api/v1/tenants/{t}/roles/{name}", tag = "roles",
+    params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "role name")),
+    responses((status = 204, description = "deleted"), (status = 404, description = "`role_not_found`", body = ErrorBody),
+              (status = 409, description = "`role_in_use`, `invalid_state`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn delete(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,

@@ -4,13 +4,15 @@ use actix_web::{HttpResponse, web};
 use keyward_core::ids::TenantId;
 use serde::Deserialize;
 
+use super::Items;
 use super::{items, resource};
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
+use keyward_core::store::Tenant;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
     pub id: String,
@@ -26,7 +28,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn create(
+/// Create a tenant (superadmin).
+#[utoipa::path(post, path = "/api/v1/tenants", tag = "tenants", request_body = CreateTenant,
+    responses((status = 201, body = Tenant), (status = 409, description = "`tenant_exists`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn create(
     state: web::Data<AppState>,
     who: Principal,
     body: Json<CreateTenant>,
@@ -54,7 +60,10 @@ async fn create(
         .json(tenant))
 }
 
-async fn list(state: web::Data<AppState>, who: Principal) -> ApiResult<HttpResponse> {
+/// List tenants (superadmin).
+#[utoipa::path(get, path = "/api/v1/tenants", tag = "tenants",
+    responses((status = 200, body = Items<Tenant>)), security(("basic" = []), ("bearer" = [])))]
+pub async fn list(state: web::Data<AppState>, who: Principal) -> ApiResult<HttpResponse> {
     who.require_superadmin()?;
     Ok(items(state.store.list_tenants().await?))
 }

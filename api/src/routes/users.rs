@@ -2,19 +2,25 @@
 //! a hash in any answer: `User` has no field for either.
 
 use actix_web::{HttpResponse, web};
+use keyward_core::ids::TenantId;
 use keyward_core::ids::{Password, Username};
+use keyward_core::privilege::Privilege;
+use keyward_core::rbac::EffectiveRole;
 use keyward_core::rbac::Permissions;
 use keyward_core::store::NewUser;
+use keyward_core::store::User;
 use serde::Deserialize;
-use serde_json::json;
+use serde::Serialize;
+
+use super::Items;
 
 use super::{items, parse_roles, resource, tenant_param};
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub username: String,
@@ -23,10 +29,20 @@ pub struct CreateUser {
     pub roles: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutRoles {
     pub roles: Vec<String>,
+}
+
+/// A user's effective roles (direct and through groups) and privileges.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionsView {
+    pub tenant_id: TenantId,
+    pub username: Username,
+    pub roles: Vec<EffectiveRole>,
+    pub privileges: Vec<Privilege>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -46,7 +62,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-async fn create(
+/// Create a user (password 12 to 256 characters; never returned).
+#[utoipa::path(post, path = "/api/v1/tenants/{t}/users", tag = "users", request_body = CreateUser,
+    params(("t" = String, Path, description = "tenant id")),
+    responses((status = 201, body = User), (status = 409, description = "`duplicate_username`", body = ErrorBody),
+              (status = 422, description = "`unknown_roles`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn create(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<String>,
@@ -77,7 +99,11 @@ async fn create(
         .json(created))
 }
 
-async fn list(
+/// The tenant's users.
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/users", tag = "users",
+    params(("t" = String, Path, description = "tenant id")),
+    responses((status = 200, body = Items<User>)), security(("basic" = []), ("bearer" = [])))]
+pub async fn list(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<String>,
@@ -87,7 +113,12 @@ async fn list(
     Ok(items(state.store.list_users(&tenant).await?))
 }
 
-async fn get(
+/// One user.
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/users/{u}", tag = "users",
+    params(("t" = String, Path, description = "tenant id"), ("u" = String, Path, description = "username")),
+    responses((status = 200, body = User), (status = 404, description = "`user_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn get(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,
@@ -98,7 +129,13 @@ async fn get(
     Ok(HttpResponse::Ok().json(state.store.get_user(&tenant, &username).await?))
 }
 
-async fn put_roles(
+/// Replace the user's direct roles.
+#[utoipa::path(put, path = "/api/v1/tenants/{t}/users/{u}/roles", tag = "users", request_body = PutRoles,
+    params(("t" = String, Path, description = "tenant id"), ("u" = String, Path, description = "username")),
+    responses((status = 200, body = User), (status = 404, description = "`user_not_found`", body = ErrorBody),
+              (status = 422, description = "`unknown_roles`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn put_roles(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,
@@ -117,7 +154,12 @@ async fn put_roles(
     ))
 }
 
-async fn delete(
+/// Delete a user.
+#[utoipa::path(delete, path = "/api/v1/tenants/{t}/users/{u}", tag = "users",
+    params(("t" = String, Path, description = "tenant id"), ("u" = String, Path, description = "username")),
+    responses((status = 204, description = "deleted"), (status = 404, description = "`user_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn delete(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,
@@ -130,7 +172,11 @@ async fn delete(
 }
 
 /// Effective roles with provenance, and the union of their privileges.
-async fn permissions(
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/users/{u}/permissions", tag = "users",
+    params(("t" = String, Path, description = "tenant id"), ("u" = String, Path, description = "username")),
+    responses((status = 200, body = PermissionsView), (status = 404, description = "`user_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn permissions(
     state: web::Data<AppState>,
     who: Principal,
     path: web::Path<(String, String)>,
@@ -142,10 +188,11 @@ async fn permissions(
     state.store.get_user(&tenant, &username).await?;
     let grants = state.store.user_grants(&tenant, &username).await?;
     let perms = Permissions::from_grants(tenant.clone(), grants);
-    Ok(HttpResponse::Ok().json(json!({
-        "tenantId": tenant,
-        "username": username,
-        "roles": perms.roles,
-        "privileges": perms.privileges(),
-    })))
+    let privileges = perms.privileges();
+    Ok(HttpResponse::Ok().json(PermissionsView {
+        tenant_id: tenant,
+        username,
+        roles: perms.roles,
+        privileges,
+    }))
 }

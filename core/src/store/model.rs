@@ -10,14 +10,16 @@ use crate::rbac::RoleGrant;
 pub type Timestamp = DateTime<Utc>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Tenant {
     pub id: TenantId,
     pub name: Option<String>,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Role {
     pub tenant_id: TenantId,
@@ -25,18 +27,19 @@ pub struct Role {
     pub privileges: Vec<Privilege>,
     /// Built-in roles (`superadmin`, `verifier` in `_platform`) are read-only.
     pub builtin: bool,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A user as every read returns it: never a password or hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub tenant_id: TenantId,
     pub username: Username,
     pub roles: Vec<RoleName>,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 /// What a password check needs; only authentication reads it.
@@ -62,10 +65,11 @@ pub struct NewUser {
     pub username: Username,
     pub password_hash: String,
     pub roles: Vec<RoleName>,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Group {
     pub tenant_id: TenantId,
@@ -73,8 +77,8 @@ pub struct Group {
     pub roles: Vec<RoleName>,
     pub users: Vec<Username>,
     pub api_keys: Vec<KeyId>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// The desired state of a group, for create-or-replace.
@@ -160,7 +164,7 @@ pub struct Revocation {
     pub state: RevocationState,
     pub event_id: EventId,
     pub attempts: i32,
-    pub published_at: Option<Timestamp>,
+    pub published_at: Option<DateTime<Utc>>,
     /// Ingestors that acknowledged applying the event.
     pub applied_by: i64,
     /// Ingestors live when the event was published.
@@ -179,11 +183,11 @@ pub struct ApiKey {
     pub roles: Vec<RoleName>,
     pub start: String,
     pub created_by: String,
-    pub created_at: Timestamp,
-    pub expires_at: Option<Timestamp>,
-    pub last_used_at: Option<Timestamp>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
     pub status: KeyStatus,
-    pub revoked_at: Option<Timestamp>,
+    pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_by: Option<String>,
     pub revocation: Option<Revocation>,
 }
@@ -198,8 +202,8 @@ pub struct NewApiKey {
     /// argon2id PHC string of the secret; the secret itself never comes here.
     pub secret_hash: String,
     pub created_by: String,
-    pub created_at: Timestamp,
-    pub expires_at: Option<Timestamp>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What verification needs to prove a secret and answer for its key.
@@ -209,7 +213,7 @@ pub struct KeyCredentials {
     pub tenant_id: TenantId,
     pub secret_hash: String,
     pub active: bool,
-    pub expires_at: Option<Timestamp>,
+    pub expires_at: Option<DateTime<Utc>>,
     pub grants: Vec<RoleGrant>,
 }
 
@@ -240,7 +244,7 @@ pub struct OutboxEvent {
     pub kind: String,
     pub tenant_id: TenantId,
     pub key_id: KeyId,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
     pub attempts: i32,
 }
 
@@ -248,7 +252,7 @@ pub struct OutboxEvent {
 pub struct OutboxStats {
     /// Rows neither published nor dead.
     pub pending: i64,
-    pub oldest_pending_at: Option<Timestamp>,
+    pub oldest_pending_at: Option<DateTime<Utc>>,
     pub dead: i64,
 }
 
@@ -263,8 +267,8 @@ pub struct Purged {
 pub struct IngestorRecord {
     pub id: String,
     pub queue: String,
-    pub first_seen_at: Timestamp,
-    pub last_seen_at: Timestamp,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
     /// Published events (still in the outbox) this ingestor has not acked.
     pub unacked: i64,
 }

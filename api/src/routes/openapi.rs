@@ -1,0 +1,178 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI 3 document, generated from the
+//! handlers' annotations, then completed from the code's own tables: the
+//! error codes, the answers every authenticated endpoint may give, and the
+//! security schemes.
+
+use std::sync::OnceLock;
+
+use actix_web::{HttpResponse, web};
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+use super::{groups, health, roles, tenants, users};
+use crate::error::TABLE;
+use crate::extract::BODY_LIMIT;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Keyward admin API", version = "1"),
+    paths(
+        tenants::create,
+        tenants::list,
+        roles::put,
+        roles::get,
+        roles::list,
+        roles::delete,
+        users::create,
+        users::list,
+        users::get,
+        users::put_roles,
+        users::delete,
+        users::permissions,
+        groups::put,
+        groups::get,
+        groups::list,
+        groups::delete,
+        health::healthz,
+        health::readyz,
+        crate::metrics::render,
+        document,
+    ),
+    components(schemas(crate::error::ErrorBody))
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3 document of this API.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document", content_type = "application/json")))]
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok().json(spec())
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/openapi.json", web::get().to(document));
+}
+
+/// The document, built once.
+pub fn spec() -> &'static Value {
+    static SPEC: OnceLock<Value> = OnceLock::new();
+    SPEC.get_or_init(build)
+}
+
+fn build() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    let codes: Vec<&str> = TABLE.iter().map(|row| row.1).collect();
+    let table: String = TABLE
+        .iter()
+        .map(|(_, code, status, message)| format!("| `{code}` | {status} | {message} |\n"))
+        .collect();
+    doc["info"]["description"] = json!(format!(
+        "Every non-2xx answer is `{{\"error\": {{code, message, requestId, details?}}}}`; \
+         `X-Request-Id` is on every response. Bodies are JSON (`Content-Type: \
+         application/json`) of at most {BODY_LIMIT} bytes; unknown fields are refused \
+         (400 with `details.field`). Lists answer `{{\"items\": [...]}}`.\n\n\
+         | code | status | message |\n|---|---|---|\n{table}"
+    ));
+    doc["components"]["schemas"]["ErrorObject"]["properties"]["code"]["enum"] = json!(codes);
+    doc["components"]["securitySchemes"] = json!({
+        "basic": {"type": "http", "scheme": "basic"},
+        "bearer": {"type": "http", "scheme": "bearer", "description": "a Keyward API key"},
+    });
+    let error = |what: &str| {
+        json!({"description": what,
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            let Some(ops) = item.as_object_mut() else {
+                continue;
+            };
+            for op in ops.values_mut() {
+                // utoipa names operations after their functions (`list`);
+                // the tag makes them unique (`roles.list`).
+                if let (Some(tag), Some(id)) = (op["tags"][0].as_str(), op["operationId"].as_str())
+                {
+                    op["operationId"] = json!(format!("{tag}.{id}"));
+                }
+                let authenticated = op.get("security").is_some();
+                let has_body = op.get("requestBody").is_some();
+                let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                    continue;
+                };
+                let mut add = |status: &str, what: &str| {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| error(what));
+                };
+                if authenticated {
+                    add(
+                        "400",
+                        "`invalid_request`: a bad path segment, query or body",
+                    );
+                    add("401", "`unauthenticated` (with `WWW-Authenticate`)");
+                    add("403", "`forbidden`");
+                    add("429", "`rate_limited`");
+                    add("503", "`unavailable` (with `Retry-After`)");
+                }
+                if has_body {
+                    add("413", "`payload_too_large`");
+                    add("415", "`unsupported_media_type`");
+                }
+                add("500", "`internal`");
+                // OpenAPI requires a description on every response.
+                for (status, response) in responses.iter_mut() {
+                    if response.get("description").is_none() {
+                        response["description"] = json!(format!("{status}: success"));
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_is_documented() {
+        let text = spec().to_string();
+        for (_, code, _, _) in TABLE {
+            assert!(text.contains(&format!("`{code}`")), "{code}");
+        }
+    }
+
+    #[test]
+    fn every_route_is_documented() {
+        let paths = spec()["paths"].as_object().unwrap();
+        for (path, methods) in [
+            ("/api/v1/tenants", &["get", "post"][..]),
+            ("/api/v1/tenants/{t}/roles", &["get"]),
+            (
+                "/api/v1/tenants/{t}/roles/{name}",
+                &["get", "put", "delete"],
+            ),
+            ("/api/v1/tenants/{t}/users", &["get", "post"]),
+            ("/api/v1/tenants/{t}/users/{u}", &["get", "delete"]),
+            ("/api/v1/tenants/{t}/users/{u}/roles", &["put"]),
+            ("/api/v1/tenants/{t}/users/{u}/permissions", &["get"]),
+            ("/api/v1/tenants/{t}/groups", &["get"]),
+            (
+                "/api/v1/tenants/{t}/groups/{name}",
+                &["get", "put", "delete"],
+            ),
+            ("/healthz", &["get"]),
+            ("/readyz", &["get"]),
+            ("/metrics", &["get"]),
+            ("/api/v1/openapi.json", &["get"]),
+        ] {
+            for m in methods {
+                assert!(
+                    paths.get(path).and_then(|p| p.get(m)).is_some(),
+                    "{m} {path}"
+                );
+            }
+        }
+    }
+}
