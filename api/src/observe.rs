@@ -79,3 +79,46 @@ fn record(method: &str, route: &str, status: u16, started: Instant) -> f64 {
     metrics::histogram!("keyward_http_request_duration_seconds", &labels).record(elapsed);
     elapsed
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{App, HttpResponse, test, web};
+
+    async fn boom() -> HttpResponse {
+        panic!("a bug in a handler");
+    }
+
+    #[actix_web::test]
+    async fn a_panic_becomes_500_internal_with_the_request_id() {
+        let app = test::init_service(
+            App::new()
+                .wrap(actix_web::middleware::from_fn(super::observe))
+                .route("/boom", web::get().to(boom))
+                .route("/ok", web::get().to(HttpResponse::Ok)),
+        )
+        .await;
+        let req = test::TestRequest::get()
+            .uri("/boom")
+            .insert_header(("x-request-id", "r-1"));
+        let res = test::try_call_service(&app, req.to_request()).await;
+        let res = match res {
+            Ok(res) => res.into_parts().1,
+            Err(e) => e.error_response(),
+        };
+        assert_eq!(res.status(), 500);
+        assert_eq!(res.headers().get("x-request-id").unwrap(), "r-1");
+        let body = actix_web::body::to_bytes(res.into_body()).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "internal");
+        assert_eq!(json["error"]["requestId"], "r-1");
+        assert!(
+            !body.windows(4).any(|w| w == b"a bu"),
+            "the panic text stays in the log"
+        );
+
+        // The service still answers afterwards.
+        let res = test::call_service(&app, test::TestRequest::get().uri("/ok").to_request()).await;
+        assert_eq!(res.status(), 200);
+        assert!(res.headers().contains_key("x-request-id"));
+    }
+}

@@ -136,3 +136,72 @@ async fn api_reports_a_port_in_use_in_one_line() {
         "{err}"
     );
 }
+
+/// Secrets never reach the log, even at debug level; SIGTERM drains and
+/// exits 0.
+#[tokio::test]
+async fn secrets_stay_out_of_logs_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/k.db?mode=rwc", dir.path().display());
+    let admin_pw = "admin-pw-7f3a9c2e1b";
+    let user_pw = "user-pw-5d8e2a1c9f";
+    let wrong_pw = "wrong-pw-1a2b3c4d5e";
+    let mut api = start_api(&[
+        ("KEYWARD_DATABASE_URL", &url),
+        ("KEYWARD_ADMIN_PASSWORD", admin_pw),
+        ("KEYWARD_LOG_FORMAT", "json"),
+        ("RUST_LOG", "debug"),
+    ]);
+    api.wait_ready("/readyz", READY).await;
+    let client = reqwest::Client::new();
+    let res = client
+        .post(api.url("/api/v1/tenants"))
+        .basic_auth("admin", Some(admin_pw))
+        .json(&serde_json::json!({"id": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = client
+        .post(api.url("/api/v1/tenants/acme/users"))
+        .basic_auth("admin", Some(admin_pw))
+        .json(&serde_json::json!({"username": "alice", "password": user_pw}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = client
+        .get(api.url("/api/v1/tenants/acme/users"))
+        .basic_auth("alice", Some(wrong_pw))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    let pid = api.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), api.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+    let mut err = String::new();
+    api.child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(
+        err.contains("request finished"),
+        "requests are logged: {err}"
+    );
+    for secret in [admin_pw, user_pw, wrong_pw, "$argon2"] {
+        assert!(!err.contains(secret), "{secret} leaked into the log");
+    }
+}
