@@ -14,10 +14,10 @@ use actix_web::{FromRequest, HttpRequest, web};
 use base64::Engine;
 use keyward_core::ids::{KeyId, RoleName, TenantId, Username};
 use keyward_core::rbac::Permissions;
-use keyward_core::token::ApiKeyToken;
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
+use crate::verify::{InvalidReason, Verdict};
 
 /// Who a principal is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,25 +149,25 @@ async fn basic(state: &AppState, credentials: &str) -> ApiResult<Principal> {
     })
 }
 
+/// Identity from the shared verification path (fast after the first
+/// proof); what the key may do is read from the store at this request.
 async fn bearer(state: &AppState, credentials: &str) -> ApiResult<Principal> {
-    let bad = || unauthenticated("Invalid API key.");
-    let token = ApiKeyToken::parse(credentials).map_err(|_| bad())?;
-    let Some(key) = state.store.key_credentials(token.key_id()).await? else {
-        return Err(bad());
+    let verified = match state.verifier.verify(credentials).await? {
+        Verdict::Valid(v) => v,
+        // Revoked/expired are told only after the secret was proven.
+        Verdict::Invalid(InvalidReason::Revoked) => {
+            return Err(unauthenticated("The API key is revoked."));
+        }
+        Verdict::Invalid(InvalidReason::Expired) => {
+            return Err(unauthenticated("The API key is expired."));
+        }
+        Verdict::Invalid(_) => return Err(unauthenticated("Invalid API key.")),
     };
-    if !state
-        .hasher
-        .verify(token.expose_secret(), &key.secret_hash)
-        .await?
-    {
-        return Err(bad());
-    }
-    // Checked after the proof: only the holder of the secret learns why.
+    let Some(key) = state.store.key_credentials(verified.key_id).await? else {
+        return Err(unauthenticated("Invalid API key."));
+    };
     if !key.active {
         return Err(unauthenticated("The API key is revoked."));
-    }
-    if key.expires_at.is_some_and(|exp| exp <= chrono::Utc::now()) {
-        return Err(unauthenticated("The API key is expired."));
     }
     Ok(Principal {
         id: PrincipalId::Key(key.key_id),

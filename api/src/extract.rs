@@ -20,6 +20,18 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// `deny_unknown_fields`.
 pub struct Json<T>(pub T);
 
+/// Reads a JSON body from a raw payload, for handlers that must decide
+/// something (permission) before the body is even looked at.
+pub async fn read_json<T: DeserializeOwned + 'static>(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    let mut payload = payload.into_inner();
+    Json::<T>::from_request(req, &mut payload)
+        .await
+        .map(|j| j.0)
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;

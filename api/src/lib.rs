@@ -13,3 +13,5 @@ pub mod routes;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod verify;
+pub mod verify_cache;

@@ -11,6 +11,13 @@ use keyward_core::hashing::SecretHasher;
 use keyward_core::store::{self, Store};
 
 use crate::bootstrap::bootstrap_admin;
+use crate::verify::Verifier;
+
+/// How long a proven key is answered from memory. Revocation evicts at
+/// once (NOTIFY across replicas); this bounds staleness if a notice is lost.
+pub const VERIFY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// How many keys the verify cache holds.
+pub const VERIFY_CACHE_CAPACITY: usize = 100_000;
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::{extract, observe, routes};
@@ -33,9 +40,17 @@ impl Application {
         let port = listener.local_addr()?.port();
         crate::metrics::handle();
         let dummy_hash = hasher.hash(&ulid::Ulid::generate().to_string()).await?;
+        let verifier = Arc::new(Verifier::new(
+            Arc::clone(&store),
+            hasher.clone(),
+            VERIFY_CACHE_TTL,
+            VERIFY_CACHE_CAPACITY,
+        ));
+        crate::verify::spawn_background(Arc::clone(&verifier), Arc::clone(&store));
         let state = web::Data::new(AppState {
             store,
             hasher,
+            verifier,
             key_prefix: settings.key_prefix.clone(),
             dummy_hash,
         });
@@ -51,6 +66,7 @@ impl Application {
                 .configure(routes::roles::configure)
                 .configure(routes::users::configure)
                 .configure(routes::groups::configure)
+                .configure(routes::keys::configure)
                 .configure(routes::openapi::configure)
                 .default_service(web::to(routes::not_found))
         })

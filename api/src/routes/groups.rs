@@ -61,6 +61,8 @@ pub async fn put(
         .store
         .put_group(&tenant, &name, &spec, chrono::Utc::now())
         .await?;
+    // Keys joining or leaving the group gain or lose its roles.
+    state.verifier.cache.evict_tenant(&tenant);
     Ok(if created {
         HttpResponse::Created()
             .insert_header((
@@ -117,5 +119,6 @@ pub async fn delete(
     who.require_tenant(&state, &tenant).await?;
     let name = GroupName::parse(&path.1)?;
     state.store.delete_group(&tenant, &name).await?;
+    state.verifier.cache.evict_tenant(&tenant);
     Ok(HttpResponse::NoContent().finish())
 }

@@ -92,6 +92,8 @@ pub async fn put(
         .store
         .put_role(&tenant, &name, &privileges, chrono::Utc::now())
         .await?;
+    // Keys holding the role now hold other privileges.
+    state.verifier.cache.evict_tenant(&tenant);
     Ok(if created {
         HttpResponse::Created()
             .insert_header(("Location", format!("/api/v1/tenants/{tenant}/roles/{name}")))

@@ -36,6 +36,11 @@ pub trait Store: Send + Sync + 'static {
     /// One round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 
+    /// A feed of cached-verification invalidations from other replicas
+    /// (PostgreSQL `LISTEN keyward_keys`); `None` where there are none to
+    /// hear (SQLite: one process owns the file).
+    async fn key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>>;
+
     // ---- tenants
     async fn create_tenant(
         &self,
@@ -189,6 +194,21 @@ pub trait Store: Send + Sync + 'static {
         ingestor_id: &str,
         applied_at: Timestamp,
     ) -> StoreResult<bool>;
+}
+
+/// What another replica says must be dropped from verification caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    Key(KeyId),
+    Tenant(TenantId),
+    /// The feed lost its connection: anything may have been missed.
+    Lost,
+}
+
+#[async_trait]
+pub trait KeyChanges: Send {
+    /// The next change; `Err` only when the feed cannot go on.
+    async fn next(&mut self) -> StoreResult<KeyChange>;
 }
 
 /// Opens the store a URL names: `sqlite:` (file, WAL) or `postgres:`

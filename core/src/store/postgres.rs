@@ -4,14 +4,15 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::common::sql_store;
 use super::error::StoreResult;
 use super::rows::OutboxRow;
 use super::timestamp::Ts;
-use super::{OutboxEvent, Timestamp};
+use super::{KeyChange, KeyChanges, OutboxEvent, Timestamp};
+use crate::ids::{KeyId, TenantId};
 
 /// Channel the revoke transaction notifies; sync workers listen on it.
 pub const OUTBOX_CHANNEL: &str = "keyward_outbox";
@@ -66,9 +67,39 @@ impl PgStore {
     }
 }
 
+/// `LISTEN keyward_keys`, payloads `key:{id}` or `tenant:{id}`.
+struct PgKeyChanges(PgListener);
+
+#[async_trait::async_trait]
+impl KeyChanges for PgKeyChanges {
+    async fn next(&mut self) -> StoreResult<KeyChange> {
+        loop {
+            // `try_recv` reports a lost connection (then reconnects on the
+            // next call): notifications sent meanwhile are gone.
+            let Some(n) = self.0.try_recv().await? else {
+                return Ok(KeyChange::Lost);
+            };
+            let change = match n.payload().split_once(':') {
+                Some(("key", id)) => KeyId::parse(id).ok().map(KeyChange::Key),
+                Some(("tenant", t)) => TenantId::parse(t).ok().map(KeyChange::Tenant),
+                _ => None,
+            };
+            if let Some(change) = change {
+                return Ok(change);
+            }
+        }
+    }
+}
+
 sql_store!(PgStore, Postgres, {
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    async fn key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(KEYS_CHANNEL).await?;
+        Ok(Some(Box::new(PgKeyChanges(listener))))
     }
 
     async fn migrate(&self) -> StoreResult<()> {

@@ -68,6 +68,10 @@ sql_store!(SqliteStore, Sqlite, {
         "sqlite"
     }
 
+    async fn key_changes(&self) -> StoreResult<Option<Box<dyn super::KeyChanges>>> {
+        Ok(None)
+    }
+
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())

@@ -1,0 +1,341 @@
+//! API keys (API.md §4–8): create, list, fetch, revoke, retry a failed
+//! revocation, validate (tenant admins) and verify (ingestors).
+//!
+//! Every `/api/v1/tenants/{t}/apikeys…` route also answers at
+//! `/api/v1/apikeys…` for the caller's own tenant.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use keyward_core::ids::{EventId, KeyId, KeyName, RoleName, TenantId};
+use keyward_core::privilege::Privilege;
+use keyward_core::store::{ApiKey, KeyQuery, NewApiKey, StatusFilter};
+use keyward_core::token::ApiKeyToken;
+use serde::{Deserialize, Serialize};
+
+use super::{parse_roles, resource, tenant_param};
+use crate::auth::Principal;
+use crate::error::{ApiError, ApiResult, Code};
+use crate::extract::{Json, read_json};
+use crate::state::AppState;
+use crate::verify::{InvalidReason, Verdict};
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateKey {
+    pub name: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// RFC 3339, in the future.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// The created key: its metadata and, this once, its secret.
+#[derive(Serialize)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    pub secret: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiKeyBody {
+    pub api_key: String,
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyPage {
+    pub items: Vec<ApiKey>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Validation {
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<RoleName>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    pub valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<KeyId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<RoleName>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privileges: Option<Vec<Privilege>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<InvalidReason>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for base in ["/api/v1/tenants/{t}/apikeys", "/api/v1/apikeys"] {
+        cfg.service(
+            resource(base)
+                .route(web::post().to(create))
+                .route(web::get().to(list)),
+        )
+        .service(resource(&format!("{base}/validate")).route(web::post().to(validate)))
+        .service(
+            resource(&format!("{base}/{{keyId}}"))
+                .route(web::get().to(get))
+                .route(web::delete().to(revoke)),
+        )
+        .service(
+            resource(&format!("{base}/{{keyId}}/revocation/retry")).route(web::post().to(retry)),
+        );
+    }
+    cfg.service(resource("/api/v1/verify").route(web::post().to(verify)));
+}
+
+/// `{t}` from the path, or the caller's own tenant on `/api/v1/apikeys…`;
+/// then the tenant gate.
+async fn gate(req: &HttpRequest, state: &AppState, who: &Principal) -> ApiResult<TenantId> {
+    let tenant = match req.match_info().get("t") {
+        Some(raw) => tenant_param(raw)?,
+        None => who.tenant().clone(),
+    };
+    who.require_tenant(state, &tenant).await?;
+    Ok(tenant)
+}
+
+fn key_id_param(req: &HttpRequest) -> ApiResult<KeyId> {
+    let raw = req.match_info().get("keyId").unwrap_or_default();
+    KeyId::parse(raw).map_err(|e| ApiError::invalid("keyId", e.reason))
+}
+
+fn location(tenant: &TenantId, key_id: KeyId) -> String {
+    format!("/api/v1/tenants/{tenant}/apikeys/{key_id}")
+}
+
+pub async fn create(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    who: Principal,
+    body: Json<CreateKey>,
+) -> ApiResult<HttpResponse> {
+    let tenant = gate(&req, &state, &who).await?;
+    let body = body.0;
+    let name = KeyName::parse(&body.name)?;
+    let roles = parse_roles(&body.roles)?;
+    who.require_may_grant(&tenant, &roles)?;
+    let now = Utc::now();
+    let expires_at = match body.expires_at.as_deref() {
+        None => None,
+        Some(raw) => {
+            let at = DateTime::parse_from_rfc3339(raw)
+                .map_err(|_| ApiError::invalid("expiresAt", "expiresAt must be an RFC 3339 time"))?
+                .with_timezone(&Utc);
+            if at <= now {
+                return Err(ApiError::invalid(
+                    "expiresAt",
+                    "expiresAt must be in the future",
+                ));
+            }
+            Some(at)
+        }
+    };
+    let key_id = KeyId::new();
+    let token = ApiKeyToken::generate(&state.key_prefix, key_id)
+        .map_err(|_| ApiError::new(Code::Internal))?;
+    let new = NewApiKey {
+        key_id,
+        tenant_id: tenant.clone(),
+        name,
+        roles,
+        start: token.start(),
+        secret_hash: state.hasher.hash(token.expose_secret()).await?,
+        created_by: who.name(),
+        created_at: now,
+        expires_at,
+    };
+    let key = state.store.create_key(&new, now).await?;
+    tracing::info!(key_id = %key_id, "API key created");
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", location(&tenant, key_id)))
+        .json(CreatedKey {
+            key,
+            secret: token.expose_secret().to_owned(),
+        }))
+}
+
+fn parse_query(q: &ListQuery) -> ApiResult<KeyQuery> {
+    let status = match q.status.as_deref() {
+        None => StatusFilter::All,
+        Some(s) => StatusFilter::parse(s).ok_or_else(|| {
+            ApiError::invalid("status", "status must be active, revoked, expired or all")
+        })?,
+    };
+    let limit = match q.limit.as_deref() {
+        None => 50,
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "limit must be 1 to 200"))?,
+    };
+    let before = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    Ok(KeyQuery {
+        status,
+        limit,
+        before,
+    })
+}
+
+/// The cursor is opaque to clients: base64url of `v1:{last key id}`.
+fn encode_cursor(key_id: KeyId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{key_id}"))
+}
+
+fn decode_cursor(raw: &str) -> ApiResult<KeyId> {
+    let bad = || ApiError::invalid("cursor", "cursor is not one this API returned");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let id = text.strip_prefix("v1:").ok_or_else(bad)?;
+    KeyId::parse(id).map_err(|_| bad())
+}
+
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    who: Principal,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let tenant = gate(&req, &state, &who).await?;
+    let q = parse_query(&query)?;
+    let items = state.store.list_keys(&tenant, &q, Utc::now()).await?;
+    let next_cursor = match items.last() {
+        Some(last) if items.len() == q.limit as usize => Some(encode_cursor(last.key_id)),
+        _ => None,
+    };
+    Ok(HttpResponse::Ok().json(KeyPage { items, next_cursor }))
+}
+
+pub async fn get(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    who: Principal,
+) -> ApiResult<HttpResponse> {
+    let tenant = gate(&req, &state, &who).await?;
+    let key_id = key_id_param(&req)?;
+    Ok(HttpResponse::Ok().json(state.store.get_key(&tenant, key_id, Utc::now()).await?))
+}
+
+/// Tombstone + outbox event in one transaction; the broker is the sync
+/// worker's business. A failed transaction wrote nothing: 503, retry.
+pub async fn revoke(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    who: Principal,
+) -> ApiResult<HttpResponse> {
+    let tenant = gate(&req, &state, &who).await?;
+    let key_id = key_id_param(&req)?;
+    let revoked = state
+        .store
+        .revoke_key(&tenant, key_id, &who.name(), EventId::new(), Utc::now())
+        .await?;
+    // From the commit on this replica rejects the key; others hear NOTIFY.
+    state.verifier.cache.evict(key_id);
+    if revoked.newly_revoked {
+        tracing::info!(key_id = %key_id, "API key revoked");
+    }
+    Ok(HttpResponse::Accepted().json(revoked.key))
+}
+
+pub async fn retry(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    who: Principal,
+) -> ApiResult<HttpResponse> {
+    let tenant = gate(&req, &state, &who).await?;
+    let key_id = key_id_param(&req)?;
+    Ok(HttpResponse::Accepted().json(
+        state
+            .store
+            .retry_revocation(&tenant, key_id, Utc::now())
+            .await?,
+    ))
+}
+
+/// Admin check of a secret: the gate comes before the body is read.
+pub async fn validate(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    who: Principal,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let tenant = gate(&req, &state, &who).await?;
+    let body: ApiKeyBody = read_json(&req, payload).await?;
+    let answer = match state.verifier.verify(&body.api_key).await? {
+        Verdict::Valid(v) if v.permissions.tenant == tenant => Validation {
+            valid: true,
+            key_id: Some(v.key_id),
+            roles: Some(v.permissions.role_names()),
+        },
+        _ => Validation {
+            valid: false,
+            key_id: None,
+            roles: None,
+        },
+    };
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// Ingestors' check (`verifier` or `superadmin`): the hot path.
+pub async fn verify(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    who: Principal,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    if !who.permissions.may_verify() {
+        return Err(ApiError::new(Code::Forbidden));
+    }
+    let body: ApiKeyBody = read_json(&req, payload).await?;
+    let answer = match state.verifier.verify(&body.api_key).await? {
+        Verdict::Valid(v) => Verification {
+            valid: true,
+            tenant_id: Some(v.permissions.tenant.clone()),
+            key_id: Some(v.key_id),
+            roles: Some(v.permissions.role_names()),
+            privileges: Some(v.permissions.privileges()),
+            expires_at: Some(v.expires_at),
+            cache_ttl_seconds: Some(state.verifier.cache.ttl().as_secs()),
+            reason: None,
+        },
+        Verdict::Invalid(reason) => Verification {
+            valid: false,
+            tenant_id: None,
+            key_id: None,
+            roles: None,
+            privileges: None,
+            expires_at: None,
+            cache_ttl_seconds: None,
+            reason: Some(reason),
+        },
+    };
+    Ok(HttpResponse::Ok().json(answer))
+}

@@ -1,0 +1,414 @@
+//! API keys (API.md §4–8) in-process, on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
+
+const ACME_ADMIN: As<'static> = As::User("acme-admin", ADMIN_PASSWORD);
+
+async fn setup(app: &TestApp) {
+    app.tenant_with_admin("acme").await;
+    let role = json!({"privileges": [{"privilege": "ingestor", "resource": {"stream": "app-*"}}]});
+    assert_eq!(
+        app.put("/api/v1/tenants/acme/roles/shippers", ACME_ADMIN, role)
+            .await
+            .0,
+        201
+    );
+}
+
+async fn create_key(app: &TestApp, name: &str) -> Value {
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/acme/apikeys",
+            ACME_ADMIN,
+            json!({"name": name, "roles": ["shippers"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    body
+}
+
+/// A `verifier` user of `_platform`, for `POST /api/v1/verify`.
+async fn verifier(app: &TestApp) -> As<'static> {
+    let body =
+        json!({"username": "ingest-node", "password": ADMIN_PASSWORD, "roles": ["verifier"]});
+    assert_eq!(
+        app.post("/api/v1/tenants/_platform/users", ADMIN, body)
+            .await
+            .0,
+        201
+    );
+    As::User("ingest-node", ADMIN_PASSWORD)
+}
+
+async fn create_shows_the_secret_once(app: TestApp) {
+    setup(&app).await;
+    let res = app
+        .request(Method::POST, "/api/v1/tenants/acme/apikeys", ACME_ADMIN)
+        .json(&json!({"name": "ci", "roles": ["shippers"], "expiresAt": "2999-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let (s, key) = read(res).await;
+    assert_eq!(s, 201);
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    let key_id = key["keyId"].as_str().unwrap();
+    assert_eq!(location, format!("/api/v1/tenants/acme/apikeys/{key_id}"));
+    assert!(secret.starts_with(&format!("kw_{key_id}_")));
+    assert!(secret.starts_with(key["start"].as_str().unwrap()));
+    assert_eq!(
+        (key["status"].as_str(), key["createdBy"].as_str()),
+        (Some("active"), Some("acme-admin"))
+    );
+    assert_eq!(key["roles"], json!(["shippers"]));
+
+    for path in [
+        location.as_str(),
+        "/api/v1/tenants/acme/apikeys",
+        &format!("/api/v1/apikeys/{key_id}"),
+    ] {
+        let (s, body) = app.get(path, ACME_ADMIN).await;
+        assert_eq!(s, 200, "{path}");
+        assert!(
+            !body.to_string().contains(&secret[40..]),
+            "secret shown again at {path}"
+        );
+        assert!(body.get("secret").is_none());
+    }
+    // Not in the database either: only an argon2id hash.
+    let creds = app
+        .store()
+        .key_credentials(keyward_core::ids::KeyId::parse(key_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(creds.secret_hash.starts_with("$argon2id$"));
+    assert!(!creds.secret_hash.contains(&secret[40..]));
+
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/acme/apikeys",
+            ACME_ADMIN,
+            json!({"name": "ci"}),
+        )
+        .await;
+    assert_error(s, &body, 409, "duplicate_key_name");
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/acme/apikeys",
+            ACME_ADMIN,
+            json!({"name": "x", "roles": ["ghost"]}),
+        )
+        .await;
+    assert_eq!(
+        assert_error(s, &body, 422, "unknown_roles")["details"]["roles"],
+        json!(["ghost"])
+    );
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/acme/apikeys",
+            ACME_ADMIN,
+            json!({"name": "x", "expiresAt": "2001-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(
+        assert_error(s, &body, 400, "invalid_request")["details"]["field"],
+        "expiresAt"
+    );
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/acme/apikeys",
+            ACME_ADMIN,
+            json!({"name": "a b"}),
+        )
+        .await;
+    assert_eq!(
+        assert_error(s, &body, 400, "invalid_request")["details"]["field"],
+        "name"
+    );
+}
+
+async fn list_pages_and_filters(app: TestApp) {
+    setup(&app).await;
+    for i in 0..5 {
+        create_key(&app, &format!("k{i}")).await;
+    }
+    let (_, first) = app
+        .get("/api/v1/tenants/acme/apikeys?limit=2", ACME_ADMIN)
+        .await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    assert_eq!(first["items"][0]["name"], "k4", "newest first");
+    let cursor = first["nextCursor"].as_str().unwrap();
+    let (_, second) = app
+        .get(
+            &format!("/api/v1/tenants/acme/apikeys?limit=2&cursor={cursor}"),
+            ACME_ADMIN,
+        )
+        .await;
+    assert_eq!(second["items"][0]["name"], "k2");
+    let (_, all) = app
+        .get("/api/v1/tenants/acme/apikeys?limit=200", ACME_ADMIN)
+        .await;
+    assert_eq!(
+        (
+            all["items"].as_array().unwrap().len(),
+            all["nextCursor"].clone()
+        ),
+        (5, json!(null))
+    );
+    for (query, field) in [
+        ("status=bogus", "status"),
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("cursor=zzz", "cursor"),
+    ] {
+        let (s, body) = app
+            .get(&format!("/api/v1/tenants/acme/apikeys?{query}"), ACME_ADMIN)
+            .await;
+        assert_eq!(
+            assert_error(s, &body, 400, "invalid_request")["details"]["field"],
+            field
+        );
+    }
+    let (_, active) = app
+        .get("/api/v1/tenants/acme/apikeys?status=revoked", ACME_ADMIN)
+        .await;
+    assert!(active["items"].as_array().unwrap().is_empty());
+}
+
+async fn revoke_is_idempotent_and_rejected_at_once(app: TestApp) {
+    setup(&app).await;
+    let verifier = verifier(&app).await;
+    let key = create_key(&app, "ci").await;
+    let secret = key["secret"].as_str().unwrap();
+    let id = key["keyId"].as_str().unwrap();
+    let (s, v) = app
+        .post("/api/v1/verify", verifier, json!({"apiKey": secret}))
+        .await;
+    assert_eq!(
+        (s, v["valid"].clone(), v["tenantId"].clone()),
+        (200, json!(true), json!("acme"))
+    );
+    assert_eq!(
+        v["privileges"],
+        json!([{"privilege": "ingestor", "resource": {"stream": "app-*"}}])
+    );
+    assert_eq!(v["cacheTtlSeconds"], 60);
+
+    let (s, revoked) = app
+        .delete(&format!("/api/v1/tenants/acme/apikeys/{id}"), ACME_ADMIN)
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(
+        (
+            revoked["status"].as_str(),
+            revoked["revocation"]["state"].as_str()
+        ),
+        (Some("revoked"), Some("pending"))
+    );
+    let event = revoked["revocation"]["eventId"].clone();
+    let (s, again) = app
+        .delete(&format!("/api/v1/apikeys/{id}"), ACME_ADMIN)
+        .await;
+    assert_eq!(
+        (s, again["revocation"]["eventId"].clone()),
+        (202, event),
+        "same event"
+    );
+    assert_eq!(
+        app.store().outbox_stats().await.unwrap().pending,
+        1,
+        "one event"
+    );
+
+    let (s, v) = app
+        .post("/api/v1/verify", verifier, json!({"apiKey": secret}))
+        .await;
+    assert_eq!((s, v), (200, json!({"valid": false, "reason": "revoked"})));
+    let (s, body) = app
+        .delete(
+            &format!(
+                "/api/v1/tenants/acme/apikeys/{}",
+                keyward_core::ids::KeyId::new()
+            ),
+            ACME_ADMIN,
+        )
+        .await;
+    assert_error(s, &body, 404, "key_not_found");
+    let (s, body) = app
+        .delete("/api/v1/tenants/acme/apikeys/not-a-ulid", ACME_ADMIN)
+        .await;
+    assert_eq!(
+        assert_error(s, &body, 400, "invalid_request")["details"]["field"],
+        "keyId"
+    );
+    let (s, body) = app
+        .post(
+            &format!("/api/v1/tenants/acme/apikeys/{id}/revocation/retry"),
+            ACME_ADMIN,
+            json!({}),
+        )
+        .await;
+    assert_error(s, &body, 409, "invalid_state");
+}
+
+async fn verify_answers_every_reason(app: TestApp) {
+    setup(&app).await;
+    let verifier = verifier(&app).await;
+    let key = create_key(&app, "ci").await;
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    let mut wrong = secret.clone();
+    wrong.replace_range(40..41, if &secret[40..41] == "a" { "b" } else { "a" });
+    let forged = keyward_core::token::ApiKeyToken::generate(
+        &keyward_core::token::KeyPrefix::default(),
+        keyward_core::ids::KeyId::parse(key["keyId"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    for (candidate, reason) in [
+        ("nonsense".to_owned(), "malformed"),
+        (wrong, "malformed"),
+        (forged.expose_secret().to_owned(), "unknown"),
+    ] {
+        let (s, v) = app
+            .post("/api/v1/verify", verifier, json!({"apiKey": candidate}))
+            .await;
+        assert_eq!((s, v), (200, json!({"valid": false, "reason": reason})));
+    }
+    // Only verifiers and superadmins may verify; tenant admins may not.
+    let (s, body) = app
+        .post("/api/v1/verify", ACME_ADMIN, json!({"apiKey": secret}))
+        .await;
+    assert_error(s, &body, 403, "forbidden");
+    assert_eq!(
+        app.post("/api/v1/verify", ADMIN, json!({"apiKey": secret}))
+            .await
+            .0,
+        200
+    );
+}
+
+async fn validate_is_admin_only_and_tenant_scoped(app: TestApp) {
+    setup(&app).await;
+    let key = create_key(&app, "ci").await;
+    let secret = key["secret"].as_str().unwrap();
+    let (s, v) = app
+        .post(
+            "/api/v1/tenants/acme/apikeys/validate",
+            ACME_ADMIN,
+            json!({"apiKey": secret}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["valid"].clone(), v["keyId"].clone()),
+        (200, json!(true), key["keyId"].clone())
+    );
+    let (s, v) = app
+        .post(
+            "/api/v1/apikeys/validate",
+            ACME_ADMIN,
+            json!({"apiKey": "kw_x"}),
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({"valid": false})));
+    app.tenant_with_admin("beta").await;
+    let beta = As::User("beta-admin", ADMIN_PASSWORD);
+    let (s, v) = app
+        .post(
+            "/api/v1/tenants/beta/apikeys/validate",
+            beta,
+            json!({"apiKey": secret}),
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (200, json!({"valid": false})),
+        "another tenant's key is not valid here"
+    );
+    // 403 before the body is looked at: even a broken body gets 403.
+    let res = app
+        .request(Method::POST, "/api/v1/tenants/acme/apikeys/validate", beta)
+        .header("Content-Type", "text/plain")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    let (s, body) = read(res).await;
+    assert_error(s, &body, 403, "forbidden");
+}
+
+async fn wrong_secrets_are_rate_limited(app: TestApp) {
+    setup(&app).await;
+    let verifier = verifier(&app).await;
+    let key = create_key(&app, "ci").await;
+    let id = keyward_core::ids::KeyId::parse(key["keyId"].as_str().unwrap()).unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let forged = keyward_core::token::ApiKeyToken::generate(
+            &keyward_core::token::KeyPrefix::default(),
+            id,
+        )
+        .unwrap();
+        let (s, _) = app
+            .post(
+                "/api/v1/verify",
+                verifier,
+                json!({"apiKey": forged.expose_secret()}),
+            )
+            .await;
+        statuses.push(s);
+    }
+    assert_eq!(&statuses[..10], &[200; 10]);
+    assert_eq!(&statuses[10..], &[429, 429]);
+}
+
+async fn bearer_key_admin_and_role_changes_evict(app: TestApp) {
+    setup(&app).await;
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/acme/apikeys",
+            ACME_ADMIN,
+            json!({"name": "robot", "roles": ["admins"]}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    let robot = As::Key(&secret);
+    assert_eq!(app.get("/api/v1/tenants/acme/apikeys", robot).await.0, 200);
+    // The role loses admin: the very next request is refused.
+    let (s, _) = app
+        .put(
+            "/api/v1/tenants/acme/roles/admins",
+            ADMIN,
+            json!({"privileges": [{"privilege": "reader"}]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, body) = app.get("/api/v1/tenants/acme/apikeys", robot).await;
+    assert_error(s, &body, 403, "forbidden");
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("keyward_verify_total"), "{text}");
+}
+
+on_both_stores!(
+    create_shows_the_secret_once,
+    list_pages_and_filters,
+    revoke_is_idempotent_and_rejected_at_once,
+    verify_answers_every_reason,
+    validate_is_admin_only_and_tenant_scoped,
+    wrong_secrets_are_rate_limited,
+    bearer_key_admin_and_role_changes_evict,
+);
