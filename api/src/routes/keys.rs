@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{parse_roles, resource, tenant_param};
 use crate::auth::Principal;
-use crate::error::{ApiError, ApiResult, Code};
+use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::extract::{Json, read_json};
 use crate::state::AppState;
 use crate::verify::{InvalidReason, Verdict};
@@ -32,7 +32,7 @@ pub struct CreateKey {
 }
 
 /// The created key: its metadata and, this once, its secret.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: ApiKey,
@@ -52,7 +52,7 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyPage {
     pub items: Vec<ApiKey>,
@@ -82,6 +82,7 @@ pub struct Verification {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub privileges: Option<Vec<Privilege>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Option<DateTime<Utc>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_ttl_seconds: Option<u64>,
@@ -129,6 +130,12 @@ fn location(tenant: &TenantId, key_id: KeyId) -> String {
     format!("/api/v1/tenants/{tenant}/apikeys/{key_id}")
 }
 
+/// Create a key; the answer carries `secret`, shown this once.
+#[utoipa::path(post, path = "/api/v1/tenants/{t}/apikeys", tag = "apikeys", request_body = CreateKey,
+    params(("t" = String, Path, description = "tenant id")),
+    responses((status = 201, body = CreatedKey), (status = 409, description = "`duplicate_key_name`", body = ErrorBody),
+              (status = 422, description = "`unknown_roles`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
 pub async fn create(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -218,6 +225,13 @@ fn decode_cursor(raw: &str) -> ApiResult<KeyId> {
     KeyId::parse(id).map_err(|_| bad())
 }
 
+/// Keys, masked, newest first, paginated by an opaque cursor.
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/apikeys", tag = "apikeys",
+    params(("t" = String, Path, description = "tenant id"),
+           ("status" = Option<String>, Query, description = "active, revoked, expired or all (default)"),
+           ("limit" = Option<u32>, Query, description = "1 to 200, default 50"),
+           ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
+    responses((status = 200, body = KeyPage)), security(("basic" = []), ("bearer" = [])))]
 pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -234,6 +248,11 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(KeyPage { items, next_cursor }))
 }
 
+/// One key, masked, with its revocation state.
+#[utoipa::path(get, path = "/api/v1/tenants/{t}/apikeys/{keyId}", tag = "apikeys",
+    params(("t" = String, Path, description = "tenant id"), ("keyId" = String, Path, description = "key id (ULID)")),
+    responses((status = 200, body = ApiKey), (status = 404, description = "`key_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
 pub async fn get(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -246,6 +265,11 @@ pub async fn get(
 
 /// Tombstone + outbox event in one transaction; the broker is the sync
 /// worker's business. A failed transaction wrote nothing: 503, retry.
+/// Revoke: tombstone and `key.revoked` event in one transaction; idempotent.
+#[utoipa::path(delete, path = "/api/v1/tenants/{t}/apikeys/{keyId}", tag = "apikeys",
+    params(("t" = String, Path, description = "tenant id"), ("keyId" = String, Path, description = "key id (ULID)")),
+    responses((status = 202, body = ApiKey), (status = 404, description = "`key_not_found`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
 pub async fn revoke(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -265,6 +289,12 @@ pub async fn revoke(
     Ok(HttpResponse::Accepted().json(revoked.key))
 }
 
+/// Put a `failed` revocation back in the outbox.
+#[utoipa::path(post, path = "/api/v1/tenants/{t}/apikeys/{keyId}/revocation/retry", tag = "apikeys",
+    params(("t" = String, Path, description = "tenant id"), ("keyId" = String, Path, description = "key id (ULID)")),
+    responses((status = 202, body = ApiKey), (status = 404, description = "`key_not_found`", body = ErrorBody),
+              (status = 409, description = "`invalid_state`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
 pub async fn retry(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -281,6 +311,10 @@ pub async fn retry(
 }
 
 /// Admin check of a secret: the gate comes before the body is read.
+/// Admin check of a secret; 403 before the body is read for anyone else.
+#[utoipa::path(post, path = "/api/v1/tenants/{t}/apikeys/validate", tag = "apikeys", request_body = ApiKeyBody,
+    params(("t" = String, Path, description = "tenant id")),
+    responses((status = 200, body = Validation)), security(("basic" = []), ("bearer" = [])))]
 pub async fn validate(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -305,6 +339,9 @@ pub async fn validate(
 }
 
 /// Ingestors' check (`verifier` or `superadmin`): the hot path.
+/// Ingestors' verification (`verifier` or `superadmin`).
+#[utoipa::path(post, path = "/api/v1/verify", tag = "apikeys", request_body = ApiKeyBody,
+    responses((status = 200, body = Verification)), security(("basic" = []), ("bearer" = [])))]
 pub async fn verify(
     req: HttpRequest,
     state: web::Data<AppState>,

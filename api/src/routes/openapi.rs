@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use super::{groups, health, roles, tenants, users};
+use super::{groups, health, keys, roles, tenants, users};
 use crate::error::TABLE;
 use crate::extract::BODY_LIMIT;
 
@@ -33,6 +33,13 @@ use crate::extract::BODY_LIMIT;
         groups::get,
         groups::list,
         groups::delete,
+        keys::create,
+        keys::list,
+        keys::get,
+        keys::revoke,
+        keys::retry,
+        keys::validate,
+        keys::verify,
         health::healthz,
         health::readyz,
         crate::metrics::render,
@@ -78,6 +85,7 @@ fn build() -> Value {
         "basic": {"type": "http", "scheme": "basic"},
         "bearer": {"type": "http", "scheme": "bearer", "description": "a Keyward API key"},
     });
+    add_own_tenant_aliases(&mut doc);
     let error = |what: &str| {
         json!({"description": what,
                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
@@ -131,6 +139,34 @@ fn build() -> Value {
     doc
 }
 
+/// `/api/v1/apikeys…` answers like `/api/v1/tenants/{t}/apikeys…` for the
+/// caller's own tenant: the same operations without the `t` parameter.
+fn add_own_tenant_aliases(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    let prefix = "/api/v1/tenants/{t}/apikeys";
+    let aliases: Vec<(String, Value)> = paths
+        .iter()
+        .filter(|(path, _)| path.starts_with(prefix))
+        .map(|(path, item)| {
+            let mut item = item.clone();
+            if let Some(ops) = item.as_object_mut() {
+                for op in ops.values_mut() {
+                    if let Some(params) = op["parameters"].as_array_mut() {
+                        params.retain(|p| p["name"] != "t");
+                    }
+                    if let Some(id) = op["operationId"].as_str() {
+                        op["operationId"] = json!(format!("{id}_own_tenant"));
+                    }
+                }
+            }
+            (path.replacen(prefix, "/api/v1/apikeys", 1), item)
+        })
+        .collect();
+    paths.extend(aliases);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +202,18 @@ mod tests {
             ("/readyz", &["get"]),
             ("/metrics", &["get"]),
             ("/api/v1/openapi.json", &["get"]),
+            ("/api/v1/tenants/{t}/apikeys", &["get", "post"]),
+            ("/api/v1/tenants/{t}/apikeys/{keyId}", &["get", "delete"]),
+            ("/api/v1/tenants/{t}/apikeys/validate", &["post"]),
+            (
+                "/api/v1/tenants/{t}/apikeys/{keyId}/revocation/retry",
+                &["post"],
+            ),
+            ("/api/v1/apikeys", &["get", "post"]),
+            ("/api/v1/apikeys/{keyId}", &["get", "delete"]),
+            ("/api/v1/apikeys/validate", &["post"]),
+            ("/api/v1/apikeys/{keyId}/revocation/retry", &["post"]),
+            ("/api/v1/verify", &["post"]),
         ] {
             for m in methods {
                 assert!(

@@ -91,6 +91,7 @@ pub struct GroupSpec {
 
 /// What is stored of a key's life; `expired` is derived at read time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
     Active,
@@ -149,6 +150,7 @@ pub struct KeyQuery {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RevocationState {
     Pending,
@@ -159,6 +161,7 @@ pub enum RevocationState {
 
 /// Where a revoked key's event is on its way to the ingestors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Revocation {
     pub state: RevocationState,
@@ -174,6 +177,7 @@ pub struct Revocation {
 
 /// A key as every read returns it: masked, never the secret or its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKey {
     pub key_id: KeyId,
