@@ -412,3 +412,81 @@ on_both_stores!(
     wrong_secrets_are_rate_limited,
     bearer_key_admin_and_role_changes_evict,
 );
+
+mod replicas {
+    use super::*;
+
+    /// Two API replicas on one PostgreSQL database: B has the key cached,
+    /// A revokes it, B rejects it at once (NOTIFY keyward_keys).
+    async fn revoke_on_a_is_rejected_by_b_at_once(app: TestApp) {
+        if app.store().backend() == "sqlite" {
+            return; // Replicas share PostgreSQL; one process owns a SQLite file.
+        }
+        setup(&app).await;
+        let verifier = verifier(&app).await;
+        let key = create_key(&app, "ci").await;
+        let secret = key["secret"].as_str().unwrap();
+        let b = app.replica().await;
+        let verify_on_b = || async {
+            let res = app
+                .client
+                .post(format!("{b}/api/v1/verify"))
+                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
+                .json(&json!({"apiKey": secret}))
+                .send()
+                .await
+                .unwrap();
+            read(res).await.1
+        };
+        assert_eq!(verify_on_b().await["valid"], true, "B proved and cached it");
+        let _ = verifier;
+        // Give B's listener a moment to be subscribed before the revoke.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let id = key["keyId"].as_str().unwrap();
+        assert_eq!(
+            app.delete(&format!("/api/v1/tenants/acme/apikeys/{id}"), ACME_ADMIN)
+                .await
+                .0,
+            202
+        );
+        let mut answer = verify_on_b().await;
+        for _ in 0..20 {
+            if answer["valid"] == false {
+                break;
+            }
+            // NOTIFY is delivered at commit; allow for its flight time only.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            answer = verify_on_b().await;
+        }
+        assert_eq!(answer, json!({"valid": false, "reason": "revoked"}));
+    }
+
+    /// A revoke while the database is gone: 503, and nothing written.
+    async fn revoke_with_the_database_down_is_503_and_writes_nothing(app: TestApp) {
+        setup(&app).await;
+        let key = create_key(&app, "ci").await;
+        let id = key["keyId"].as_str().unwrap().to_owned();
+        if !app.db.set_reachable(false).await {
+            return; // SQLite: an embedded file has no server to lose.
+        }
+        let (s, body) = app
+            .delete(&format!("/api/v1/tenants/acme/apikeys/{id}"), ADMIN)
+            .await;
+        assert_error(s, &body, 503, "unavailable");
+        app.db.set_reachable(true).await;
+        let (s, k) = app
+            .get(&format!("/api/v1/tenants/acme/apikeys/{id}"), ACME_ADMIN)
+            .await;
+        assert_eq!(
+            (s, k["status"].clone()),
+            (200, json!("active")),
+            "nothing half-written"
+        );
+        assert_eq!(app.store().outbox_stats().await.unwrap().pending, 0);
+    }
+
+    on_both_stores!(
+        revoke_on_a_is_rejected_by_b_at_once,
+        revoke_with_the_database_down_is_503_and_writes_nothing,
+    );
+}

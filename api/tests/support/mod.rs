@@ -35,31 +35,17 @@ pub const ADMIN: As<'static> = As::User("admin", ADMIN_PASSWORD);
 
 impl TestApp {
     pub async fn start(db: TestDatabase) -> Self {
-        let settings = Settings {
-            database: DatabaseSettings {
-                database_url: db.url.clone(),
-            },
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin_password: Some(Password::parse(ADMIN_PASSWORD).unwrap()),
-            key_prefix: KeyPrefix::default(),
-            // Cheap argon2: these tests are about behaviour, not cost.
-            argon2: Argon2Settings {
-                memory_kib: 256,
-                iterations: 1,
-                parallelism: 1,
-            },
-            log: LogSettings {
-                log_format: LogFormat::Pretty,
-            },
-        };
-        let app = Application::build(settings).await.expect("app starts");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        actix_web::rt::spawn(app.run_until_stopped());
+        let base = spawn_app(&db.url).await;
         Self {
             base,
             client: reqwest::Client::new(),
             db,
         }
+    }
+
+    /// Another API process on the same database (a replica).
+    pub async fn replica(&self) -> String {
+        spawn_app(&self.db.url).await
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -177,4 +163,29 @@ macro_rules! on_both_stores {
             )*
         }
     };
+}
+
+/// Starts the application on port 0 against `url`; returns its base URL.
+pub async fn spawn_app(url: &keyward_core::config::DatabaseUrl) -> String {
+    let settings = Settings {
+        database: DatabaseSettings {
+            database_url: url.clone(),
+        },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_password: Some(Password::parse(ADMIN_PASSWORD).unwrap()),
+        key_prefix: KeyPrefix::default(),
+        // Cheap argon2: these tests are about behaviour, not cost.
+        argon2: Argon2Settings {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        },
+        log: LogSettings {
+            log_format: LogFormat::Pretty,
+        },
+    };
+    let app = Application::build(settings).await.expect("app starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    actix_web::rt::spawn(app.run_until_stopped());
+    base
 }
