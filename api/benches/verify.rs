@@ -1,0 +1,261 @@
+//! Verification benchmark (rerun: `cargo bench -p keyward-api --bench verify`).
+//!
+//! 1. In-process verify on a cache hit, one thread.
+//! 2. In-process verify on a cache miss at the default argon2 cost.
+//! 3. HTTP `POST /api/v1/verify` with 64 concurrent keep-alive connections
+//!    over 10,000 keys, next to `GET /healthz` on the same server in the
+//!    same run. Load and server share this machine's cores.
+//!
+//! Keys for (3) are hashed with cheap argon2 parameters so that warming
+//! 10,000 cache entries takes seconds, not minutes: the parameters live in
+//! each PHC string, and what is measured is the hot path after the proof.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use keyward_api::settings::Settings;
+use keyward_api::startup::Application;
+use keyward_api::verify::{Verdict, Verifier};
+use keyward_core::config::{DatabaseSettings, LogSettings};
+use keyward_core::hashing::{Argon2Settings, SecretHasher};
+use keyward_core::ids::{KeyId, KeyName, Password, RoleName, TenantId};
+use keyward_core::store::{NewApiKey, Store};
+use keyward_core::telemetry::LogFormat;
+use keyward_core::testing::TestDatabase;
+use keyward_core::token::{ApiKeyToken, KeyPrefix};
+
+const PASSWORD: &str = "benchmark password";
+const CONNECTIONS: usize = 64;
+const KEYS: usize = 10_000;
+const LOAD_SECONDS: u64 = 10;
+
+fn cheap() -> SecretHasher {
+    SecretHasher::new(Argon2Settings {
+        memory_kib: 256,
+        iterations: 1,
+        parallelism: 1,
+    })
+    .unwrap()
+}
+
+async fn insert_key(store: &dyn Store, hasher: &SecretHasher, tenant: &TenantId) -> ApiKeyToken {
+    let key_id = KeyId::new();
+    let token = ApiKeyToken::generate(&KeyPrefix::default(), key_id).unwrap();
+    let now = chrono::Utc::now();
+    let key = NewApiKey {
+        key_id,
+        tenant_id: tenant.clone(),
+        name: KeyName::parse(&format!("k-{key_id}")).unwrap(),
+        roles: vec![RoleName::parse("shippers").unwrap()],
+        start: token.start(),
+        secret_hash: hasher.hash(token.expose_secret()).await.unwrap(),
+        created_by: "bench".into(),
+        created_at: now,
+        expires_at: None,
+    };
+    store.create_key(&key, now).await.unwrap();
+    token
+}
+
+async fn tenant_with_role(store: &dyn Store) -> TenantId {
+    let tenant = TenantId::parse("bench").unwrap();
+    store
+        .create_tenant(&tenant, None, chrono::Utc::now())
+        .await
+        .unwrap();
+    let ingest = keyward_core::privilege::Privilege::new(
+        keyward_core::privilege::PrivilegeKind::Ingestor,
+        None,
+    );
+    store
+        .put_role(
+            &tenant,
+            &RoleName::parse("shippers").unwrap(),
+            &[ingest],
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    tenant
+}
+
+fn in_process() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = TestDatabase::sqlite().await;
+        let store = db.store();
+        let tenant = tenant_with_role(store.as_ref()).await;
+        let default_cost = SecretHasher::new(Argon2Settings::default()).unwrap();
+        let token = insert_key(store.as_ref(), &default_cost, &tenant).await;
+        let verifier = Verifier::new(
+            store.clone(),
+            default_cost,
+            Duration::from_secs(600),
+            100_000,
+        );
+
+        // Cache misses at the default cost: evict before each call.
+        let misses = 20;
+        let started = Instant::now();
+        for _ in 0..misses {
+            verifier.cache.evict(token.key_id());
+            assert!(matches!(
+                verifier.verify(token.expose_secret()).await.unwrap(),
+                Verdict::Valid(_)
+            ));
+        }
+        let miss = started.elapsed() / misses;
+        println!(
+            "in-process verify, cache miss (argon2 m=19456 t=2 p=1): {:.1} ms/op, {:.0} ops/s",
+            miss.as_secs_f64() * 1e3,
+            1.0 / miss.as_secs_f64()
+        );
+
+        // Cache hits on one thread.
+        let secret = token.expose_secret();
+        let n = 2_000_000u32;
+        let started = Instant::now();
+        for _ in 0..n {
+            let v = verifier.verify(secret).await.unwrap();
+            std::hint::black_box(&v);
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "in-process verify, cache hit (1 thread): {:.0} ns/op, {:.2} M ops/s",
+            elapsed.as_nanos() as f64 / f64::from(n),
+            f64::from(n) / elapsed.as_secs_f64() / 1e6
+        );
+    });
+}
+
+struct LoadResult {
+    requests: usize,
+    seconds: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Builds request number `i` on a connection's client.
+type MakeRequest = Arc<dyn Fn(&reqwest::Client, usize) -> reqwest::RequestBuilder + Send + Sync>;
+
+async fn load(make: MakeRequest) -> LoadResult {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for c in 0..CONNECTIONS {
+        let (stop, make) = (Arc::clone(&stop), Arc::clone(&make));
+        tasks.push(tokio::spawn(async move {
+            // One client per task: one keep-alive connection each.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut latencies = Vec::new();
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let res = make(&client, i).send().await.unwrap();
+                assert!(res.status().is_success(), "{}", res.status());
+                let _ = res.bytes().await.unwrap();
+                latencies.push(t.elapsed());
+                i += CONNECTIONS;
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(LOAD_SECONDS)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    LoadResult {
+        requests: all.len(),
+        seconds,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    }
+}
+
+fn over_http() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let db = TestDatabase::sqlite().await;
+        let store = db.store();
+        let tenant = tenant_with_role(store.as_ref()).await;
+        let hasher = cheap();
+        let mut tokens = Vec::with_capacity(KEYS);
+        for _ in 0..KEYS {
+            tokens.push(insert_key(store.as_ref(), &hasher, &tenant).await.expose_secret().to_owned());
+        }
+        let settings = Settings {
+            database: DatabaseSettings { database_url: db.url.clone() },
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin_password: Some(Password::parse(PASSWORD).unwrap()),
+            key_prefix: KeyPrefix::default(),
+            argon2: Argon2Settings { memory_kib: 256, iterations: 1, parallelism: 1 },
+            log: LogSettings { log_format: LogFormat::Pretty },
+        };
+        let app = Application::build(settings).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped());
+        // The ingestor's own credential: a verifier key, cached after one proof.
+        let platform = TenantId::platform();
+        let verifier_token = {
+            let key_id = KeyId::new();
+            let token = ApiKeyToken::generate(&KeyPrefix::default(), key_id).unwrap();
+            let now = chrono::Utc::now();
+            store.create_key(&NewApiKey {
+                key_id, tenant_id: platform, name: KeyName::parse("ingest").unwrap(),
+                roles: vec![RoleName::parse("verifier").unwrap()], start: token.start(),
+                secret_hash: hasher.hash(token.expose_secret()).await.unwrap(),
+                created_by: "bench".into(), created_at: now, expires_at: None,
+            }, now).await.unwrap();
+            token.expose_secret().to_owned()
+        };
+        // Warm: one proof per key.
+        let client = reqwest::Client::new();
+        for t in &tokens {
+            let r = client.post(format!("{base}/api/v1/verify")).bearer_auth(&verifier_token)
+                .json(&serde_json::json!({"apiKey": t})).send().await.unwrap();
+            assert!(r.status().is_success());
+        }
+        let tokens = Arc::new(tokens);
+        let health_base = base.clone();
+        let health = load(Arc::new(move |c: &reqwest::Client, _| c.get(format!("{health_base}/healthz")))).await;
+        let (vt, verify_base, toks) = (verifier_token.clone(), base.clone(), Arc::clone(&tokens));
+        let verify = load(Arc::new(move |c: &reqwest::Client, i| {
+            c.post(format!("{verify_base}/api/v1/verify"))
+                .bearer_auth(&vt)
+                .json(&serde_json::json!({"apiKey": toks[i % toks.len()]}))
+        })).await;
+        let rate = |r: &LoadResult| r.requests as f64 / r.seconds;
+        for (name, r) in [("GET /healthz", &health), ("POST /api/v1/verify", &verify)] {
+            println!("HTTP {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms ({} requests, {CONNECTIONS} connections, {LOAD_SECONDS} s)",
+                     rate(r), r.p50.as_secs_f64() * 1e3, r.p99.as_secs_f64() * 1e3, r.requests);
+        }
+        println!("verify / healthz throughput: {:.0}%", 100.0 * rate(&verify) / rate(&health));
+    });
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` would too.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    in_process();
+    over_http();
+}
