@@ -14,7 +14,7 @@ use keyward_core::token::ApiKeyToken;
 use serde::{Deserialize, Serialize};
 
 use super::{parse_roles, resource, tenant_param};
-use crate::auth::Principal;
+use crate::auth::{CachedPrincipal, Principal};
 use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::extract::{Json, read_json};
 use crate::state::AppState;
@@ -345,7 +345,7 @@ pub async fn validate(
 pub async fn verify(
     req: HttpRequest,
     state: web::Data<AppState>,
-    who: Principal,
+    CachedPrincipal(who): CachedPrincipal,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     if !who.permissions.may_verify() {
