@@ -490,3 +490,39 @@ mod replicas {
         revoke_with_the_database_down_is_503_and_writes_nothing,
     );
 }
+
+mod usage {
+    use super::*;
+
+    /// `lastUsedAt` is written by the batch flusher, not by the call.
+    async fn last_used_is_flushed_in_batches(app: TestApp) {
+        setup(&app).await;
+        let verifier = verifier(&app).await;
+        let key = create_key(&app, "ci").await;
+        let path = format!(
+            "/api/v1/tenants/acme/apikeys/{}",
+            key["keyId"].as_str().unwrap()
+        );
+        assert_eq!(
+            app.get(&path, ACME_ADMIN).await.1["lastUsedAt"],
+            json!(null)
+        );
+        for _ in 0..3 {
+            let (s, _) = app
+                .post("/api/v1/verify", verifier, json!({"apiKey": key["secret"]}))
+                .await;
+            assert_eq!(s, 200);
+        }
+        let mut last_used = json!(null);
+        for _ in 0..40 {
+            last_used = app.get(&path, ACME_ADMIN).await.1["lastUsedAt"].clone();
+            if !last_used.is_null() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(last_used.is_string(), "flushed within a few seconds");
+    }
+
+    on_both_stores!(last_used_is_flushed_in_batches);
+}

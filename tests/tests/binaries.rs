@@ -178,6 +178,28 @@ async fn secrets_stay_out_of_logs_and_sigterm_exits_cleanly() {
         .unwrap();
     assert_eq!(res.status(), 401);
 
+    let res = client
+        .post(api.url("/api/v1/tenants/acme/apikeys"))
+        .basic_auth("admin", Some(admin_pw))
+        .json(&serde_json::json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let created: serde_json::Value = res.json().await.unwrap();
+    let key_secret = created["secret"].as_str().unwrap().to_owned();
+    let res = client
+        .get(api.url("/api/v1/tenants/acme/apikeys"))
+        .bearer_auth(&key_secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        403,
+        "a key without roles authenticates, may not act"
+    );
+
     let pid = api.child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -201,7 +223,14 @@ async fn secrets_stay_out_of_logs_and_sigterm_exits_cleanly() {
         err.contains("request finished"),
         "requests are logged: {err}"
     );
-    for secret in [admin_pw, user_pw, wrong_pw, "$argon2"] {
+    for secret in [
+        admin_pw,
+        user_pw,
+        wrong_pw,
+        "$argon2",
+        &key_secret,
+        &key_secret[30..],
+    ] {
         assert!(!err.contains(secret), "{secret} leaked into the log");
     }
 }
