@@ -86,24 +86,60 @@ fn unauthenticated(message: &str) -> ApiError {
     ApiError::new(Code::Unauthenticated).with_message(message)
 }
 
+/// Authenticates the request's `Authorization` header.
+fn principal_of(
+    req: &HttpRequest,
+    cached_key_permissions: bool,
+) -> impl Future<Output = ApiResult<Principal>> + 'static {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    async move {
+        let state = state.ok_or_else(|| ApiError::new(Code::Internal))?;
+        let authorization = authorization.ok_or_else(|| unauthenticated("Missing credentials."))?;
+        let principal = authenticate_with(&state, &authorization, cached_key_permissions).await?;
+        tracing::Span::current().record("principal", tracing::field::display(principal.name()));
+        Ok(principal)
+    }
+}
+
 impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        Box::pin(principal_of(req, false))
+    }
+}
+
+/// An authenticated caller with permission on the tenant the path names
+/// (`{t}`, or the caller's own on `/api/v1/apikeys…`): the gate every
+/// tenant-scoped route passes before anything else.
+pub struct TenantScope {
+    pub who: Principal,
+    pub tenant: TenantId,
+}
+
+impl FromRequest for TenantScope {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let principal = principal_of(req, false);
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let authorization = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let named = req.match_info().get("t").map(str::to_owned);
         Box::pin(async move {
+            let who = principal.await?;
             let state = state.ok_or_else(|| ApiError::new(Code::Internal))?;
-            let authorization =
-                authorization.ok_or_else(|| unauthenticated("Missing credentials."))?;
-            let principal = authenticate(&state, &authorization).await?;
-            tracing::Span::current().record("principal", tracing::field::display(principal.name()));
-            Ok(principal)
+            let tenant = match named {
+                Some(raw) => TenantId::parse(&raw)?,
+                None => who.tenant().clone(),
+            };
+            who.require_tenant(&state, &tenant).await?;
+            Ok(TenantScope { who, tenant })
         })
     }
 }
@@ -119,25 +155,9 @@ impl FromRequest for CachedPrincipal {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let authorization = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::new(Code::Internal))?;
-            let authorization =
-                authorization.ok_or_else(|| unauthenticated("Missing credentials."))?;
-            authenticate_with(&state, &authorization, true)
-                .await
-                .map(CachedPrincipal)
-        })
+        let principal = principal_of(req, true);
+        Box::pin(async move { principal.await.map(CachedPrincipal) })
     }
-}
-
-async fn authenticate(state: &AppState, authorization: &str) -> ApiResult<Principal> {
-    authenticate_with(state, authorization, false).await
 }
 
 async fn authenticate_with(

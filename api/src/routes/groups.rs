@@ -6,8 +6,8 @@ use keyward_core::store::GroupSpec;
 use serde::Deserialize;
 
 use super::Items;
-use super::{items, parse_list, parse_roles, resource, tenant_param};
-use crate::auth::Principal;
+use super::{items, parse_list, parse_roles, resource};
+use crate::auth::TenantScope;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -43,12 +43,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     security(("basic" = []), ("bearer" = [])))]
 pub async fn put(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
     body: Json<PutGroup>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let TenantScope { who, tenant } = scope;
     let name = GroupName::parse(&path.1)?;
     let body = body.0;
     let spec = GroupSpec {
@@ -82,11 +81,10 @@ pub async fn put(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn get(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let tenant = scope.tenant;
     let name = GroupName::parse(&path.1)?;
     Ok(HttpResponse::Ok().json(state.store.get_group(&tenant, &name).await?))
 }
@@ -95,13 +93,8 @@ pub async fn get(
 #[utoipa::path(get, path = "/api/v1/tenants/{t}/groups", tag = "groups",
     params(("t" = String, Path, description = "tenant id")),
     responses((status = 200, body = Items<Group>)), security(("basic" = []), ("bearer" = [])))]
-pub async fn list(
-    state: web::Data<AppState>,
-    who: Principal,
-    path: web::Path<String>,
-) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path)?;
-    who.require_tenant(&state, &tenant).await?;
+pub async fn list(state: web::Data<AppState>, scope: TenantScope) -> ApiResult<HttpResponse> {
+    let tenant = scope.tenant;
     Ok(items(state.store.list_groups(&tenant).await?))
 }
 
@@ -112,11 +105,10 @@ pub async fn list(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn delete(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let tenant = scope.tenant;
     let name = GroupName::parse(&path.1)?;
     state.store.delete_group(&tenant, &name).await?;
     state.verifier.cache.evict_tenant(&tenant);

@@ -13,8 +13,8 @@ use keyward_core::store::{ApiKey, KeyQuery, NewApiKey, StatusFilter};
 use keyward_core::token::ApiKeyToken;
 use serde::{Deserialize, Serialize};
 
-use super::{parse_roles, resource, tenant_param};
-use crate::auth::{CachedPrincipal, Principal};
+use super::{parse_roles, resource};
+use crate::auth::{CachedPrincipal, TenantScope};
 use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::extract::{Json, read_json};
 use crate::state::AppState;
@@ -110,17 +110,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/v1/verify").route(web::post().to(verify)));
 }
 
-/// `{t}` from the path, or the caller's own tenant on `/api/v1/apikeys…`;
-/// then the tenant gate.
-async fn gate(req: &HttpRequest, state: &AppState, who: &Principal) -> ApiResult<TenantId> {
-    let tenant = match req.match_info().get("t") {
-        Some(raw) => tenant_param(raw)?,
-        None => who.tenant().clone(),
-    };
-    who.require_tenant(state, &tenant).await?;
-    Ok(tenant)
-}
-
 fn key_id_param(req: &HttpRequest) -> ApiResult<KeyId> {
     let raw = req.match_info().get("keyId").unwrap_or_default();
     KeyId::parse(raw).map_err(|e| ApiError::invalid("keyId", e.reason))
@@ -137,12 +126,11 @@ fn location(tenant: &TenantId, key_id: KeyId) -> String {
               (status = 422, description = "`unknown_roles`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn create(
-    req: HttpRequest,
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     body: Json<CreateKey>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = gate(&req, &state, &who).await?;
+    let TenantScope { who, tenant } = scope;
     let body = body.0;
     let name = KeyName::parse(&body.name)?;
     let roles = parse_roles(&body.roles)?;
@@ -233,12 +221,11 @@ fn decode_cursor(raw: &str) -> ApiResult<KeyId> {
            ("cursor" = Option<String>, Query, description = "`nextCursor` of the previous page")),
     responses((status = 200, body = KeyPage)), security(("basic" = []), ("bearer" = [])))]
 pub async fn list(
-    req: HttpRequest,
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = gate(&req, &state, &who).await?;
+    let tenant = scope.tenant;
     let q = parse_query(&query)?;
     let items = state.store.list_keys(&tenant, &q, Utc::now()).await?;
     let next_cursor = match items.last() {
@@ -256,9 +243,9 @@ pub async fn list(
 pub async fn get(
     req: HttpRequest,
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
 ) -> ApiResult<HttpResponse> {
-    let tenant = gate(&req, &state, &who).await?;
+    let tenant = scope.tenant;
     let key_id = key_id_param(&req)?;
     Ok(HttpResponse::Ok().json(state.store.get_key(&tenant, key_id, Utc::now()).await?))
 }
@@ -273,9 +260,9 @@ pub async fn get(
 pub async fn revoke(
     req: HttpRequest,
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
 ) -> ApiResult<HttpResponse> {
-    let tenant = gate(&req, &state, &who).await?;
+    let TenantScope { who, tenant } = scope;
     let key_id = key_id_param(&req)?;
     let revoked = state
         .store
@@ -298,9 +285,9 @@ pub async fn revoke(
 pub async fn retry(
     req: HttpRequest,
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
 ) -> ApiResult<HttpResponse> {
-    let tenant = gate(&req, &state, &who).await?;
+    let tenant = scope.tenant;
     let key_id = key_id_param(&req)?;
     Ok(HttpResponse::Accepted().json(
         state
@@ -318,10 +305,10 @@ pub async fn retry(
 pub async fn validate(
     req: HttpRequest,
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    let tenant = gate(&req, &state, &who).await?;
+    let tenant = scope.tenant;
     let body: ApiKeyBody = read_json(&req, payload).await?;
     let answer = match state.verifier.verify(&body.api_key).await? {
         Verdict::Valid(v) if v.permissions.tenant == tenant => Validation {

@@ -10,7 +10,7 @@ pub mod users;
 pub mod openapi;
 
 use actix_web::{HttpResponse, web};
-use keyward_core::ids::{InvalidValue, RoleName, TenantId};
+use keyward_core::ids::{InvalidValue, RoleName};
 use serde::Serialize;
 
 use crate::error::{ApiError, ApiResult, Code};
@@ -23,10 +23,6 @@ pub struct Items<T> {
 
 pub fn items<T: Serialize>(items: Vec<T>) -> HttpResponse {
     HttpResponse::Ok().json(Items { items })
-}
-
-pub fn tenant_param(raw: &str) -> ApiResult<TenantId> {
-    TenantId::parse(raw).map_err(Into::into)
 }
 
 /// Parses each entry of a list, naming the bad one (`roles[2]`); drops

@@ -8,8 +8,8 @@ use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
 use serde::Deserialize;
 
 use super::Items;
-use super::{items, resource, tenant_param};
-use crate::auth::Principal;
+use super::{items, resource};
+use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -80,12 +80,11 @@ fn parse_privileges(raw: &[RawPrivilege]) -> ApiResult<Vec<Privilege>> {
     security(("basic" = []), ("bearer" = [])))]
 pub async fn put(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
     body: Json<PutRole>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let tenant = scope.tenant;
     let name = RoleName::parse(&path.1)?;
     let privileges = parse_privileges(&body.0.privileges)?;
     let (role, created) = state
@@ -110,11 +109,10 @@ pub async fn put(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn get(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let tenant = scope.tenant;
     let name = RoleName::parse(&path.1)?;
     Ok(HttpResponse::Ok().json(state.store.get_role(&tenant, &name).await?))
 }
@@ -124,13 +122,8 @@ pub async fn get(
     params(("t" = String, Path, description = "tenant id")),
     responses((status = 200, body = Items<Role>), (status = 404, description = "`tenant_not_found`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
-pub async fn list(
-    state: web::Data<AppState>,
-    who: Principal,
-    path: web::Path<String>,
-) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path)?;
-    who.require_tenant(&state, &tenant).await?;
+pub async fn list(state: web::Data<AppState>, scope: TenantScope) -> ApiResult<HttpResponse> {
+    let tenant = scope.tenant;
     Ok(items(state.store.list_roles(&tenant).await?))
 }
 
@@ -142,11 +135,10 @@ pub async fn list(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn delete(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let tenant = scope.tenant;
     let name = RoleName::parse(&path.1)?;
     state.store.delete_role(&tenant, &name).await?;
     Ok(HttpResponse::NoContent().finish())

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::Items;
 
-use super::{items, parse_roles, resource, tenant_param};
-use crate::auth::Principal;
+use super::{items, parse_roles, resource};
+use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
@@ -70,12 +70,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     security(("basic" = []), ("bearer" = [])))]
 pub async fn create(
     state: web::Data<AppState>,
-    who: Principal,
-    path: web::Path<String>,
+    scope: TenantScope,
     body: Json<CreateUser>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path)?;
-    who.require_tenant(&state, &tenant).await?;
+    let TenantScope { who, tenant } = scope;
     let body = body.0;
     let username = Username::parse(&body.username)?;
     // Never echo the password, not even in a validation message.
@@ -103,13 +101,8 @@ pub async fn create(
 #[utoipa::path(get, path = "/api/v1/tenants/{t}/users", tag = "users",
     params(("t" = String, Path, description = "tenant id")),
     responses((status = 200, body = Items<User>)), security(("basic" = []), ("bearer" = [])))]
-pub async fn list(
-    state: web::Data<AppState>,
-    who: Principal,
-    path: web::Path<String>,
-) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path)?;
-    who.require_tenant(&state, &tenant).await?;
+pub async fn list(state: web::Data<AppState>, scope: TenantScope) -> ApiResult<HttpResponse> {
+    let tenant = scope.tenant;
     Ok(items(state.store.list_users(&tenant).await?))
 }
 
@@ -120,11 +113,10 @@ pub async fn list(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn get(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let tenant = scope.tenant;
     let username = Username::parse(&path.1)?;
     Ok(HttpResponse::Ok().json(state.store.get_user(&tenant, &username).await?))
 }
@@ -137,12 +129,11 @@ pub async fn get(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn put_roles(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
     body: Json<PutRoles>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let TenantScope { who, tenant } = scope;
     let username = Username::parse(&path.1)?;
     let roles = parse_roles(&body.0.roles)?;
     who.require_may_grant(&tenant, &roles)?;
@@ -161,11 +152,10 @@ pub async fn put_roles(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn delete(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let tenant = scope.tenant;
     let username = Username::parse(&path.1)?;
     state.store.delete_user(&tenant, &username).await?;
     Ok(HttpResponse::NoContent().finish())
@@ -178,11 +168,10 @@ pub async fn delete(
     security(("basic" = []), ("bearer" = [])))]
 pub async fn permissions(
     state: web::Data<AppState>,
-    who: Principal,
+    scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = tenant_param(&path.0)?;
-    who.require_tenant(&state, &tenant).await?;
+    let tenant = scope.tenant;
     let username = Username::parse(&path.1)?;
     // 404 for an unknown user rather than an empty answer.
     state.store.get_user(&tenant, &username).await?;
