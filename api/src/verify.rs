@@ -16,6 +16,10 @@ use serde::Serialize;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::verify_cache::{CacheEntry, FailureLimiter, UsageRecorder, VerifyCache};
 
+/// How often remembered uses are written. `lastUsedAt` is at most this
+/// stale; each flush costs one UPDATE per key used since the last one.
+pub const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Why a key is not valid; `verify` answers it as `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -153,13 +157,13 @@ fn count(verdict: Verdict, cache: &'static str) -> Verdict {
 }
 
 /// Background work of the verifier: batched `lastUsedAt` writes every
-/// second, and evictions other replicas announce (PostgreSQL NOTIFY).
+/// `USAGE_FLUSH_INTERVAL`, and evictions other replicas announce (PostgreSQL NOTIFY).
 /// Spawned on tokio, not on actix's local set: a `PgListener` must be
 /// dropped inside a tokio context when the server stops.
 pub fn spawn_background(verifier: Arc<Verifier>, store: Arc<dyn Store>) {
     let flusher = Arc::clone(&verifier);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
         loop {
             tick.tick().await;
             flusher.flush_usage().await;
