@@ -60,6 +60,7 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(extract::path_error))
                 .app_data(web::QueryConfig::default().error_handler(extract::query_error))
                 .wrap(actix_web::middleware::from_fn(observe::observe))
+                .configure(routes::keys::configure_verify)
                 .configure(routes::health::configure)
                 .configure(crate::metrics::configure)
                 .configure(routes::tenants::configure)

@@ -107,6 +107,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             resource(&format!("{base}/{{keyId}}/revocation/retry")).route(web::post().to(retry)),
         );
     }
+}
+
+/// `POST /api/v1/verify`, registered before every pattern route: actix
+/// tries resources in order, and each `{param}` route costs a regex match.
+pub fn configure_verify(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/v1/verify").route(web::post().to(verify)));
 }
 
