@@ -91,6 +91,29 @@ async fn create_shows_the_secret_once(app: TestApp) {
     assert!(creds.secret_hash.starts_with("$argon2id$"));
     assert!(!creds.secret_hash.contains(&secret[40..]));
 
+    // Nor in the SQLite files (database and write-ahead log), byte for byte.
+    if app.store().backend() == "sqlite" {
+        let url = app.db.url.as_str();
+        let path = url
+            .trim_start_matches("sqlite://")
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        let random = &secret[30..];
+        assert!(
+            std::fs::metadata(&path).is_ok(),
+            "the database file is where we look"
+        );
+        for file in [path.clone(), format!("{path}-wal")] {
+            if let Ok(bytes) = std::fs::read(&file) {
+                assert!(
+                    !bytes.windows(random.len()).any(|w| w == random.as_bytes()),
+                    "secret found in {file}"
+                );
+            }
+        }
+    }
     let (s, body) = app
         .post(
             "/api/v1/tenants/acme/apikeys",
