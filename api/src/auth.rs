@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
@@ -30,7 +31,7 @@ pub enum PrincipalId {
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub id: PrincipalId,
-    pub permissions: Permissions,
+    pub permissions: Arc<Permissions>,
 }
 
 impl Principal {
@@ -201,7 +202,7 @@ async fn basic(state: &AppState, credentials: &str) -> ApiResult<Principal> {
         .await?;
     Ok(Principal {
         id: PrincipalId::User(user.username),
-        permissions: Permissions::from_grants(user.tenant_id, grants),
+        permissions: Arc::new(Permissions::from_grants(user.tenant_id, grants)),
     })
 }
 
@@ -222,7 +223,7 @@ async fn bearer(state: &AppState, credentials: &str, cached: bool) -> ApiResult<
     if cached {
         return Ok(Principal {
             id: PrincipalId::Key(verified.key_id),
-            permissions: (*verified.permissions).clone(),
+            permissions: verified.permissions,
         });
     }
     let Some(key) = state.store.key_credentials(verified.key_id).await? else {
@@ -233,6 +234,6 @@ async fn bearer(state: &AppState, credentials: &str, cached: bool) -> ApiResult<
     }
     Ok(Principal {
         id: PrincipalId::Key(key.key_id),
-        permissions: Permissions::from_grants(key.tenant_id, key.grants),
+        permissions: Arc::new(Permissions::from_grants(key.tenant_id, key.grants)),
     })
 }
