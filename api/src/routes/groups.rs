@@ -6,7 +6,7 @@ use keyward_core::store::GroupSpec;
 use serde::Deserialize;
 
 use super::Items;
-use super::{items, parse_list, parse_roles, resource};
+use super::{created_or_replaced, items, parse_list, parse_roles, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::Json;
@@ -62,16 +62,11 @@ pub async fn put(
         .await?;
     // Keys joining or leaving the group gain or lose its roles.
     state.verifier.cache.evict_tenant(&tenant);
-    Ok(if created {
-        HttpResponse::Created()
-            .insert_header((
-                "Location",
-                format!("/api/v1/tenants/{tenant}/groups/{name}"),
-            ))
-            .json(group)
-    } else {
-        HttpResponse::Ok().json(group)
-    })
+    Ok(created_or_replaced(
+        created,
+        format!("/api/v1/tenants/{tenant}/groups/{name}"),
+        group,
+    ))
 }
 
 /// One group.

@@ -25,6 +25,17 @@ pub fn items<T: Serialize>(items: Vec<T>) -> HttpResponse {
     HttpResponse::Ok().json(Items { items })
 }
 
+/// `201 Created` with `Location`, or `200` for a replaced resource (PUT).
+pub fn created_or_replaced<T: Serialize>(created: bool, location: String, body: T) -> HttpResponse {
+    if created {
+        HttpResponse::Created()
+            .insert_header(("Location", location))
+            .json(body)
+    } else {
+        HttpResponse::Ok().json(body)
+    }
+}
+
 /// Parses each entry of a list, naming the bad one (`roles[2]`); drops
 /// repeats, keeps the first-seen order.
 pub fn parse_list<T: PartialEq>(

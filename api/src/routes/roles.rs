@@ -8,7 +8,7 @@ use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
 use serde::Deserialize;
 
 use super::Items;
-use super::{items, resource};
+use super::{created_or_replaced, items, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
@@ -93,13 +93,11 @@ pub async fn put(
         .await?;
     // Keys holding the role now hold other privileges.
     state.verifier.cache.evict_tenant(&tenant);
-    Ok(if created {
-        HttpResponse::Created()
-            .insert_header(("Location", format!("/api/v1/tenants/{tenant}/roles/{name}")))
-            .json(role)
-    } else {
-        HttpResponse::Ok().json(role)
-    })
+    Ok(created_or_replaced(
+        created,
+        format!("/api/v1/tenants/{tenant}/roles/{name}"),
+        role,
+    ))
 }
 
 /// One role.
