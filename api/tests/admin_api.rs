@@ -582,15 +582,7 @@ async fn health_ready_metrics(app: TestApp) {
     assert_eq!(app.get("/healthz", As::Nobody).await.0, 200);
     assert_eq!(app.get("/readyz", As::Nobody).await.0, 200);
     app.get("/api/v1/tenants", ADMIN).await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(text.contains("keyward_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/api/v1/tenants\""), "{text}");
     assert!(text.contains("keyward_http_request_duration_seconds_bucket"));

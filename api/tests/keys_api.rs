@@ -414,15 +414,7 @@ async fn bearer_key_admin_and_role_changes_evict(app: TestApp) {
     assert_eq!(s, 200);
     let (s, body) = app.get("/api/v1/tenants/acme/apikeys", robot).await;
     assert_error(s, &body, 403, "forbidden");
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(text.contains("keyward_verify_total"), "{text}");
 }
 

@@ -216,10 +216,6 @@ macro_rules! ulid_type {
             pub fn parse(value: &str) -> Result<Self, InvalidValue> {
                 parse_ulid($field, value).map(Self)
             }
-
-            pub fn ulid(&self) -> Ulid {
-                self.0
-            }
         }
 
         impl Default for $name {

@@ -47,6 +47,16 @@ impl Running {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Everything the process wrote to stderr; call once it has exited.
+    pub async fn stderr_text(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_string(&mut err).await.expect("read stderr");
+        }
+        err
+    }
+
     /// Waits until `GET path` answers 200, or panics after `timeout`.
     pub async fn wait_ready(&mut self, path: &str, timeout: Duration) {
         let client = reqwest::Client::new();

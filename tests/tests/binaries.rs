@@ -6,22 +6,13 @@ use std::time::Duration;
 
 use keyward_core::testing::TestDatabase;
 use keyward_tests::{binary, run_to_end, start_api};
-use tokio::io::AsyncReadExt;
 
 const READY: Duration = Duration::from_secs(30);
 
 async fn stop_and_read_stderr(mut api: keyward_tests::Running) -> String {
     api.child.start_kill().unwrap();
     api.child.wait().await.unwrap();
-    let mut err = String::new();
-    api.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .await
-        .unwrap();
-    err
+    api.stderr_text().await
 }
 
 #[tokio::test]
@@ -211,14 +202,7 @@ async fn secrets_stay_out_of_logs_and_sigterm_exits_cleanly() {
         .expect("exits after SIGTERM")
         .unwrap();
     assert!(status.success(), "graceful shutdown exits 0: {status}");
-    let mut err = String::new();
-    api.child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .await
-        .unwrap();
+    let err = api.stderr_text().await;
     assert!(
         err.contains("request finished"),
         "requests are logged: {err}"

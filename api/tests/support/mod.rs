@@ -48,6 +48,17 @@ impl TestApp {
         spawn_app(&self.db.url).await
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let res = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        res.text().await.unwrap()
+    }
+
     pub fn store(&self) -> Arc<dyn Store> {
         self.db.store()
     }

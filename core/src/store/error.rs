@@ -65,13 +65,6 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     }
 }
 
-impl StoreError {
-    /// Whether a caller may retry later with a fair chance of success.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
-    }
-}
-
 /// Connection loss, pool exhaustion, a server shutting down or a busy
 /// SQLite file: the request was fine, the database was not there for it.
 fn is_unavailable(e: &sqlx::Error) -> bool {

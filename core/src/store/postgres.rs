@@ -39,11 +39,6 @@ impl PgStore {
         Ok(Self { pool })
     }
 
-    /// The pool, for `LISTEN` connections (`PgListener::connect_with`).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
         Ok(self.pool.begin().await?)
     }
