@@ -38,7 +38,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr()?.port();
-        crate::metrics::handle();
+        keyward_core::telemetry::metrics();
         let dummy_hash = hasher.hash(&ulid::Ulid::generate().to_string()).await?;
         let verifier = Arc::new(Verifier::new(
             Arc::clone(&store),

@@ -144,6 +144,27 @@ pub fn one_line(e: &clap::Error) -> String {
         .to_owned()
 }
 
+/// This machine's host name, cut to what a queue or lease owner name may
+/// hold (`[A-Za-z0-9._-]`, at most 64); `None` when it cannot be read.
+pub fn host_name() -> Option<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
 /// An AMQP URL (`amqp://user:pass@host:port/vhost`). Its `Display` hides
 /// the password.
 #[derive(Clone, PartialEq, Eq)]

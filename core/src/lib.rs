@@ -6,6 +6,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
+pub mod events;
 pub mod hashing;
 pub mod ids;
 pub mod privilege;

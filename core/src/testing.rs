@@ -157,3 +157,61 @@ impl Drop for TestDatabase {
         let _ = dropped.join();
     }
 }
+
+/// Creates `tenant` unless it exists.
+pub async fn ensure_tenant(store: &dyn Store, tenant: &str) -> crate::ids::TenantId {
+    let tenant = crate::ids::TenantId::parse(tenant).expect("tenant id");
+    if !store.tenant_exists(&tenant).await.expect("tenant lookup") {
+        store
+            .create_tenant(&tenant, None, chrono::Utc::now())
+            .await
+            .expect("create tenant");
+    }
+    tenant
+}
+
+/// An active key without roles whose hash is a placeholder: for the
+/// outbox, never for verification.
+pub async fn placeholder_key(
+    store: &dyn Store,
+    tenant: &crate::ids::TenantId,
+) -> crate::ids::KeyId {
+    use crate::ids::{KeyId, KeyName};
+    let key_id = KeyId::new();
+    let now = chrono::Utc::now();
+    let key = crate::store::NewApiKey {
+        key_id,
+        tenant_id: tenant.clone(),
+        name: KeyName::parse(&format!("k-{key_id}")).expect("key name"),
+        roles: Vec::new(),
+        start: format!("kw_{key_id}"),
+        secret_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        created_by: "test".into(),
+        created_at: now,
+        expires_at: None,
+    };
+    store.create_key(&key, now).await.expect("create key");
+    key_id
+}
+
+/// Creates `tenant` (if new) and `n` placeholder keys in it, revokes each,
+/// and returns each key with the event its revocation wrote, in outbox
+/// order.
+pub async fn revocations(
+    store: &dyn Store,
+    tenant: &str,
+    n: usize,
+) -> Vec<(crate::ids::KeyId, crate::ids::EventId)> {
+    let tenant = ensure_tenant(store, tenant).await;
+    let mut events = Vec::with_capacity(n);
+    for _ in 0..n {
+        let key_id = placeholder_key(store, &tenant).await;
+        let event_id = crate::ids::EventId::new();
+        store
+            .revoke_key(&tenant, key_id, "test", event_id, chrono::Utc::now())
+            .await
+            .expect("revoke key");
+        events.push((key_id, event_id));
+    }
+    events
+}

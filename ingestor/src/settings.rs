@@ -76,26 +76,7 @@ pub fn parse_ingestor_id(value: &str) -> Result<String, String> {
 }
 
 fn host_name() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_default();
-    let cleaned: String = raw
-        .trim()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
-    if cleaned.is_empty() {
-        "ingestor".into()
-    } else {
-        cleaned
-    }
+    keyward_core::config::host_name().unwrap_or_else(|| "ingestor".into())
 }
 
 #[cfg(test)]

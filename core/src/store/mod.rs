@@ -40,6 +40,9 @@ pub trait Store: Send + Sync + 'static {
     /// (PostgreSQL `LISTEN keyward_keys`); `None` where there are none to
     /// hear (SQLite: one process owns the file).
     async fn key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>>;
+    /// A feed that fires when an event is committed to the outbox
+    /// (PostgreSQL `LISTEN keyward_outbox`); `None` where workers must poll.
+    async fn outbox_wakeups(&self) -> StoreResult<Option<Box<dyn OutboxWakeups>>>;
 
     // ---- tenants
     async fn create_tenant(
@@ -209,6 +212,21 @@ pub enum KeyChange {
 pub trait KeyChanges: Send {
     /// The next change; `Err` only when the feed cannot go on.
     async fn next(&mut self) -> StoreResult<KeyChange>;
+}
+
+/// What wakes a sync worker before its poll interval is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// An event was committed.
+    Committed,
+    /// The feed lost its connection: events may have been committed unheard.
+    Lost,
+}
+
+#[async_trait]
+pub trait OutboxWakeups: Send {
+    /// The next wake-up; `Err` only when the feed cannot go on.
+    async fn next(&mut self) -> StoreResult<Wakeup>;
 }
 
 /// Opens the store a URL names: `sqlite:` (file, WAL) or `postgres:`

@@ -11,7 +11,7 @@ use super::common::sql_store;
 use super::error::StoreResult;
 use super::rows::OutboxRow;
 use super::timestamp::Ts;
-use super::{KeyChange, KeyChanges, OutboxEvent, Timestamp};
+use super::{KeyChange, KeyChanges, OutboxEvent, OutboxWakeups, Timestamp, Wakeup};
 use crate::ids::{KeyId, TenantId};
 
 /// Channel the revoke transaction notifies; sync workers listen on it.
@@ -86,6 +86,19 @@ impl KeyChanges for PgKeyChanges {
     }
 }
 
+/// `LISTEN keyward_outbox`: every notification is a wake-up.
+struct PgOutboxWakeups(PgListener);
+
+#[async_trait::async_trait]
+impl OutboxWakeups for PgOutboxWakeups {
+    async fn next(&mut self) -> StoreResult<Wakeup> {
+        Ok(match self.0.try_recv().await? {
+            Some(_) => Wakeup::Committed,
+            None => Wakeup::Lost,
+        })
+    }
+}
+
 sql_store!(PgStore, Postgres, {
     fn backend(&self) -> &'static str {
         "postgres"
@@ -95,6 +108,12 @@ sql_store!(PgStore, Postgres, {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(KEYS_CHANNEL).await?;
         Ok(Some(Box::new(PgKeyChanges(listener))))
+    }
+
+    async fn outbox_wakeups(&self) -> StoreResult<Option<Box<dyn OutboxWakeups>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(OUTBOX_CHANNEL).await?;
+        Ok(Some(Box::new(PgOutboxWakeups(listener))))
     }
 
     async fn migrate(&self) -> StoreResult<()> {

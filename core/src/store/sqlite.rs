@@ -72,6 +72,10 @@ sql_store!(SqliteStore, Sqlite, {
         Ok(None)
     }
 
+    async fn outbox_wakeups(&self) -> StoreResult<Option<Box<dyn super::OutboxWakeups>>> {
+        Ok(None)
+    }
+
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
