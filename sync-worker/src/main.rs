@@ -1,36 +1,74 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use keyward_core::config::parse_or_exit;
-use keyward_sync_worker::settings::{Cli, Command};
+use keyward_core::store::Store;
+use keyward_sync_worker::ops::{self, Health};
+use keyward_sync_worker::settings::{Cli, Command, Settings};
+use keyward_sync_worker::worker::Worker;
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
     keyward_core::telemetry::init(cli.settings.log.log_format);
     let result = match cli.command.unwrap_or(Command::Run) {
-        Command::RetryDead => retry_dead(&cli).await,
-        // The delivery loop is issue #5; until then refuse plainly rather
-        // than pretend to deliver.
-        Command::Run => Err(anyhow::anyhow!(
-            "outbox delivery is not built yet (issue #5)"
-        )),
+        Command::RetryDead => retry_dead(&cli.settings).await,
+        Command::Run => run(&cli.settings).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // One line, the whole cause chain, no backtrace.
             eprintln!("keyward-sync-worker: error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn retry_dead(cli: &Cli) -> anyhow::Result<()> {
-    let url = &cli.settings.database.database_url;
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let url = &settings.database.database_url;
     let store = keyward_core::store::connect(url)
         .await
         .with_context(|| format!("cannot open the database {url}"))?;
     store.migrate().await.context("migrating the database")?;
+    Ok(store)
+}
+
+async fn run(settings: &Settings) -> anyhow::Result<()> {
+    keyward_core::telemetry::metrics();
+    let store = open_store(settings).await?;
+    let health = Arc::new(Health::new(Arc::clone(&store)));
+    let (server, port) = ops::serve(settings.listen, Arc::clone(&health))?;
+    tracing::info!(port, "keyward-sync-worker health and metrics listening");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    Worker::new(settings, store, health).run(shutdown).await;
+    server.stop(true).await;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT asks the worker to finish its batch and leave.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutdown requested; finishing the batch in hand");
+    shutdown.cancel();
+}
+
+async fn retry_dead(settings: &Settings) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
     let revived = store.retry_all_dead(chrono::Utc::now()).await?;
     println!("{revived} dead-lettered event(s) put back in the outbox");
     Ok(())

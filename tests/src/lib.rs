@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod amqp;
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -79,24 +82,53 @@ impl Running {
     }
 }
 
-/// Starts `keyward-api` on a free port with `env` added.
-pub fn start_api(env: &[(&str, &str)]) -> Running {
+/// Starts a workspace binary with `KEYWARD_LISTEN` on a free port and
+/// `env` added (and nothing else from this process's environment).
+pub fn start(name: &str, env: &[(&str, &str)]) -> Running {
     let port = free_port();
-    let mut cmd = Command::new(binary("keyward-api"));
+    let mut cmd = Command::new(binary(name));
     cmd.current_dir(std::env::temp_dir())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KEYWARD_LISTEN", format!("127.0.0.1:{port}"))
-        // Cheap argon2: these tests are about the process, not the cost.
-        .env("KEYWARD_ARGON2_MEMORY_KIB", "256")
-        .env("KEYWARD_ARGON2_ITERATIONS", "1")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     Running {
-        child: cmd.spawn().expect("spawn keyward-api"),
+        child: cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}")),
         port,
+    }
+}
+
+/// Starts `keyward-api` on a free port with `env` added.
+pub fn start_api(env: &[(&str, &str)]) -> Running {
+    // Cheap argon2: these tests are about the process, not the cost.
+    let mut all = vec![
+        ("KEYWARD_ARGON2_MEMORY_KIB", "256"),
+        ("KEYWARD_ARGON2_ITERATIONS", "1"),
+    ];
+    all.extend_from_slice(env);
+    start("keyward-api", &all)
+}
+
+impl Running {
+    /// Sends a signal (`TERM`, `KILL`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("process still running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits for the process to exit (at most `timeout`); its exit status.
+    pub async fn exit_status(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("did not exit within {timeout:?}"))
+            .expect("wait for the process")
     }
 }
 

@@ -1,0 +1,248 @@
+//! One connection to RabbitMQ: a confirm-mode channel publishing to the
+//! events exchange, and a channel consuming the acks queue. Reconnecting is
+//! the caller's loop (`worker.rs`): a `Broker` that failed is dropped whole
+//! and a new one is connected, so no state outlives a lost connection.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use keyward_core::config::AmqpUrl;
+use keyward_core::events::{CONTENT_TYPE, RevocationMessage, routing_key};
+use keyward_core::store::{KEY_REVOKED, OutboxEvent};
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
+use tokio::sync::watch;
+
+/// Unacked ack messages in flight to this worker at once.
+const ACKS_PREFETCH: u16 = 64;
+/// Connecting (TCP, AMQP handshake, declarations) must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `delivery_mode` 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+/// What the broker said about one published event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Confirmed and routed to at least one queue.
+    Confirmed,
+    /// Confirmed, but no queue was bound for it (returned as `mandatory`):
+    /// no ingestor listens for this tenant, so there is nothing to evict.
+    Unrouted,
+    /// Not confirmed: to be tried again. The phrase is client-safe.
+    Failed(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+}
+
+pub struct Broker {
+    conn: Connection,
+    publish: Channel,
+    acks: Channel,
+    exchange: ShortString,
+    acks_queue: ShortString,
+    /// Turns `true` when the connection reports an error.
+    lost: watch::Receiver<bool>,
+}
+
+impl Broker {
+    /// Connects, declares the durable topic exchange and the durable acks
+    /// queue, and puts the publishing channel in confirm mode.
+    pub async fn connect(
+        url: &AmqpUrl,
+        exchange: &str,
+        acks_queue: &str,
+        name: &str,
+    ) -> Result<Self, ConnectError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, Self::open(url, exchange, acks_queue, name))
+            .await
+            .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+    }
+
+    async fn open(
+        url: &AmqpUrl,
+        exchange: &str,
+        acks_queue: &str,
+        name: &str,
+    ) -> Result<Self, ConnectError> {
+        let props = ConnectionProperties::default().with_connection_name(name.into());
+        let conn = Connection::connect(url.as_str(), props).await?;
+        let lost = watch_for_loss(&conn);
+        let publish = conn.create_channel().await?;
+        publish
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let acks = conn.create_channel().await?;
+        acks.queue_declare(
+            acks_queue.into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+        acks.basic_qos(ACKS_PREFETCH, BasicQosOptions::default())
+            .await?;
+        Ok(Self {
+            conn,
+            publish,
+            acks,
+            exchange: exchange.into(),
+            acks_queue: acks_queue.into(),
+            lost,
+        })
+    }
+
+    /// Publishes every event (persistent, `mandatory`), then awaits their
+    /// confirms, each until `deadline`. The outcomes are in `events` order;
+    /// the `bool` is `false` when the connection failed on the way.
+    pub async fn publish_batch(
+        &self,
+        events: &[OutboxEvent],
+        timeout: Duration,
+    ) -> (Vec<(Outcome, Duration)>, bool) {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut healthy = true;
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let confirm = if healthy {
+                match self.publish_one(event).await {
+                    Ok(confirm) => Some(confirm),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "publish failed; the connection will be replaced");
+                        healthy = false;
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            pending.push(confirm);
+        }
+        let outcomes =
+            futures_util::future::join_all(pending.into_iter().map(|confirm| async move {
+                let outcome = match confirm {
+                    None => Outcome::Failed("the broker connection failed"),
+                    Some(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                        Err(_) => Outcome::Failed("no confirm from the broker in time"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "confirm failed");
+                            Outcome::Failed("the broker connection failed")
+                        }
+                        Ok(Ok(Confirmation::Ack(None))) => Outcome::Confirmed,
+                        Ok(Ok(Confirmation::Ack(Some(_)))) => Outcome::Unrouted,
+                        Ok(Ok(Confirmation::Nack(_))) => {
+                            Outcome::Failed("the broker refused the event")
+                        }
+                        Ok(Ok(Confirmation::NotRequested)) => {
+                            Outcome::Failed("the broker did not confirm the event")
+                        }
+                    },
+                };
+                (outcome, started.elapsed())
+            }))
+            .await;
+        // A timed-out confirm means the connection can't be trusted either.
+        let healthy = healthy
+            && !self.is_lost()
+            && outcomes
+                .iter()
+                .all(|(o, _)| !matches!(o, Outcome::Failed(m) if m.starts_with("no confirm")));
+        (outcomes, healthy)
+    }
+
+    async fn publish_one(&self, event: &OutboxEvent) -> lapin::Result<lapin::PublisherConfirm> {
+        let body = serde_json::to_vec(&RevocationMessage::from(event))
+            .unwrap_or_else(|_| unreachable!("a message of ids and a timestamp serializes"));
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(event.event_id.to_string().into())
+            .with_type(KEY_REVOKED.into())
+            .with_content_type(CONTENT_TYPE.into())
+            .with_timestamp(u64::try_from(event.created_at.timestamp()).unwrap_or(0));
+        self.publish
+            .basic_publish(
+                self.exchange.clone(),
+                routing_key(&event.tenant_id).into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                properties,
+            )
+            .await
+    }
+
+    /// Starts consuming the acks queue (manual acks).
+    pub async fn consume_acks(&self, consumer_tag: &str) -> lapin::Result<Consumer> {
+        self.acks
+            .basic_consume(
+                self.acks_queue.clone(),
+                consumer_tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow() || !self.conn.status().connected()
+    }
+
+    /// Resolves when the connection reports an error.
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        // `Err`: the watcher ended with the connection, which is a loss too.
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Closes the connection politely, if it is still there to close.
+    pub async fn close(self) {
+        if self.conn.status().connected() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.conn.close(200, "shutdown".into()),
+            )
+            .await;
+        }
+    }
+}
+
+fn watch_for_loss(conn: &Connection) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let mut events = conn.events_listener();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                tracing::warn!(error = %e, "broker connection lost");
+                let _ = tx.send(true);
+                return;
+            }
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}

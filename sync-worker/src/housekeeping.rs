@@ -1,0 +1,55 @@
+//! Periodic chores: outbox gauges for `/metrics`, and purging delivered
+//! events (with their acks) older than the retention.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use keyward_core::store::{Store, error::chain};
+use tokio_util::sync::CancellationToken;
+
+/// How often the outbox gauges are refreshed.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+/// How often delivered history is purged.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+pub async fn run(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
+    let mut stats = tokio::time::interval(STATS_EVERY);
+    let mut purge = tokio::time::interval(PURGE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = stats.tick() => refresh_gauges(store.as_ref()).await,
+            _ = purge.tick() => purge_old(store.as_ref(), retention).await,
+        }
+    }
+}
+
+pub async fn refresh_gauges(store: &dyn Store) {
+    match store.outbox_stats().await {
+        Ok(s) => {
+            let age = s
+                .oldest_pending_at
+                .map(|t| (Utc::now() - t).to_std().unwrap_or_default().as_secs_f64())
+                .unwrap_or(0.0);
+            metrics::gauge!("keyward_outbox_pending").set(s.pending as f64);
+            metrics::gauge!("keyward_outbox_oldest_pending_age_seconds").set(age);
+            metrics::gauge!("keyward_outbox_dead").set(s.dead as f64);
+        }
+        Err(e) => tracing::warn!(error = %chain(&e), "reading outbox statistics failed"),
+    }
+}
+
+pub async fn purge_old(store: &dyn Store, retention: Duration) {
+    let before =
+        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    match store.purge(before).await {
+        Ok(p) => {
+            metrics::counter!("keyward_outbox_purged_total").increment(p.events);
+            if p.events > 0 {
+                tracing::info!(events = p.events, acks = p.acks, "purged delivered history");
+            }
+        }
+        Err(e) => tracing::warn!(error = %chain(&e), "purging delivered events failed"),
+    }
+}

@@ -1,0 +1,493 @@
+//! The worker in-process against a real database and the real RabbitMQ:
+//! each test has its own database, exchange and queues, and cuts its own
+//! broker connection through a fault-injecting proxy when it needs to.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use keyward_core::events::RevocationMessage;
+use keyward_core::ids::{KeyId, TenantId};
+use keyward_core::store::{RevocationState, Store};
+use keyward_core::testing::{TestDatabase, revocations};
+use keyward_sync_worker::ops::Health;
+use keyward_sync_worker::settings::Cli;
+use keyward_sync_worker::worker::Worker;
+use keyward_tests::amqp::{TestBroker, amqp_url, broker_addr, collect_revocations, next_delivery};
+use keyward_tests::proxy::{FaultProxy, Mode};
+use lapin::types::{AMQPValue, FieldTable};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A worker running in this process until stopped.
+struct RunningWorker {
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    fn start(db: &TestDatabase, broker: &TestBroker, amqp: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "keyward-sync-worker",
+            "--database-url",
+            db.url.as_str(),
+            "--amqp-url",
+            amqp,
+            "--exchange",
+            &broker.exchange,
+            "--acks-queue",
+            &broker.acks_queue,
+            "--retry-initial-ms",
+            "20",
+            "--retry-max-ms",
+            "100",
+        ];
+        args.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(args).expect("worker settings");
+        let store = db.store();
+        let health = Arc::new(Health::new(Arc::clone(&store)));
+        let shutdown = CancellationToken::new();
+        let worker = Worker::new(&cli.settings, store, Arc::clone(&health));
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        Self {
+            health,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Asks for shutdown and waits for the worker to be gone.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("worker stops within 15 s")
+            .expect("worker task");
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn revocation_state(store: &dyn Store, tenant: &str, key: KeyId) -> RevocationState {
+    let tenant = TenantId::parse(tenant).unwrap();
+    let key = store
+        .get_key(&tenant, key, chrono::Utc::now())
+        .await
+        .unwrap();
+    key.revocation
+        .expect("a revoked key has a revocation")
+        .state
+}
+
+async fn outbox_settled(store: &dyn Store) -> bool {
+    let stats = store.outbox_stats().await.unwrap();
+    stats.pending == 0
+}
+
+fn distinct(messages: &[RevocationMessage]) -> HashSet<String> {
+    messages.iter().map(|m| m.event_id.to_string()).collect()
+}
+
+macro_rules! services {
+    ($db:expr) => {{
+        let Some(db) = $db else { return };
+        let Some(broker) = TestBroker::new().await else {
+            return;
+        };
+        (db, broker)
+    }};
+}
+
+#[tokio::test]
+async fn events_reach_a_bound_queue_with_the_documented_properties_and_body() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let mut all = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    let mut acme_only = broker
+        .bind("acme", "key.revoked.acme", FieldTable::default())
+        .await;
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
+
+    let acme = revocations(store.as_ref(), "acme", 3).await;
+    let other = revocations(store.as_ref(), "other", 1).await;
+
+    let first = next_delivery(&mut all, Duration::from_secs(10))
+        .await
+        .expect("a message");
+    let p = &first.properties;
+    let body: RevocationMessage = serde_json::from_slice(&first.data).unwrap();
+    assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+    assert_eq!(
+        p.message_id().as_ref().map(|s| s.as_str().to_owned()),
+        Some(body.event_id.to_string())
+    );
+    assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("key.revoked"));
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
+    assert!(p.timestamp().is_some());
+    assert_eq!(first.routing_key.as_str(), "key.revoked.acme");
+    let raw: serde_json::Value = serde_json::from_slice(&first.data).unwrap();
+    for field in [
+        "eventId",
+        "type",
+        "tenantId",
+        "keyId",
+        "revokedAt",
+        "sequence",
+    ] {
+        assert!(raw.get(field).is_some(), "{field} in {raw}");
+    }
+    assert_eq!(body.event_id, acme[0].1);
+    assert_eq!(body.key_id, acme[0].0);
+    assert_eq!(body.tenant_id.as_str(), "acme");
+
+    let rest = collect_revocations(&mut all, 3, Duration::from_secs(10)).await;
+    assert_eq!(distinct(&rest).len(), 3);
+    let sequences: Vec<i64> = std::iter::once(body.sequence)
+        .chain(rest.iter().map(|m| m.sequence))
+        .collect();
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
+    assert!(rest.iter().any(|m| m.event_id == other[0].1));
+
+    let acme_seen = collect_revocations(&mut acme_only, 4, Duration::from_millis(500)).await;
+    assert_eq!(
+        acme_seen.len(),
+        3,
+        "the tenant binding sees its tenant only"
+    );
+
+    wait_until("published", Duration::from_secs(5), || async {
+        revocation_state(store.as_ref(), "acme", acme[2].0).await == RevocationState::Published
+    })
+    .await;
+    assert!(worker.health.broker_connected());
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn broker_loss_during_revokes_loses_nothing() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let proxy = FaultProxy::start(broker_addr()).await;
+    let mut queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    let worker = RunningWorker::start(&db, &broker, &proxy.amqp_url(), &[]);
+
+    let before = revocations(store.as_ref(), "acme", 10).await;
+    let seen = collect_revocations(&mut queue, 10, Duration::from_secs(10)).await;
+    assert_eq!(distinct(&seen).len(), before.len());
+    // A consumer can see a message before its publisher sees the confirm.
+    wait_until("confirmed", Duration::from_secs(5), || {
+        outbox_settled(store.as_ref())
+    })
+    .await;
+
+    // The broker goes away: open connections drop, new ones are refused.
+    proxy.set(Mode::Refuse);
+    proxy.cut();
+    wait_until("worker notices", Duration::from_secs(10), || async {
+        !worker.health.broker_connected()
+    })
+    .await;
+    // Revokes go on: they only touch the database.
+    let during = revocations(store.as_ref(), "acme", 20).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.outbox_stats().await.unwrap().pending, 20);
+    assert!(!worker.health.broker_connected());
+
+    proxy.set(Mode::Pass);
+    let seen = collect_revocations(&mut queue, 20, Duration::from_secs(15)).await;
+    let expected: HashSet<String> = during.iter().map(|(_, e)| e.to_string()).collect();
+    assert_eq!(distinct(&seen), expected, "every event after the outage");
+    wait_until("settled", Duration::from_secs(5), || {
+        outbox_settled(store.as_ref())
+    })
+    .await;
+    assert!(worker.health.broker_connected());
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_stalled_broker_times_out_and_the_event_is_retried() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let proxy = FaultProxy::start(broker_addr()).await;
+    let mut queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    let worker = RunningWorker::start(
+        &db,
+        &broker,
+        &proxy.amqp_url(),
+        &["--confirm-timeout-ms", "300"],
+    );
+    wait_until("connected", Duration::from_secs(10), || async {
+        worker.health.broker_connected()
+    })
+    .await;
+
+    proxy.set(Mode::Stall);
+    let revoked = revocations(store.as_ref(), "acme", 1).await;
+    let tenant = TenantId::parse("acme").unwrap();
+    wait_until(
+        "a failed attempt recorded",
+        Duration::from_secs(10),
+        || async {
+            let key = store
+                .get_key(&tenant, revoked[0].0, chrono::Utc::now())
+                .await
+                .unwrap();
+            let r = key.revocation.unwrap();
+            r.attempts >= 1 && r.last_error.as_deref() == Some("no confirm from the broker in time")
+        },
+    )
+    .await;
+
+    proxy.set(Mode::Pass);
+    proxy.cut();
+    let seen = collect_revocations(&mut queue, 1, Duration::from_secs(20)).await;
+    assert!(seen.iter().any(|m| m.event_id == revoked[0].1));
+    wait_until("published", Duration::from_secs(5), || async {
+        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Published
+    })
+    .await;
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_workers_deliver_everything_once_without_sharing_leases() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let mut queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    let events = revocations(store.as_ref(), "acme", 600).await;
+    let a = RunningWorker::start(
+        &db,
+        &broker,
+        &amqp_url(),
+        &["--batch", "25", "--worker-id", "a"],
+    );
+    let b = RunningWorker::start(
+        &db,
+        &broker,
+        &amqp_url(),
+        &["--batch", "25", "--worker-id", "b"],
+    );
+
+    let seen = collect_revocations(&mut queue, events.len(), Duration::from_secs(20)).await;
+    let expected: HashSet<String> = events.iter().map(|(_, e)| e.to_string()).collect();
+    assert_eq!(distinct(&seen), expected);
+    // Leases never expired here, so a duplicate would mean two workers
+    // held one row at once.
+    let extra = collect_revocations(&mut queue, 1, Duration::from_millis(500)).await;
+    assert_eq!(
+        seen.len() + extra.len(),
+        events.len(),
+        "no event published twice"
+    );
+    wait_until("settled", Duration::from_secs(5), || {
+        outbox_settled(store.as_ref())
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn refused_events_are_dead_lettered_then_retried_back() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    // A full queue that refuses every message: the broker nacks.
+    let mut refusing = FieldTable::default();
+    refusing.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    refusing.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let _full = broker.bind("full", "key.revoked.#", refusing).await;
+    let worker = RunningWorker::start(
+        &db,
+        &broker,
+        &amqp_url(),
+        &["--retry-max-attempts", "3", "--poll-interval-ms", "50"],
+    );
+
+    let revoked = revocations(store.as_ref(), "acme", 1).await;
+    let tenant = TenantId::parse("acme").unwrap();
+    wait_until("dead-lettered", Duration::from_secs(10), || async {
+        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Failed
+    })
+    .await;
+    let key = store
+        .get_key(&tenant, revoked[0].0, chrono::Utc::now())
+        .await
+        .unwrap();
+    let r = key.revocation.unwrap();
+    assert_eq!(r.attempts, 3);
+    assert_eq!(
+        r.last_error.as_deref(),
+        Some("the broker refused the event")
+    );
+    assert_eq!(store.outbox_stats().await.unwrap().dead, 1);
+
+    // The operator fixes the broker and puts the event back.
+    broker.delete_queue("full").await;
+    let mut queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    store
+        .retry_revocation(&tenant, revoked[0].0, chrono::Utc::now())
+        .await
+        .unwrap();
+    let seen = collect_revocations(&mut queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(seen[0].event_id, revoked[0].1);
+    wait_until("published", Duration::from_secs(5), || async {
+        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Published
+    })
+    .await;
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn sqlite_single_worker_end_to_end_and_unrouted_events() {
+    let (db, mut broker) = services!(Some(TestDatabase::sqlite().await));
+    let store = db.store();
+    keyward_core::telemetry::metrics();
+    let mut acme = broker
+        .bind("acme", "key.revoked.acme", FieldTable::default())
+        .await;
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
+
+    let routed = revocations(store.as_ref(), "acme", 5).await;
+    // Nobody listens for this tenant: confirmed, returned, counted.
+    let lonely = revocations(store.as_ref(), "lonely", 1).await;
+    let seen = collect_revocations(&mut acme, 5, Duration::from_secs(10)).await;
+    let expected: HashSet<String> = routed.iter().map(|(_, e)| e.to_string()).collect();
+    assert_eq!(distinct(&seen), expected);
+    wait_until("unrouted published", Duration::from_secs(5), || async {
+        revocation_state(store.as_ref(), "lonely", lonely[0].0).await == RevocationState::Published
+    })
+    .await;
+    let metrics = keyward_core::telemetry::render_metrics();
+    assert!(
+        metrics.contains("keyward_events_unrouted_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keyward_events_published_total"),
+        "{metrics}"
+    );
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn acks_record_heartbeats_and_applied_events() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let mut queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
+
+    broker.send_ack(&serde_json::json!("not an ack")).await;
+    broker
+        .send_ack(&serde_json::json!({
+            "type": "heartbeat", "ingestorId": "ing-1",
+            "queue": "keyward.ingestor.ing-1", "at": chrono::Utc::now(),
+        }))
+        .await;
+    wait_until("heartbeat recorded", Duration::from_secs(10), || async {
+        store
+            .list_ingestors()
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.id == "ing-1")
+    })
+    .await;
+
+    let revoked = revocations(store.as_ref(), "acme", 1).await;
+    let seen = collect_revocations(&mut queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(seen[0].event_id, revoked[0].1);
+    wait_until("published", Duration::from_secs(5), || async {
+        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Published
+    })
+    .await;
+    let applied = serde_json::json!({
+        "type": "applied", "eventId": revoked[0].1.to_string(),
+        "ingestorId": "ing-1", "appliedAt": chrono::Utc::now(),
+    });
+    // Twice: a redelivered ack is one ack.
+    broker.send_ack(&applied).await;
+    broker.send_ack(&applied).await;
+    let tenant = TenantId::parse("acme").unwrap();
+    wait_until("applied", Duration::from_secs(10), || async {
+        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Applied
+    })
+    .await;
+    let r = store
+        .get_key(&tenant, revoked[0].0, chrono::Utc::now())
+        .await
+        .unwrap()
+        .revocation
+        .unwrap();
+    assert_eq!((r.applied_by, r.ingestors), (1, 1));
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_batch_in_hand_and_holds_no_lease() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let mut queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    let events = revocations(store.as_ref(), "acme", 300).await;
+    // A lease far longer than the test: a lease left behind would stall
+    // its events until the test times out.
+    let lease = ["--batch", "20", "--lease-seconds", "600"];
+    let first = RunningWorker::start(&db, &broker, &amqp_url(), &lease);
+    next_delivery(&mut queue, Duration::from_secs(10))
+        .await
+        .expect("delivery started");
+    first.stop().await;
+
+    let second = RunningWorker::start(&db, &broker, &amqp_url(), &lease);
+    wait_until(
+        "the successor drains the rest",
+        Duration::from_secs(15),
+        || outbox_settled(store.as_ref()),
+    )
+    .await;
+    let seen = collect_revocations(&mut queue, events.len(), Duration::from_secs(5)).await;
+    assert!(distinct(&seen).len() >= events.len() - 1);
+    second.stop().await;
+    broker.cleanup().await;
+}

@@ -1,0 +1,200 @@
+//! RabbitMQ for tests: the real broker, with names unique to each test so
+//! tests running at once never see each other's messages.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use keyward_core::events::RevocationMessage;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+
+/// `KEYWARD_TEST_AMQP_URL`, or the local broker.
+pub fn amqp_url() -> String {
+    std::env::var("KEYWARD_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The broker's address, for a proxy in front of it.
+pub fn broker_addr() -> SocketAddr {
+    let url = url::Url::parse(&amqp_url()).expect("KEYWARD_TEST_AMQP_URL");
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let port = url.port().unwrap_or(5672);
+    std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .expect("resolve the broker")
+        .next()
+        .expect("an address for the broker")
+}
+
+/// A prefix no other test uses: `kw_test_<ulid>`.
+pub fn unique_prefix() -> String {
+    format!(
+        "kw_test_{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    )
+}
+
+/// One test's corner of the broker: its exchange and acks queue names, and
+/// a connection to bind and read queues with. `cleanup` deletes them.
+pub struct TestBroker {
+    pub exchange: String,
+    pub acks_queue: String,
+    pub conn: Connection,
+    pub channel: Channel,
+    queues: Vec<String>,
+}
+
+impl TestBroker {
+    /// `None` (with a loud message) when RabbitMQ is not there and
+    /// services are optional; a panic when they are required.
+    pub async fn new() -> Option<Self> {
+        let conn = match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+            Ok(c) => c,
+            Err(e) => return keyward_core::testing::missing_service("RabbitMQ", &e),
+        };
+        let channel = conn.create_channel().await.expect("channel");
+        let prefix = unique_prefix();
+        let broker = Self {
+            exchange: format!("{prefix}.events"),
+            acks_queue: format!("{prefix}.acks"),
+            conn,
+            channel,
+            queues: Vec::new(),
+        };
+        // Declared as the worker declares it, so queues can be bound
+        // before the worker first connects.
+        broker
+            .channel
+            .exchange_declare(
+                broker.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        Some(broker)
+    }
+
+    /// A queue bound to the exchange with `pattern`, consumed with manual
+    /// acks. `arguments` are its `x-` arguments.
+    pub async fn bind(&mut self, name: &str, pattern: &str, arguments: FieldTable) -> Consumer {
+        let queue = format!("{}.{name}", self.exchange);
+        self.channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                arguments,
+            )
+            .await
+            .expect("declare queue");
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                self.exchange.as_str().into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind queue");
+        self.queues.push(queue.clone());
+        self.channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("test-{name}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume")
+    }
+
+    /// Deletes a queue `bind` made.
+    pub async fn delete_queue(&mut self, name: &str) {
+        let queue = format!("{}.{name}", self.exchange);
+        self.channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete queue");
+        self.queues.retain(|q| *q != queue);
+    }
+
+    /// Publishes `body` to the acks queue, as an ingestor would.
+    pub async fn send_ack(&self, body: &serde_json::Value) {
+        self.channel
+            .queue_declare(
+                self.acks_queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare acks queue");
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.acks_queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                body.to_string().as_bytes(),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish ack");
+    }
+
+    /// Deletes everything this test made on the broker.
+    pub async fn cleanup(self) {
+        for q in self.queues.iter().chain([&self.acks_queue]) {
+            let _ = self
+                .channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = self
+            .channel
+            .exchange_delete(
+                self.exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+/// The next delivery within `timeout`, acknowledged.
+pub async fn next_delivery(consumer: &mut Consumer, timeout: Duration) -> Option<Delivery> {
+    let delivery = tokio::time::timeout(timeout, consumer.next())
+        .await
+        .ok()??
+        .expect("delivery");
+    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    Some(delivery)
+}
+
+/// Reads revocation messages until `n` distinct event ids were seen or
+/// nothing came for `quiet`; returns every message in arrival order.
+pub async fn collect_revocations(
+    consumer: &mut Consumer,
+    n: usize,
+    quiet: Duration,
+) -> Vec<RevocationMessage> {
+    let mut seen = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    while seen.len() < n {
+        let Some(d) = next_delivery(consumer, quiet).await else {
+            break;
+        };
+        let m: RevocationMessage = serde_json::from_slice(&d.data).expect("revocation body");
+        seen.insert(m.event_id);
+        all.push(m);
+    }
+    all
+}
