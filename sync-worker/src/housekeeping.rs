@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use keyward_core::store::{Store, error::chain};
+use keyward_core::store::{Purged, Store, error::chain};
 use tokio_util::sync::CancellationToken;
 
 /// How often the outbox gauges are refreshed.
@@ -20,7 +20,9 @@ pub async fn run(store: Arc<dyn Store>, retention: Duration, shutdown: Cancellat
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = stats.tick() => refresh_gauges(store.as_ref()).await,
-            _ = purge.tick() => purge_old(store.as_ref(), retention).await,
+            _ = purge.tick() => {
+                purge_old(store.as_ref(), retention).await;
+            }
         }
     }
 }
@@ -40,7 +42,9 @@ pub async fn refresh_gauges(store: &dyn Store) {
     }
 }
 
-pub async fn purge_old(store: &dyn Store, retention: Duration) {
+/// Deletes delivered events older than `retention`; what went, if the
+/// database answered.
+pub async fn purge_old(store: &dyn Store, retention: Duration) -> Option<Purged> {
     let before =
         Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     match store.purge(before).await {
@@ -49,7 +53,11 @@ pub async fn purge_old(store: &dyn Store, retention: Duration) {
             if p.events > 0 {
                 tracing::info!(events = p.events, acks = p.acks, "purged delivered history");
             }
+            Some(p)
         }
-        Err(e) => tracing::warn!(error = %chain(&e), "purging delivered events failed"),
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "purging delivered events failed");
+            None
+        }
     }
 }

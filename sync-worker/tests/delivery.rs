@@ -491,3 +491,98 @@ async fn shutdown_finishes_the_batch_in_hand_and_holds_no_lease() {
     second.stop().await;
     broker.cleanup().await;
 }
+
+/// Closes, from the broker's side, every connection whose client named
+/// itself `name`; how many it closed (`None`: no `rabbitmqctl` here).
+fn close_connections_named(name: &str) -> Option<usize> {
+    let listed = match std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => {
+            return keyward_core::testing::missing_service("rabbitmqctl", &e);
+        }
+    };
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    let mut closed = 0;
+    for line in listed.lines().filter(|l| l.contains(&needle)) {
+        let pid = line.split('\t').next().unwrap_or_default();
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a test"])
+            .status()
+            .expect("rabbitmqctl close_connection");
+        assert!(status.success());
+        closed += 1;
+    }
+    Some(closed)
+}
+
+#[tokio::test]
+async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let mut queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    let name = format!("worker-{}", KeyId::new());
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &["--worker-id", &name]);
+    let before = revocations(store.as_ref(), "acme", 5).await;
+    let seen = collect_revocations(&mut queue, 5, Duration::from_secs(10)).await;
+    assert_eq!(distinct(&seen).len(), before.len());
+
+    let Some(closed) = close_connections_named(&name) else {
+        worker.stop().await;
+        broker.cleanup().await;
+        return;
+    };
+    assert_eq!(closed, 1, "the worker's one connection");
+    let after = revocations(store.as_ref(), "acme", 5).await;
+    let seen = collect_revocations(&mut queue, 5, Duration::from_secs(15)).await;
+    let expected: HashSet<String> = after.iter().map(|(_, e)| e.to_string()).collect();
+    assert!(expected.is_subset(&distinct(&seen)));
+    wait_until("settled", Duration::from_secs(5), || {
+        outbox_settled(store.as_ref())
+    })
+    .await;
+    assert!(worker.health.broker_connected());
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
+#[tokio::test]
+async fn housekeeping_reports_the_outbox_and_purges_delivered_history() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    keyward_core::telemetry::metrics();
+    let _queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    revocations(store.as_ref(), "acme", 2).await;
+    keyward_sync_worker::housekeeping::refresh_gauges(store.as_ref()).await;
+    let metrics = keyward_core::telemetry::render_metrics();
+    assert!(metrics.contains("keyward_outbox_pending"), "{metrics}");
+    assert!(metrics.contains("keyward_outbox_oldest_pending_age_seconds"));
+
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
+    wait_until("settled", Duration::from_secs(10), || {
+        outbox_settled(store.as_ref())
+    })
+    .await;
+    worker.stop().await;
+    // Undelivered rows are never purged; delivered ones past the retention are.
+    let pending = revocations(store.as_ref(), "acme", 1).await;
+    let purged = keyward_sync_worker::housekeeping::purge_old(store.as_ref(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(purged.events, 2, "the delivered events go");
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!(stats.pending, 1, "the undelivered event stays");
+    let tenant = TenantId::parse("acme").unwrap();
+    let key = store
+        .get_key(&tenant, pending[0].0, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(key.revocation.unwrap().state, RevocationState::Pending);
+    broker.cleanup().await;
+}
