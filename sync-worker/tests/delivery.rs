@@ -93,6 +93,14 @@ async fn revocation_state(store: &dyn Store, tenant: &str, key: KeyId) -> Revoca
         .state
 }
 
+/// Waits (10 s at most) until the key's revocation is in `state`.
+async fn wait_for_state(store: &dyn Store, tenant: &str, key: KeyId, state: RevocationState) {
+    wait_until(&format!("{state:?}"), Duration::from_secs(10), || async {
+        revocation_state(store, tenant, key).await == state
+    })
+    .await;
+}
+
 async fn outbox_settled(store: &dyn Store) -> bool {
     let stats = store.outbox_stats().await.unwrap();
     stats.pending == 0
@@ -174,9 +182,12 @@ async fn events_reach_a_bound_queue_with_the_documented_properties_and_body() {
         "the tenant binding sees its tenant only"
     );
 
-    wait_until("published", Duration::from_secs(5), || async {
-        revocation_state(store.as_ref(), "acme", acme[2].0).await == RevocationState::Published
-    })
+    wait_for_state(
+        store.as_ref(),
+        "acme",
+        acme[2].0,
+        RevocationState::Published,
+    )
     .await;
     assert!(worker.health.broker_connected());
     worker.stop().await;
@@ -268,9 +279,12 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
     proxy.cut();
     let seen = collect_revocations(&mut queue, 1, Duration::from_secs(20)).await;
     assert!(seen.iter().any(|m| m.event_id == revoked[0].1));
-    wait_until("published", Duration::from_secs(5), || async {
-        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Published
-    })
+    wait_for_state(
+        store.as_ref(),
+        "acme",
+        revoked[0].0,
+        RevocationState::Published,
+    )
     .await;
     worker.stop().await;
     broker.cleanup().await;
@@ -338,9 +352,12 @@ async fn refused_events_are_dead_lettered_then_retried_back() {
 
     let revoked = revocations(store.as_ref(), "acme", 1).await;
     let tenant = TenantId::parse("acme").unwrap();
-    wait_until("dead-lettered", Duration::from_secs(10), || async {
-        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Failed
-    })
+    wait_for_state(
+        store.as_ref(),
+        "acme",
+        revoked[0].0,
+        RevocationState::Failed,
+    )
     .await;
     let key = store
         .get_key(&tenant, revoked[0].0, chrono::Utc::now())
@@ -365,9 +382,12 @@ async fn refused_events_are_dead_lettered_then_retried_back() {
         .unwrap();
     let seen = collect_revocations(&mut queue, 1, Duration::from_secs(10)).await;
     assert_eq!(seen[0].event_id, revoked[0].1);
-    wait_until("published", Duration::from_secs(5), || async {
-        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Published
-    })
+    wait_for_state(
+        store.as_ref(),
+        "acme",
+        revoked[0].0,
+        RevocationState::Published,
+    )
     .await;
     worker.stop().await;
     broker.cleanup().await;
@@ -389,9 +409,12 @@ async fn sqlite_single_worker_end_to_end_and_unrouted_events() {
     let seen = collect_revocations(&mut acme, 5, Duration::from_secs(10)).await;
     let expected: HashSet<String> = routed.iter().map(|(_, e)| e.to_string()).collect();
     assert_eq!(distinct(&seen), expected);
-    wait_until("unrouted published", Duration::from_secs(5), || async {
-        revocation_state(store.as_ref(), "lonely", lonely[0].0).await == RevocationState::Published
-    })
+    wait_for_state(
+        store.as_ref(),
+        "lonely",
+        lonely[0].0,
+        RevocationState::Published,
+    )
     .await;
     let metrics = keyward_core::telemetry::render_metrics();
     assert!(
@@ -435,9 +458,12 @@ async fn acks_record_heartbeats_and_applied_events() {
     let revoked = revocations(store.as_ref(), "acme", 1).await;
     let seen = collect_revocations(&mut queue, 1, Duration::from_secs(10)).await;
     assert_eq!(seen[0].event_id, revoked[0].1);
-    wait_until("published", Duration::from_secs(5), || async {
-        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Published
-    })
+    wait_for_state(
+        store.as_ref(),
+        "acme",
+        revoked[0].0,
+        RevocationState::Published,
+    )
     .await;
     let applied = serde_json::json!({
         "type": "applied", "eventId": revoked[0].1.to_string(),
@@ -447,9 +473,12 @@ async fn acks_record_heartbeats_and_applied_events() {
     broker.send_ack(&applied).await;
     broker.send_ack(&applied).await;
     let tenant = TenantId::parse("acme").unwrap();
-    wait_until("applied", Duration::from_secs(10), || async {
-        revocation_state(store.as_ref(), "acme", revoked[0].0).await == RevocationState::Applied
-    })
+    wait_for_state(
+        store.as_ref(),
+        "acme",
+        revoked[0].0,
+        RevocationState::Applied,
+    )
     .await;
     let r = store
         .get_key(&tenant, revoked[0].0, chrono::Utc::now())
