@@ -200,3 +200,32 @@ async fn without_a_broker_the_worker_runs_unready_until_sigterm() {
     assert_eq!(db.store().outbox_stats().await.unwrap().pending, 3);
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn retry_dead_puts_dead_lettered_events_back() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let store = db.store();
+    revocations(store.as_ref(), "acme", 2).await;
+    let now = chrono::Utc::now();
+    let claimed = store
+        .claim_events("test", Duration::from_secs(60), 10, now)
+        .await
+        .unwrap();
+    for e in &claimed {
+        assert!(store.mark_dead("test", e.id, "gave up", now).await.unwrap());
+    }
+    assert_eq!(store.outbox_stats().await.unwrap().dead, 2);
+
+    let (code, out, err) = keyward_tests::run_to_end(
+        &keyward_tests::binary("keyward-sync-worker"),
+        &["retry-dead"],
+        &[("KEYWARD_DATABASE_URL", db.url.as_str())],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 dead-lettered event(s) put back"), "{out}");
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!((stats.dead, stats.pending), (0, 2));
+}
