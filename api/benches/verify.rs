@@ -27,6 +27,10 @@ use keyward_core::telemetry::LogFormat;
 use keyward_core::testing::TestDatabase;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 
+/// As in `keyward-api`'s main: the server measured is the one shipped.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PASSWORD: &str = "benchmark password";
 const CONNECTIONS: usize = 64;
 const KEYS: usize = 10_000;

@@ -4,6 +4,13 @@ use keyward_api::settings::{Cli, Command};
 use keyward_api::startup::{Application, open_store};
 use keyward_core::config::parse_or_exit;
 
+/// Verify answers allocate a little on every request from several worker
+/// threads; glibc's allocator spent ~12 % of the hot path in malloc/free
+/// and its arena locks (perf, docs/BENCHMARKS.md). mimalloc's thread-local
+/// heaps take most of that away.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli: Cli = parse_or_exit();
