@@ -211,6 +211,7 @@ fn over_http() {
             admin_password: Some(Password::parse(PASSWORD).unwrap()),
             key_prefix: KeyPrefix::default(),
             argon2: Argon2Settings { memory_kib: 256, iterations: 1, parallelism: 1 },
+            ingestor_liveness_seconds: 30,
             log: LogSettings { log_format: LogFormat::Pretty },
         };
         let app = Application::build(settings).await.unwrap();

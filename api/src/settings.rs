@@ -47,6 +47,11 @@ pub struct Settings {
     pub key_prefix: KeyPrefix,
     #[command(flatten)]
     pub argon2: Argon2Settings,
+    /// An ingestor seen within this many seconds is live (`GET
+    /// /api/v1/ingestors`); use the sync worker's value.
+    #[arg(long = "ingestor-liveness-seconds", env = "KEYWARD_INGESTOR_LIVENESS_SECONDS",
+          default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub ingestor_liveness_seconds: u64,
     #[command(flatten)]
     pub log: LogSettings,
 }

@@ -53,6 +53,7 @@ impl Application {
             verifier,
             key_prefix: settings.key_prefix.clone(),
             dummy_hash,
+            ingestor_liveness: std::time::Duration::from_secs(settings.ingestor_liveness_seconds),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -68,6 +69,7 @@ impl Application {
                 .configure(routes::users::configure)
                 .configure(routes::groups::configure)
                 .configure(routes::keys::configure)
+                .configure(routes::ingestors::configure)
                 .configure(routes::openapi::configure)
                 .default_service(web::to(routes::not_found))
         })

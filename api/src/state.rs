@@ -16,4 +16,6 @@ pub struct AppState {
     /// unknown, so a wrong username costs the same time as a wrong password.
     pub dummy_hash: String,
     pub verifier: Arc<Verifier>,
+    /// An ingestor whose last heartbeat is newer is live.
+    pub ingestor_liveness: std::time::Duration,
 }

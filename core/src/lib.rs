@@ -11,6 +11,7 @@ pub mod hashing;
 pub mod ids;
 pub mod privilege;
 pub mod rbac;
+pub mod reconnect;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-use keyward_core::config::{AmqpSettings, LogSettings};
+use keyward_core::config::{AmqpSettings, LogSettings, parse_amqp_name};
+use keyward_core::events::{ALL_REVOCATIONS, DEFAULT_ACKS_QUEUE};
 use keyward_core::token::ApiKeyToken;
 
 #[derive(Debug, clap::Parser)]
@@ -38,6 +39,26 @@ pub struct Settings {
         default_value = "127.0.0.1:8081"
     )]
     pub listen: SocketAddr,
+    /// Durable queue heartbeats and `applied` reports go to.
+    #[arg(long = "acks-queue", env = "KEYWARD_ACKS_QUEUE", default_value = DEFAULT_ACKS_QUEUE,
+          value_parser = parse_amqp_name)]
+    pub acks_queue: String,
+    /// Which revocations this node receives: `key.revoked.#` (all tenants)
+    /// or a narrower pattern such as `key.revoked.acme`.
+    #[arg(long = "binding", env = "KEYWARD_BINDING", default_value = ALL_REVOCATIONS,
+          value_parser = parse_binding)]
+    pub binding: String,
+    /// Declare this node's queue as a quorum queue (RabbitMQ cluster).
+    #[arg(long = "quorum-queue", env = "KEYWARD_QUORUM_QUEUE")]
+    pub quorum_queue: bool,
+    /// Seconds between heartbeats to the acks queue.
+    #[arg(long = "heartbeat-seconds", env = "KEYWARD_HEARTBEAT_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub heartbeat_seconds: u64,
+    /// Keys held in the local verification cache.
+    #[arg(long = "cache-capacity", env = "KEYWARD_CACHE_CAPACITY", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub cache_capacity: u64,
     #[command(flatten)]
     pub log: LogSettings,
 }
@@ -46,6 +67,17 @@ impl Settings {
     /// The configured id, else the host name (made queue-safe).
     pub fn ingestor_id(&self) -> String {
         self.ingestor_id.clone().unwrap_or_else(host_name)
+    }
+}
+
+/// `key.revoked.` followed by a tenant id, `*` or `#`.
+fn parse_binding(value: &str) -> Result<String, String> {
+    let tail = value.strip_prefix("key.revoked.").unwrap_or_default();
+    let ok = tail == "#" || tail == "*" || keyward_core::ids::TenantId::parse(tail).is_ok();
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("must be key.revoked.# or key.revoked.<tenant>".into())
     }
 }
 
@@ -100,6 +132,9 @@ mod tests {
         assert_eq!(s.api_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(s.listen.to_string(), "127.0.0.1:8081");
         assert!(parse_ingestor_id(&s.ingestor_id()).is_ok());
+        assert_eq!(s.binding, "key.revoked.#");
+        assert_eq!(s.acks_queue, "keyward.acks");
+        assert!(!s.quorum_queue);
     }
 
     #[test]
@@ -109,5 +144,8 @@ mod tests {
         assert!(!e.contains("not-a-key"), "{e}");
         assert!(parse(&["--api-url", "ftp://x"]).is_err());
         assert!(parse(&["--ingestor-id", "a b"]).is_err());
+        assert!(parse(&["--binding", "key.revoked.acme"]).is_ok());
+        assert!(parse(&["--binding", "key.#"]).is_err());
+        assert!(parse(&["--heartbeat-seconds", "0"]).is_err());
     }
 }

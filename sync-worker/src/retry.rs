@@ -1,10 +1,10 @@
-//! Every "try again later" of the worker, in one place: when an event the
-//! broker did not confirm is tried next (or given up on), and how fast the
-//! worker reconnects to a broker it lost.
+//! The retry schedule of events the broker did not confirm: when one is
+//! tried next, or given up on. (How fast a lost broker is reconnected to
+//! is `keyward_core::reconnect`, shared with ingestors.)
 //!
 //! Built on the `backoff` crate (RUSTSEC-2025-0012: unmaintained, no known
-//! flaw; acknowledged in `deny.toml`). Only this module names it, so
-//! swapping it is a change to this file alone.
+//! flaw; acknowledged in `deny.toml`). Only this module and
+//! `keyward_core::reconnect` name it, so swapping it touches those two.
 
 use std::time::{Duration, Instant};
 
@@ -75,36 +75,6 @@ impl RetrySchedule {
     }
 }
 
-/// Reconnecting to the broker: 100 ms doubling to 5 s, with jitter, for
-/// ever (a worker without a broker has nothing better to do).
-pub struct Reconnect(ExponentialBackoff<SystemClock>);
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Self(ExponentialBackoff {
-            current_interval: Duration::from_millis(100),
-            initial_interval: Duration::from_millis(100),
-            randomization_factor: 0.3,
-            multiplier: 2.0,
-            max_interval: Duration::from_secs(5),
-            start_time: Instant::now(),
-            max_elapsed_time: None,
-            clock: SystemClock::default(),
-        })
-    }
-}
-
-impl Reconnect {
-    pub fn next_delay(&mut self) -> Duration {
-        self.0.next_backoff().unwrap_or(self.0.max_interval)
-    }
-
-    /// After a connection that worked: the next loss starts from the start.
-    pub fn reset(&mut self) {
-        self.0.reset();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,18 +131,5 @@ mod tests {
         assert_eq!(s.after_failure(10, now, now), Verdict::Dead);
         let old = now - chrono::Duration::hours(2);
         assert_eq!(s.after_failure(1, old, now), Verdict::Dead);
-    }
-
-    #[test]
-    fn reconnect_backs_off_and_resets() {
-        let mut r = Reconnect::default();
-        let first = r.next_delay();
-        for _ in 0..20 {
-            r.next_delay();
-        }
-        assert!(r.next_delay() <= Duration::from_secs(5).mul_f64(1.3));
-        assert!(r.next_delay() > first);
-        r.reset();
-        assert!(r.next_delay() <= Duration::from_millis(130));
     }
 }

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Broker;
 use crate::deliver::{Deliverer, Interrupted};
 use crate::ops::Health;
-use crate::retry::Reconnect;
 use crate::settings::Settings;
+use keyward_core::reconnect::Reconnect;
 
 pub struct Worker {
     deliverer: Deliverer,

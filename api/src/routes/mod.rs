@@ -2,6 +2,7 @@
 
 pub mod groups;
 pub mod health;
+pub mod ingestors;
 pub mod keys;
 pub mod roles;
 pub mod tenants;

@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use super::{groups, health, keys, roles, tenants, users};
+use super::{groups, health, ingestors, keys, roles, tenants, users};
 use crate::error::TABLE;
 use crate::extract::BODY_LIMIT;
 
@@ -40,6 +40,7 @@ use crate::extract::BODY_LIMIT;
         keys::retry,
         keys::validate,
         keys::verify,
+        ingestors::list,
         health::healthz,
         health::readyz,
         crate::metrics::render,

@@ -191,6 +191,7 @@ pub async fn spawn_app(url: &keyward_core::config::DatabaseUrl) -> String {
             iterations: 1,
             parallelism: 1,
         },
+        ingestor_liveness_seconds: 30,
         log: LogSettings {
             log_format: LogFormat::Pretty,
         },

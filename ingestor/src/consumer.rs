@@ -1,0 +1,268 @@
+//! The revocation consumer: this ingestor's own durable queue
+//! `keyward.ingestor.{id}`, bound to the events exchange. For each event:
+//! evict the key → ack the broker message → report `applied` to
+//! `keyward.acks`. Heartbeats go to `keyward.acks` every few seconds.
+//!
+//! Its own reconnect loop: while disconnected the verifier does not trust
+//! its cache (revocations may be passing by); on every (re)connection the
+//! cache is emptied before it is trusted again. Events published while we
+//! were away wait in the durable queue and are applied on return.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use keyward_core::config::AmqpUrl;
+use keyward_core::events::{AckMessage, RevocationMessage, ingestor_queue};
+use keyward_core::reconnect::Reconnect;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::verifier::Verifier;
+
+/// Connecting and declaring must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub amqp_url: AmqpUrl,
+    pub exchange: String,
+    pub ingestor_id: String,
+    /// Routing pattern of the binding: `key.revoked.#` for every tenant,
+    /// `key.revoked.acme` for one.
+    pub binding: String,
+    pub acks_queue: String,
+    /// Declare the queue as a quorum queue (replicated; RabbitMQ cluster).
+    pub quorum: bool,
+    pub prefetch: u16,
+    pub heartbeat_every: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn queue(&self) -> String {
+        ingestor_queue(&self.ingestor_id)
+    }
+}
+
+pub struct RevocationConsumer {
+    settings: ConsumerSettings,
+    verifier: Arc<Verifier>,
+    connected: Arc<AtomicBool>,
+}
+
+impl RevocationConsumer {
+    pub fn new(settings: ConsumerSettings, verifier: Arc<Verifier>) -> Self {
+        Self {
+            settings,
+            verifier,
+            connected: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// `true` while revocations are being received (the node is ready).
+    pub fn connected(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.connected)
+    }
+
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the
+    /// broker is lost.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut reconnect = Reconnect::default();
+        while !shutdown.is_cancelled() {
+            let opened = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = tokio::time::timeout(CONNECT_TIMEOUT, self.open()) => r,
+            };
+            match opened {
+                Ok(Ok(session)) => {
+                    reconnect.reset();
+                    self.serve(session, &shutdown).await;
+                    self.set_connected(false);
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot reach the broker"),
+                Err(_) => tracing::warn!("the broker did not answer in time"),
+            }
+            let delay = reconnect.next_delay();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        // Either way the cache starts empty: going down, it may miss
+        // revocations; coming up, it may hold keys revoked meanwhile.
+        self.verifier.set_trusted(connected);
+        self.connected.store(connected, Ordering::Release);
+        metrics::gauge!("keyward_broker_connected").set(if connected { 1.0 } else { 0.0 });
+    }
+
+    async fn open(&self) -> lapin::Result<Session> {
+        let s = &self.settings;
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("ingestor-{}", s.ingestor_id).into());
+        let conn = Connection::connect(s.amqp_url.as_str(), props).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .exchange_declare(
+                s.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = FieldTable::default();
+        if s.quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        let queue = s.queue();
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                arguments,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                s.exchange.as_str().into(),
+                s.binding.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                s.acks_queue.as_str().into(),
+                QueueDeclareOptions::durable(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .basic_qos(s.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                format!("ingestor-{}", s.ingestor_id).as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Session {
+            conn,
+            channel,
+            consumer,
+        })
+    }
+
+    async fn serve(&self, mut session: Session, shutdown: &CancellationToken) {
+        self.set_connected(true);
+        tracing::info!(queue = %self.settings.queue(), "receiving revocations");
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat_every);
+        loop {
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = session.conn.close(200, "shutdown".into()).await;
+                    return;
+                }
+                _ = heartbeat.tick() => self.heartbeat(&session.channel).await,
+                next = session.consumer.next() => match next {
+                    Some(Ok(delivery)) => self.apply(&session.channel, delivery).await,
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        tracing::warn!("the broker ended the consumer");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(error = %e, "broker connection lost");
+                return;
+            }
+        }
+    }
+
+    /// Evict → ack → report. Applying twice is harmless: an evicted key
+    /// stays evicted, and the worker counts one ack per ingestor and event.
+    async fn apply(&self, channel: &Channel, delivery: Delivery) -> lapin::Result<()> {
+        let event: RevocationMessage = match serde_json::from_slice(&delivery.data) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping a message that is not a revocation");
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?;
+                return Ok(());
+            }
+        };
+        self.verifier.evict(event.key_id);
+        delivery.ack(BasicAckOptions::default()).await?;
+        let now = Utc::now();
+        let lag = (now - event.revoked_at).to_std().unwrap_or_default();
+        metrics::histogram!("keyward_revocation_propagation_seconds").record(lag);
+        metrics::counter!("keyward_revocations_applied_total", "redelivered" => if delivery.redelivered { "true" } else { "false" })
+            .increment(1);
+        tracing::info!(key_id = %event.key_id, event_id = %event.event_id, "revocation applied");
+        self.report(
+            channel,
+            &AckMessage::Applied {
+                event_id: event.event_id,
+                ingestor_id: self.settings.ingestor_id.clone(),
+                applied_at: now,
+            },
+        )
+        .await
+    }
+
+    async fn heartbeat(&self, channel: &Channel) -> lapin::Result<()> {
+        self.report(
+            channel,
+            &AckMessage::Heartbeat {
+                ingestor_id: self.settings.ingestor_id.clone(),
+                queue: self.settings.queue(),
+                at: Utc::now(),
+            },
+        )
+        .await
+    }
+
+    async fn report(&self, channel: &Channel, message: &AckMessage) -> lapin::Result<()> {
+        let body = serde_json::to_vec(message)
+            .unwrap_or_else(|_| unreachable!("an ack of ids and timestamps serializes"));
+        channel
+            .basic_publish(
+                "".into(),
+                self.settings.acks_queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type(keyward_core::events::CONTENT_TYPE.into()),
+            )
+            .await
+            .map(drop)
+    }
+}
+
+struct Session {
+    conn: Connection,
+    channel: Channel,
+    consumer: lapin::Consumer,
+}

@@ -1,0 +1,136 @@
+//! The reference ingestor's HTTP side (API.md §11): `POST /ingest/{stream}`
+//! behind `Authorization: Bearer <api key>`, and `/healthz`, `/readyz`,
+//! `/metrics`. What it does with the data is not Keyward's business: it
+//! reads the body (at most 1 MiB) and accepts it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+
+use crate::verifier::{Verdict, Verifier};
+
+/// Largest body `POST /ingest/{stream}` takes.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+pub struct IngestState {
+    pub verifier: Arc<Verifier>,
+    /// The revocation consumer is connected: the node is ready.
+    pub connected: Arc<AtomicBool>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ingest/{stream}", web::post().to(ingest))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn ingest(
+    req: HttpRequest,
+    stream: web::Path<String>,
+    mut payload: web::Payload,
+    state: web::Data<IngestState>,
+) -> HttpResponse {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Missing API key.",
+        );
+    };
+    // Decided before the body is read: a stranger can't make us buffer 1 MiB.
+    let verdict = state.verifier.verify(token.trim()).await;
+    match &verdict {
+        Verdict::Valid(_) if !verdict.may_ingest(&stream) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "The API key may not ingest into this stream.",
+            );
+        }
+        Verdict::Valid(_) => {}
+        Verdict::Invalid(_) => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Invalid, revoked or expired API key.",
+            );
+        }
+        Verdict::Unavailable => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The key service is unavailable; try again.",
+            );
+        }
+    }
+    let mut size = 0usize;
+    while let Some(chunk) = payload.next().await {
+        match chunk {
+            Ok(bytes) => {
+                size += bytes.len();
+                if size > MAX_BODY {
+                    return refuse(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        "Bodies are limited to 1 MiB.",
+                    );
+                }
+            }
+            Err(_) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "The body could not be read.",
+                );
+            }
+        }
+    }
+    metrics::counter!("keyward_ingest_total", "result" => "accepted").increment(1);
+    HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "bytes": size}))
+}
+
+/// An error answer in the API's shape (API.md §9), counted by code.
+fn refuse(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
+    metrics::counter!("keyward_ingest_total", "result" => code).increment(1);
+    let request_id = ulid::Ulid::generate().to_string();
+    let mut res = HttpResponse::build(status);
+    res.insert_header(("X-Request-Id", request_id.as_str()));
+    if status == StatusCode::UNAUTHORIZED {
+        res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        res.insert_header((header::RETRY_AFTER, "1"));
+    }
+    res.json(serde_json::json!({
+        "error": {"code": code, "message": message, "requestId": request_id}
+    }))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(state: web::Data<IngestState>) -> HttpResponse {
+    if state.connected.load(Ordering::Acquire) {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready", "broker": true}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "1"))
+            .json(serde_json::json!({"status": "unavailable", "broker": false}))
+    }
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(keyward_core::telemetry::render_metrics())
+}
