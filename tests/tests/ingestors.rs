@@ -1,0 +1,433 @@
+//! The whole system from real binaries: `keyward-api`, `keyward-sync-worker`
+//! and `keyward-ingestor` nodes on one PostgreSQL database and the real
+//! RabbitMQ (an exchange and acks queue of the test's own).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use keyward_core::testing::TestDatabase;
+use keyward_tests::amqp::TestBroker;
+use keyward_tests::proxy::{FaultProxy, Mode};
+use keyward_tests::{Running, start, start_api};
+use serde_json::{Value, json};
+
+const READY: Duration = Duration::from_secs(30);
+const PASSWORD: &str = "admin-pw-ingestors-e2e";
+
+struct System {
+    db: TestDatabase,
+    broker: TestBroker,
+    api: Running,
+    worker: Running,
+    verifier_key: String,
+    http: reqwest::Client,
+    /// Prefix of this test's ingestor ids (queues are per id).
+    prefix: String,
+}
+
+impl System {
+    /// `liveness`: the worker's and the API's liveness window, in seconds.
+    async fn start(liveness: &str) -> Option<Self> {
+        let db = TestDatabase::postgres_unmigrated().await?;
+        let broker = TestBroker::new().await?;
+        let mut api = start_api(&[
+            ("KEYWARD_DATABASE_URL", db.url.as_str()),
+            ("KEYWARD_ADMIN_PASSWORD", PASSWORD),
+            ("KEYWARD_INGESTOR_LIVENESS_SECONDS", liveness),
+        ]);
+        api.wait_ready("/readyz", READY).await;
+        let mut worker = start(
+            "keyward-sync-worker",
+            &[
+                ("KEYWARD_DATABASE_URL", db.url.as_str()),
+                ("KEYWARD_AMQP_URL", &keyward_tests::amqp::amqp_url()),
+                ("KEYWARD_EXCHANGE", &broker.exchange),
+                ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
+                ("KEYWARD_INGESTOR_LIVENESS_SECONDS", liveness),
+            ],
+        );
+        worker.wait_ready("/readyz", READY).await;
+        let prefix = broker.exchange.replace(".events", "");
+        let mut system = Self {
+            db,
+            broker,
+            api,
+            worker,
+            verifier_key: String::new(),
+            http: reqwest::Client::new(),
+            prefix,
+        };
+        let verifier = system
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/tenants/_platform/apikeys",
+                Some(json!({"name": "ingestors", "roles": ["verifier"]})),
+            )
+            .await;
+        system.verifier_key = verifier["secret"].as_str().unwrap().to_owned();
+        system
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/tenants",
+                Some(json!({"id": "acme"})),
+            )
+            .await;
+        system
+            .admin(
+                reqwest::Method::PUT,
+                "/api/v1/tenants/acme/roles/shippers",
+                Some(json!({"privileges": [
+                    {"privilege": "ingestor", "resource": {"stream": "clicks-*"}}
+                ]})),
+            )
+            .await;
+        Some(system)
+    }
+
+    /// An admin request that must succeed; its JSON body.
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self
+            .http
+            .request(method, self.api.url(path))
+            .basic_auth("admin", Some(PASSWORD));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        res.json().await.unwrap_or(Value::Null)
+    }
+
+    /// A new key of `acme` holding `shippers`: (key id, secret).
+    async fn key(&self) -> (String, String) {
+        let created = self
+            .admin(
+                reqwest::Method::POST,
+                "/api/v1/tenants/acme/apikeys",
+                Some(
+                    json!({"name": format!("k-{}", ulid::Ulid::generate()), "roles": ["shippers"]}),
+                ),
+            )
+            .await;
+        (
+            created["keyId"].as_str().unwrap().to_owned(),
+            created["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn revoke(&self, key_id: &str) {
+        let res = self
+            .http
+            .delete(
+                self.api
+                    .url(&format!("/api/v1/tenants/acme/apikeys/{key_id}")),
+            )
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+
+    async fn revocation(&self, key_id: &str) -> Value {
+        let key = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
+                None,
+            )
+            .await;
+        key["revocation"].clone()
+    }
+
+    /// Starts an ingestor node named `{prefix}-{name}`, through `amqp`.
+    async fn ingestor(&self, name: &str, amqp: &str) -> Running {
+        let id = format!("{}-{name}", self.prefix);
+        let mut node = start(
+            "keyward-ingestor",
+            &[
+                ("KEYWARD_API_URL", &self.api.url("")),
+                ("KEYWARD_VERIFIER_KEY", &self.verifier_key),
+                ("KEYWARD_AMQP_URL", amqp),
+                ("KEYWARD_EXCHANGE", &self.broker.exchange),
+                ("KEYWARD_ACKS_QUEUE", &self.broker.acks_queue),
+                ("KEYWARD_INGESTOR_ID", &id),
+                ("KEYWARD_HEARTBEAT_SECONDS", "1"),
+            ],
+        );
+        node.wait_ready("/readyz", READY).await;
+        node
+    }
+
+    async fn cleanup(self) {
+        let ch = &self.broker.channel;
+        for name in ["a", "b"] {
+            let queue = format!("keyward.ingestor.{}-{name}", self.prefix);
+            let _ = ch
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+        drop((self.api, self.worker, self.db));
+        self.broker.cleanup().await;
+    }
+}
+
+/// `POST /ingest/{stream}` with `secret`; the status.
+async fn ingest(http: &reqwest::Client, node: &Running, stream: &str, secret: &str) -> u16 {
+    http.post(node.url(&format!("/ingest/{stream}")))
+        .bearer_auth(secret)
+        .body("{\"event\": 1}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied() {
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let amqp = keyward_tests::amqp::amqp_url();
+    let a = sys.ingestor("a", &amqp).await;
+    let b = sys.ingestor("b", &amqp).await;
+    let (key_id, secret) = sys.key().await;
+    let http = &sys.http;
+
+    for node in [&a, &b] {
+        assert_eq!(ingest(http, node, "clicks-eu", &secret).await, 202);
+        assert_eq!(
+            ingest(http, node, "payments", &secret).await,
+            403,
+            "stream privileges"
+        );
+        assert_eq!(ingest(http, node, "clicks-eu", "kw_garbage").await, 401);
+        let big = vec![b'x'; 1024 * 1024 + 1];
+        let res = http
+            .post(node.url("/ingest/clicks-eu"))
+            .bearer_auth(&secret)
+            .body(big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 413);
+    }
+    // Both nodes know both ingestors before the revoke, so both count.
+    eventually("ingestors live", Duration::from_secs(10), || async {
+        let list = sys
+            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+            .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["live"] == true)
+            .count()
+            == 2
+    })
+    .await;
+
+    sys.revoke(&key_id).await;
+    let revoked_at = Instant::now();
+    eventually("both reject", Duration::from_secs(5), || async {
+        ingest(http, &a, "clicks-eu", &secret).await == 401
+            && ingest(http, &b, "clicks-eu", &secret).await == 401
+    })
+    .await;
+    eprintln!("revoke → both reject: {:?}", revoked_at.elapsed());
+
+    eventually("applied", Duration::from_secs(10), || async {
+        sys.revocation(&key_id).await["state"] == "applied"
+    })
+    .await;
+    let r = sys.revocation(&key_id).await;
+    assert_eq!(
+        (r["appliedBy"].as_i64(), r["ingestors"].as_i64()),
+        (Some(2), Some(2))
+    );
+    let list = sys
+        .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+        .await;
+    for i in list["items"].as_array().unwrap() {
+        assert_eq!(i["unacked"], 0, "{i}");
+        assert!(
+            i["queue"]
+                .as_str()
+                .unwrap()
+                .starts_with("keyward.ingestor.")
+        );
+    }
+
+    // The same event again (a redelivery): harmless, still one ack each.
+    let event_id = r["eventId"].as_str().unwrap();
+    let body = json!({"eventId": event_id, "type": "key.revoked", "tenantId": "acme",
+                      "keyId": key_id, "revokedAt": chrono::Utc::now(), "sequence": 1});
+    sys.broker
+        .channel
+        .basic_publish(
+            sys.broker.exchange.as_str().into(),
+            "key.revoked.acme".into(),
+            Default::default(),
+            body.to_string().as_bytes(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    eventually("duplicate applied", Duration::from_secs(5), || async {
+        let m = reqwest::get(a.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.contains("keyward_revocations_applied_total{redelivered=\"false\"} 2")
+    })
+    .await;
+    assert_eq!(ingest(http, &a, "clicks-eu", &secret).await, 401);
+    let r = sys.revocation(&key_id).await;
+    assert_eq!(r["appliedBy"].as_i64(), Some(2));
+    let m = reqwest::get(a.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("keyward_ingest_total"), "{m}");
+    assert!(m.contains("keyward_revocation_propagation_seconds"), "{m}");
+    drop((a, b));
+    sys.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_restarted_ingestor_rejects_a_key_revoked_while_it_was_down() {
+    let Some(sys) = System::start("2").await else {
+        return;
+    };
+    let amqp = keyward_tests::amqp::amqp_url();
+    let mut a = sys.ingestor("a", &amqp).await;
+    let b = sys.ingestor("b", &amqp).await;
+    let (key_id, secret) = sys.key().await;
+    let http = &sys.http;
+    assert_eq!(ingest(http, &a, "clicks-1", &secret).await, 202);
+    assert_eq!(ingest(http, &b, "clicks-1", &secret).await, 202);
+
+    a.signal("KILL");
+    a.exit_status(Duration::from_secs(5)).await;
+    // Past the liveness window, the dead node no longer counts.
+    eventually("a not live", Duration::from_secs(10), || async {
+        let list = sys
+            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+            .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"].as_str().unwrap().ends_with("-a") && i["live"] == false)
+    })
+    .await;
+    sys.revoke(&key_id).await;
+    eventually("b rejects", Duration::from_secs(5), || async {
+        ingest(http, &b, "clicks-1", &secret).await == 401
+    })
+    .await;
+    eventually(
+        "applied by the live one",
+        Duration::from_secs(10),
+        || async { sys.revocation(&key_id).await["state"] == "applied" },
+    )
+    .await;
+    let r = sys.revocation(&key_id).await;
+    assert_eq!(
+        (r["appliedBy"].as_i64(), r["ingestors"].as_i64()),
+        (Some(1), Some(1))
+    );
+
+    // Back with the same id: its durable queue held the event.
+    let a = sys.ingestor("a", &amqp).await;
+    assert_eq!(ingest(http, &a, "clicks-1", &secret).await, 401);
+    eventually("a applied it too", Duration::from_secs(10), || async {
+        sys.revocation(&key_id).await["appliedBy"] == 2
+    })
+    .await;
+    drop((a, b));
+    sys.cleanup().await;
+}
+
+#[tokio::test]
+async fn api_down_on_a_cache_miss_answers_503_never_202() {
+    let Some(mut sys) = System::start("30").await else {
+        return;
+    };
+    let amqp = keyward_tests::amqp::amqp_url();
+    let a = sys.ingestor("a", &amqp).await;
+    let (_, cached) = sys.key().await;
+    let (_, uncached) = sys.key().await;
+    let http = sys.http.clone();
+    assert_eq!(ingest(&http, &a, "clicks-1", &cached).await, 202);
+
+    sys.api.signal("KILL");
+    sys.api.exit_status(Duration::from_secs(5)).await;
+    assert_eq!(ingest(&http, &a, "clicks-1", &uncached).await, 503);
+    assert_eq!(
+        ingest(&http, &a, "clicks-1", &cached).await,
+        202,
+        "a cached key keeps working while revocations flow"
+    );
+    drop(a);
+    sys.cleanup().await;
+}
+
+#[tokio::test]
+async fn after_losing_the_broker_an_ingestor_trusts_no_cache_and_later_revocations_arrive() {
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let proxy = FaultProxy::start(keyward_tests::amqp::broker_addr()).await;
+    let a = sys.ingestor("a", &proxy.amqp_url()).await;
+    let http = &sys.http;
+    let (first_id, first) = sys.key().await;
+    let (second_id, second) = sys.key().await;
+    assert_eq!(ingest(http, &a, "clicks-1", &first).await, 202);
+    assert_eq!(ingest(http, &a, "clicks-1", &second).await, 202);
+
+    proxy.set(Mode::Refuse);
+    proxy.cut();
+    eventually("a unready", Duration::from_secs(10), || async {
+        reqwest::get(a.url("/readyz")).await.unwrap().status() == 503
+    })
+    .await;
+    // The revocation can't reach a; its cache is not trusted, so the API
+    // answers: rejected at once all the same.
+    sys.revoke(&first_id).await;
+    assert_eq!(ingest(http, &a, "clicks-1", &first).await, 401);
+
+    proxy.set(Mode::Pass);
+    eventually("a ready again", Duration::from_secs(15), || async {
+        reqwest::get(a.url("/readyz")).await.unwrap().status() == 200
+    })
+    .await;
+    assert_eq!(ingest(http, &a, "clicks-1", &second).await, 202);
+    sys.revoke(&second_id).await;
+    eventually(
+        "a rejects the later revocation",
+        Duration::from_secs(5),
+        || async { ingest(http, &a, "clicks-1", &second).await == 401 },
+    )
+    .await;
+    drop(a);
+    sys.cleanup().await;
+}
