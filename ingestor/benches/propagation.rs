@@ -1,0 +1,267 @@
+//! Revoke-to-reject latency (issue #6): the DELETE is answered → both
+//! ingestors answer 401 for a key they had cached. The whole system runs
+//! in this process on the local PostgreSQL and RabbitMQ: the API, the sync
+//! worker, and two ingestor nodes (verifier, revocation consumer and the
+//! reference HTTP server), each over real connections.
+//!
+//! Run: `cargo bench -p keyward-ingestor --bench propagation`
+//! (`KEYWARD_BENCH_KEYS` changes the 200 keys).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpServer, web};
+use clap::Parser;
+use keyward_api::settings::Settings as ApiSettings;
+use keyward_api::startup::Application;
+use keyward_core::config::{DatabaseSettings, LogSettings};
+use keyward_core::hashing::Argon2Settings;
+use keyward_core::ids::Password;
+use keyward_core::telemetry::LogFormat;
+use keyward_core::testing::TestDatabase;
+use keyward_core::token::{ApiKeyToken, KeyPrefix};
+use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
+use keyward_ingestor::consumer::{ConsumerSettings, RevocationConsumer};
+use keyward_ingestor::server::{self, IngestState};
+use keyward_ingestor::verifier::Verifier;
+use keyward_sync_worker::ops::Health;
+use keyward_sync_worker::worker::Worker;
+use keyward_tests::amqp::{TestBroker, amqp_url};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const PASSWORD: &str = "benchmark password";
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let keys: usize = std::env::var("KEYWARD_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let db = TestDatabase::postgres().await.expect("PostgreSQL");
+    let broker = TestBroker::new().await.expect("RabbitMQ");
+    let shutdown = CancellationToken::new();
+
+    // The API.
+    let app = Application::build(ApiSettings {
+        database: DatabaseSettings {
+            database_url: db.url.clone(),
+        },
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_password: Some(Password::parse(PASSWORD).unwrap()),
+        key_prefix: KeyPrefix::default(),
+        argon2: Argon2Settings {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        },
+        ingestor_liveness_seconds: 30,
+        log: LogSettings {
+            log_format: LogFormat::Pretty,
+        },
+    })
+    .await
+    .unwrap();
+    let api = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    let http = reqwest::Client::new();
+    let admin = |method: reqwest::Method, path: &str, body: Value| {
+        http.request(method, format!("{api}{path}"))
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&body)
+            .send()
+    };
+
+    // The worker.
+    let cli = keyward_sync_worker::settings::Cli::try_parse_from([
+        "keyward-sync-worker",
+        "--database-url",
+        db.url.as_str(),
+        "--amqp-url",
+        &amqp_url(),
+        "--exchange",
+        &broker.exchange,
+        "--acks-queue",
+        &broker.acks_queue,
+    ])
+    .unwrap();
+    let store = db.store();
+    let health = Arc::new(Health::new(Arc::clone(&store)));
+    tokio::spawn(Worker::new(&cli.settings, store, health).run(shutdown.clone()));
+
+    // Two ingestor nodes.
+    let verifier: Value = admin(
+        reqwest::Method::POST,
+        "/api/v1/tenants/_platform/apikeys",
+        json!({"name": "ingestors", "roles": ["verifier"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let verifier_key = ApiKeyToken::parse(verifier["secret"].as_str().unwrap()).unwrap();
+    let prefix = broker.exchange.replace(".events", "");
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        nodes.push(
+            ingestor(
+                &api,
+                &verifier_key,
+                &broker,
+                &format!("{prefix}-{name}"),
+                &shutdown,
+            )
+            .await,
+        );
+    }
+
+    admin(
+        reqwest::Method::POST,
+        "/api/v1/tenants",
+        json!({"id": "acme"}),
+    )
+    .await
+    .unwrap();
+    admin(
+        reqwest::Method::PUT,
+        "/api/v1/tenants/acme/roles/shippers",
+        json!({"privileges": [{"privilege": "ingestor"}]}),
+    )
+    .await
+    .unwrap();
+
+    let mut samples = Vec::with_capacity(keys);
+    for _ in 0..keys {
+        let created: Value = admin(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/apikeys",
+            json!({"name": format!("k-{}", ulid::Ulid::generate()), "roles": ["shippers"]}),
+        )
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let key_id = created["keyId"].as_str().unwrap().to_owned();
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        for node in &nodes {
+            assert_eq!(
+                ingest(&http, node, &secret).await,
+                202,
+                "cached at every node"
+            );
+        }
+        let res = admin(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
+            Value::Null,
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status(), 202);
+        let answered = Instant::now();
+        let mut rejected = [false, false];
+        while !rejected.iter().all(|r| *r) {
+            for (i, node) in nodes.iter().enumerate() {
+                if !rejected[i] {
+                    rejected[i] = ingest(&http, node, &secret).await == 401;
+                }
+            }
+            assert!(
+                answered.elapsed() < Duration::from_secs(30),
+                "never rejected"
+            );
+        }
+        samples.push(answered.elapsed());
+    }
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "revoke answered → both ingestors 401, {} keys (PostgreSQL): p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        samples.len(),
+        pct(0.50),
+        pct(0.99),
+        samples[samples.len() - 1]
+    );
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for name in ["a", "b"] {
+        let queue = format!("keyward.ingestor.{prefix}-{name}");
+        let _ = broker
+            .channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
+    broker.cleanup().await;
+}
+
+/// One ingestor node: its verifier, consumer and HTTP server; its base URL.
+async fn ingestor(
+    api: &str,
+    verifier_key: &ApiKeyToken,
+    broker: &TestBroker,
+    id: &str,
+    shutdown: &CancellationToken,
+) -> String {
+    let client = VerifyClient::new(
+        &url::Url::parse(api).unwrap(),
+        verifier_key.clone(),
+        VERIFY_TIMEOUT,
+    )
+    .unwrap();
+    let verifier = Arc::new(Verifier::new(client, 100_000));
+    let consumer = RevocationConsumer::new(
+        ConsumerSettings {
+            amqp_url: amqp_url().parse().unwrap(),
+            exchange: broker.exchange.clone(),
+            ingestor_id: id.to_owned(),
+            binding: "key.revoked.#".into(),
+            acks_queue: broker.acks_queue.clone(),
+            quorum: false,
+            prefetch: 64,
+            heartbeat_every: Duration::from_secs(5),
+        },
+        Arc::clone(&verifier),
+    );
+    let connected = consumer.connected();
+    tokio::spawn(consumer.run(shutdown.clone()));
+    while !connected.load(std::sync::atomic::Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let state = web::Data::new(IngestState {
+        verifier,
+        connected,
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .configure(server::configure)
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    format!("http://127.0.0.1:{port}")
+}
+
+async fn ingest(http: &reqwest::Client, node: &str, secret: &str) -> u16 {
+    http.post(format!("{node}/ingest/clicks"))
+        .bearer_auth(secret)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
