@@ -593,7 +593,46 @@ async fn health_ready_metrics(app: TestApp) {
     assert!(doc["paths"]["/api/v1/tenants/{t}/roles/{name}"]["put"].is_object());
 }
 
+// ------------------------------------------------------------- ingestors
+
+async fn ingestors_are_listed_for_superadmins(app: TestApp) {
+    let store = app.store();
+    let now = chrono::Utc::now();
+    store
+        .ingestor_heartbeat("fresh", "keyward.ingestor.fresh", now)
+        .await
+        .unwrap();
+    store
+        .ingestor_heartbeat(
+            "stale",
+            "keyward.ingestor.stale",
+            now - chrono::Duration::minutes(5),
+        )
+        .await
+        .unwrap();
+    let (s, body) = app.get("/api/v1/ingestors", ADMIN).await;
+    assert_eq!(s, 200);
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let fresh = items.iter().find(|i| i["id"] == "fresh").unwrap();
+    let stale = items.iter().find(|i| i["id"] == "stale").unwrap();
+    assert_eq!(fresh["live"], true);
+    assert_eq!(stale["live"], false);
+    assert_eq!(fresh["queue"], "keyward.ingestor.fresh");
+    assert_eq!(fresh["unacked"], 0);
+    assert!(fresh["lastHeartbeatAt"].is_string() && fresh["firstSeenAt"].is_string());
+
+    let user = app.tenant_with_admin("acme").await;
+    let (s, body) = app
+        .get("/api/v1/ingestors", As::User(&user, ADMIN_PASSWORD))
+        .await;
+    assert_error(s, &body, 403, "forbidden");
+    let (s, body) = app.get("/api/v1/ingestors", As::Nobody).await;
+    assert_error(s, &body, 401, "unauthenticated");
+}
+
 on_both_stores!(
+    ingestors_are_listed_for_superadmins,
     missing_or_wrong_credentials_are_401,
     request_ids_are_echoed_or_made,
     tenants_are_for_superadmins,

@@ -59,6 +59,8 @@ pub struct Verifier {
     /// cached, so a revoke that overtakes a verify call can't be undone.
     evictions: AtomicU64,
     trusted: AtomicBool,
+    /// Verify calls made to the API (coalesced misses count once).
+    api_calls: Arc<AtomicU64>,
 }
 
 impl Verifier {
@@ -77,6 +79,7 @@ impl Verifier {
             in_flight: Mutex::new(HashMap::new()),
             evictions: AtomicU64::new(0),
             trusted: AtomicBool::new(false),
+            api_calls: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -132,7 +135,13 @@ impl Verifier {
                 .entry(slot)
                 .or_insert_with(|| {
                     let client = self.client.clone();
-                    async move { client.verify(&token).await }.boxed().shared()
+                    let calls = Arc::clone(&self.api_calls);
+                    async move {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        client.verify(&token).await
+                    }
+                    .boxed()
+                    .shared()
                 })
                 .clone()
         };
@@ -183,6 +192,11 @@ impl Verifier {
         cache.clear();
         self.trusted.store(trusted, Ordering::Release);
         metrics::gauge!("keyward_ingestor_cache_entries").set(0.0);
+    }
+
+    /// How many verify calls reached the API so far.
+    pub fn api_calls(&self) -> u64 {
+        self.api_calls.load(Ordering::Relaxed)
     }
 
     pub fn is_trusted(&self) -> bool {

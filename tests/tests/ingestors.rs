@@ -143,19 +143,23 @@ impl System {
 
     /// Starts an ingestor node named `{prefix}-{name}`, through `amqp`.
     async fn ingestor(&self, name: &str, amqp: &str) -> Running {
+        self.ingestor_with(name, amqp, &[]).await
+    }
+
+    async fn ingestor_with(&self, name: &str, amqp: &str, extra: &[(&str, &str)]) -> Running {
         let id = format!("{}-{name}", self.prefix);
-        let mut node = start(
-            "keyward-ingestor",
-            &[
-                ("KEYWARD_API_URL", &self.api.url("")),
-                ("KEYWARD_VERIFIER_KEY", &self.verifier_key),
-                ("KEYWARD_AMQP_URL", amqp),
-                ("KEYWARD_EXCHANGE", &self.broker.exchange),
-                ("KEYWARD_ACKS_QUEUE", &self.broker.acks_queue),
-                ("KEYWARD_INGESTOR_ID", &id),
-                ("KEYWARD_HEARTBEAT_SECONDS", "1"),
-            ],
-        );
+        let api_url = self.api.url("");
+        let mut env = vec![
+            ("KEYWARD_API_URL", api_url.as_str()),
+            ("KEYWARD_VERIFIER_KEY", self.verifier_key.as_str()),
+            ("KEYWARD_AMQP_URL", amqp),
+            ("KEYWARD_EXCHANGE", self.broker.exchange.as_str()),
+            ("KEYWARD_ACKS_QUEUE", self.broker.acks_queue.as_str()),
+            ("KEYWARD_INGESTOR_ID", id.as_str()),
+            ("KEYWARD_HEARTBEAT_SECONDS", "1"),
+        ];
+        env.extend_from_slice(extra);
+        let mut node = start("keyward-ingestor", &env);
         node.wait_ready("/readyz", READY).await;
         node
     }
@@ -373,7 +377,21 @@ async fn api_down_on_a_cache_miss_answers_503_never_202() {
         return;
     };
     let amqp = keyward_tests::amqp::amqp_url();
-    let a = sys.ingestor("a", &amqp).await;
+    // A quorum queue, as on a RabbitMQ cluster: declared and consumed alike.
+    let a = sys
+        .ingestor_with("a", &amqp, &[("KEYWARD_QUORUM_QUEUE", "true")])
+        .await;
+    if let Ok(out) = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "name", "type"])
+        .output()
+    {
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with(&format!("keyward.ingestor.{}-a", sys.prefix)))
+            .unwrap_or_else(|| panic!("queue listed: {listed}"));
+        assert!(line.ends_with("quorum"), "{line}");
+    }
     let (_, cached) = sys.key().await;
     let (_, uncached) = sys.key().await;
     let http = sys.http.clone();
@@ -429,5 +447,91 @@ async fn after_losing_the_broker_an_ingestor_trusts_no_cache_and_later_revocatio
     )
     .await;
     drop(a);
+    sys.cleanup().await;
+}
+
+/// The embeddable library against the real API: concurrent misses share
+/// one call, hits cost none, a wrong secret for a cached key is refused
+/// from memory, expiry is honoured locally, evictions and an untrusted
+/// cache go back to the API.
+#[tokio::test]
+async fn the_library_verifier_coalesces_caches_and_honours_expiry() {
+    use keyward_core::token::{ApiKeyToken, KeyPrefix};
+    use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
+    use keyward_ingestor::verifier::{Verdict, Verifier};
+
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let client = VerifyClient::new(
+        &url::Url::parse(&sys.api.url("")).unwrap(),
+        ApiKeyToken::parse(&sys.verifier_key).unwrap(),
+        VERIFY_TIMEOUT,
+    )
+    .unwrap();
+    let verifier = std::sync::Arc::new(Verifier::new(client, 1000));
+    verifier.set_trusted(true);
+    let (_, secret) = sys.key().await;
+
+    let all = futures_util::future::join_all((0..20).map(|_| verifier.verify(&secret))).await;
+    assert!(
+        all.iter().all(|v| matches!(v, Verdict::Valid(_))),
+        "{all:?}"
+    );
+    assert_eq!(verifier.api_calls(), 1, "20 concurrent misses, one call");
+    assert!(all[0].may_ingest("clicks-eu"));
+    assert!(!all[0].may_ingest("payments"));
+
+    assert!(matches!(verifier.verify(&secret).await, Verdict::Valid(_)));
+    assert_eq!(verifier.api_calls(), 1, "a hit asks nobody");
+    let parsed = ApiKeyToken::parse(&secret).unwrap();
+    let forged = ApiKeyToken::generate(&KeyPrefix::default(), parsed.key_id()).unwrap();
+    assert_eq!(
+        verifier.verify(forged.expose_secret()).await,
+        Verdict::Invalid("unknown".into())
+    );
+    assert_eq!(
+        verifier.api_calls(),
+        1,
+        "a wrong secret is refused from memory"
+    );
+    assert_eq!(
+        verifier.verify("kw_nonsense").await,
+        Verdict::Invalid("malformed".into())
+    );
+    assert_eq!(verifier.api_calls(), 1, "a bad checksum needs no call");
+
+    verifier.evict(parsed.key_id());
+    assert!(matches!(verifier.verify(&secret).await, Verdict::Valid(_)));
+    assert_eq!(verifier.api_calls(), 2);
+    verifier.set_trusted(false);
+    verifier.verify(&secret).await;
+    verifier.verify(&secret).await;
+    assert_eq!(
+        verifier.api_calls(),
+        4,
+        "untrusted: every request asks the API"
+    );
+    assert!(!verifier.cached(parsed.key_id()));
+
+    // Expiry is checked on every hit, without the API.
+    verifier.set_trusted(true);
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let created = sys
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/apikeys",
+            Some(json!({"name": "short-lived", "roles": ["shippers"], "expiresAt": expires})),
+        )
+        .await;
+    let short = created["secret"].as_str().unwrap();
+    assert!(matches!(verifier.verify(short).await, Verdict::Valid(_)));
+    let calls = verifier.api_calls();
+    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(2100)).await;
+    assert_eq!(
+        verifier.verify(short).await,
+        Verdict::Invalid("expired".into())
+    );
+    assert_eq!(verifier.api_calls(), calls);
     sys.cleanup().await;
 }
