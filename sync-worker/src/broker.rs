@@ -27,6 +27,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `delivery_mode` 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
+/// `last_error` phrases: client-safe, the cause goes to the log.
+const CONNECTION_FAILED: &str = "the broker connection failed";
+const NO_CONFIRM: &str = "no confirm from the broker in time";
+const REFUSED: &str = "the broker refused the event";
+
 /// What the broker said about one published event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -127,49 +132,50 @@ impl Broker {
         let mut healthy = true;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let confirm = if healthy {
-                match self.publish_one(event).await {
-                    Ok(confirm) => Some(confirm),
-                    Err(e) => {
+            // Sending is under the deadline too: a stalled connection can
+            // block the send itself, not only its confirm.
+            let sent = if healthy {
+                match tokio::time::timeout_at(deadline, self.publish_one(event)).await {
+                    Ok(Ok(confirm)) => Ok(confirm),
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, "publish failed; the connection will be replaced");
                         healthy = false;
-                        None
+                        Err(CONNECTION_FAILED)
+                    }
+                    Err(_) => {
+                        healthy = false;
+                        Err(NO_CONFIRM)
                     }
                 }
             } else {
-                None
+                Err(CONNECTION_FAILED)
             };
-            pending.push(confirm);
+            pending.push(sent);
         }
-        let outcomes =
-            futures_util::future::join_all(pending.into_iter().map(|confirm| async move {
-                let outcome = match confirm {
-                    None => Outcome::Failed("the broker connection failed"),
-                    Some(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
-                        Err(_) => Outcome::Failed("no confirm from the broker in time"),
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "confirm failed");
-                            Outcome::Failed("the broker connection failed")
-                        }
-                        Ok(Ok(Confirmation::Ack(None))) => Outcome::Confirmed,
-                        Ok(Ok(Confirmation::Ack(Some(_)))) => Outcome::Unrouted,
-                        Ok(Ok(Confirmation::Nack(_))) => {
-                            Outcome::Failed("the broker refused the event")
-                        }
-                        Ok(Ok(Confirmation::NotRequested)) => {
-                            Outcome::Failed("the broker did not confirm the event")
-                        }
-                    },
-                };
-                (outcome, started.elapsed())
-            }))
-            .await;
+        let outcomes = futures_util::future::join_all(pending.into_iter().map(|sent| async move {
+            let outcome = match sent {
+                Err(reason) => Outcome::Failed(reason),
+                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                    Err(_) => Outcome::Failed(NO_CONFIRM),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "confirm failed");
+                        Outcome::Failed(CONNECTION_FAILED)
+                    }
+                    Ok(Ok(Confirmation::Ack(None))) => Outcome::Confirmed,
+                    Ok(Ok(Confirmation::Ack(Some(_)))) => Outcome::Unrouted,
+                    Ok(Ok(Confirmation::Nack(_))) => Outcome::Failed(REFUSED),
+                    Ok(Ok(Confirmation::NotRequested)) => Outcome::Failed(NO_CONFIRM),
+                },
+            };
+            (outcome, started.elapsed())
+        }))
+        .await;
         // A timed-out confirm means the connection can't be trusted either.
         let healthy = healthy
             && !self.is_lost()
             && outcomes
                 .iter()
-                .all(|(o, _)| !matches!(o, Outcome::Failed(m) if m.starts_with("no confirm")));
+                .all(|(o, _)| *o != Outcome::Failed(NO_CONFIRM));
         (outcomes, healthy)
     }
 
