@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use keyward_core::events::RevocationMessage;
@@ -17,6 +17,7 @@ use keyward_sync_worker::ops::Health;
 use keyward_sync_worker::settings::Cli;
 use keyward_sync_worker::worker::Worker;
 use keyward_tests::amqp::{TestBroker, amqp_url, broker_addr, collect_revocations, next_delivery};
+use keyward_tests::eventually;
 use keyward_tests::proxy::{FaultProxy, Mode};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::task::JoinHandle;
@@ -70,18 +71,6 @@ impl RunningWorker {
     }
 }
 
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn revocation_state(store: &dyn Store, tenant: &str, key: KeyId) -> RevocationState {
     let tenant = TenantId::parse(tenant).unwrap();
     let key = store
@@ -95,7 +84,7 @@ async fn revocation_state(store: &dyn Store, tenant: &str, key: KeyId) -> Revoca
 
 /// Waits (10 s at most) until the key's revocation is in `state`.
 async fn wait_for_state(store: &dyn Store, tenant: &str, key: KeyId, state: RevocationState) {
-    wait_until(&format!("{state:?}"), Duration::from_secs(10), || async {
+    eventually(&format!("{state:?}"), Duration::from_secs(10), || async {
         revocation_state(store, tenant, key).await == state
     })
     .await;
@@ -208,7 +197,7 @@ async fn broker_loss_during_revokes_loses_nothing() {
     let seen = collect_revocations(&mut queue, 10, Duration::from_secs(10)).await;
     assert_eq!(distinct(&seen).len(), before.len());
     // A consumer can see a message before its publisher sees the confirm.
-    wait_until("confirmed", Duration::from_secs(5), || {
+    eventually("confirmed", Duration::from_secs(5), || {
         outbox_settled(store.as_ref())
     })
     .await;
@@ -216,7 +205,7 @@ async fn broker_loss_during_revokes_loses_nothing() {
     // The broker goes away: open connections drop, new ones are refused.
     proxy.set(Mode::Refuse);
     proxy.cut();
-    wait_until("worker notices", Duration::from_secs(10), || async {
+    eventually("worker notices", Duration::from_secs(10), || async {
         !worker.health.broker_connected()
     })
     .await;
@@ -230,7 +219,7 @@ async fn broker_loss_during_revokes_loses_nothing() {
     let seen = collect_revocations(&mut queue, 20, Duration::from_secs(15)).await;
     let expected: HashSet<String> = during.iter().map(|(_, e)| e.to_string()).collect();
     assert_eq!(distinct(&seen), expected, "every event after the outage");
-    wait_until("settled", Duration::from_secs(5), || {
+    eventually("settled", Duration::from_secs(5), || {
         outbox_settled(store.as_ref())
     })
     .await;
@@ -253,7 +242,7 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
         &proxy.amqp_url(),
         &["--confirm-timeout-ms", "300"],
     );
-    wait_until("connected", Duration::from_secs(10), || async {
+    eventually("connected", Duration::from_secs(10), || async {
         worker.health.broker_connected()
     })
     .await;
@@ -261,7 +250,7 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
     proxy.set(Mode::Stall);
     let revoked = revocations(store.as_ref(), "acme", 1).await;
     let tenant = TenantId::parse("acme").unwrap();
-    wait_until(
+    eventually(
         "a failed attempt recorded",
         Duration::from_secs(10),
         || async {
@@ -322,7 +311,7 @@ async fn two_workers_deliver_everything_once_without_sharing_leases() {
         events.len(),
         "no event published twice"
     );
-    wait_until("settled", Duration::from_secs(5), || {
+    eventually("settled", Duration::from_secs(5), || {
         outbox_settled(store.as_ref())
     })
     .await;
@@ -445,7 +434,7 @@ async fn acks_record_heartbeats_and_applied_events() {
             "queue": "keyward.ingestor.ing-1", "at": chrono::Utc::now(),
         }))
         .await;
-    wait_until("heartbeat recorded", Duration::from_secs(10), || async {
+    eventually("heartbeat recorded", Duration::from_secs(10), || async {
         store
             .list_ingestors()
             .await
@@ -509,7 +498,7 @@ async fn shutdown_finishes_the_batch_in_hand_and_holds_no_lease() {
     first.stop().await;
 
     let second = RunningWorker::start(&db, &broker, &amqp_url(), &lease);
-    wait_until(
+    eventually(
         "the successor drains the rest",
         Duration::from_secs(15),
         || outbox_settled(store.as_ref()),
@@ -570,7 +559,7 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
     let seen = collect_revocations(&mut queue, 5, Duration::from_secs(15)).await;
     let expected: HashSet<String> = after.iter().map(|(_, e)| e.to_string()).collect();
     assert!(expected.is_subset(&distinct(&seen)));
-    wait_until("settled", Duration::from_secs(5), || {
+    eventually("settled", Duration::from_secs(5), || {
         outbox_settled(store.as_ref())
     })
     .await;
@@ -594,7 +583,7 @@ async fn housekeeping_reports_the_outbox_and_purges_delivered_history() {
     assert!(metrics.contains("keyward_outbox_oldest_pending_age_seconds"));
 
     let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
-    wait_until("settled", Duration::from_secs(10), || {
+    eventually("settled", Duration::from_secs(10), || {
         outbox_settled(store.as_ref())
     })
     .await;

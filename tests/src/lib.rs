@@ -180,3 +180,17 @@ pub async fn assert_rejected(
         assert!(!err.contains(secret), "{what}: echoed a secret: {err}");
     }
 }
+
+/// Polls `check` every 20 ms until it holds; panics naming `what` after
+/// `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use keyward_core::testing::TestDatabase;
 use keyward_tests::amqp::TestBroker;
 use keyward_tests::proxy::{FaultProxy, Mode};
-use keyward_tests::{Running, start, start_api};
+use keyward_tests::{Running, eventually, start, start_api};
 use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(30);
@@ -187,18 +187,6 @@ async fn ingest(http: &reqwest::Client, node: &Running, stream: &str, secret: &s
         .unwrap()
         .status()
         .as_u16()
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
