@@ -2,15 +2,19 @@
 //! its metrics, and a panic turned into `500 internal` instead of a dropped
 //! connection.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use actix_web::Error;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use futures_util::FutureExt;
+use metrics::{Counter, Histogram};
 use tracing::Instrument;
 
 use crate::error::{ApiError, Code};
@@ -24,7 +28,7 @@ pub async fn observe(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let id = request_id::for_request(&req);
-    let method = req.method().to_string();
+    let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -81,16 +85,43 @@ pub async fn observe(
 }
 
 /// Counts the request and records its latency; returns the latency.
-fn record(method: &str, route: &str, status: u16, started: Instant) -> f64 {
+fn record(method: &Method, route: &str, status: u16, started: Instant) -> f64 {
     let elapsed = started.elapsed().as_secs_f64();
-    let labels = [
-        ("method", method.to_owned()),
-        ("route", route.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("keyward_http_requests_total", &labels).increment(1);
-    metrics::histogram!("keyward_http_request_duration_seconds", &labels).record(elapsed);
+    let (count, latency) = handles(method, route, status);
+    count.increment(1);
+    latency.record(elapsed);
     elapsed
+}
+
+/// A route's metric handles, by its pattern.
+type RouteHandles = Vec<(String, Counter, Histogram)>;
+
+thread_local! {
+    /// Metric handles by (method, status), then route: looking a labelled
+    /// metric up in the registry on every request (allocating its labels
+    /// and hashing them) showed in the hot path's profile. A worker thread
+    /// sees a handful of combinations, so a short list per key is enough.
+    static HANDLES: RefCell<HashMap<(Method, u16), RouteHandles>> =
+        RefCell::new(HashMap::new());
+}
+
+fn handles(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
+    HANDLES.with(|cell| {
+        let mut map = cell.borrow_mut();
+        let routes = map.entry((method.clone(), status)).or_default();
+        if let Some((_, c, h)) = routes.iter().find(|(r, _, _)| r == route) {
+            return (c.clone(), h.clone());
+        }
+        let labels = [
+            ("method", method.to_string()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let c = metrics::counter!("keyward_http_requests_total", &labels);
+        let h = metrics::histogram!("keyward_http_request_duration_seconds", &labels);
+        routes.push((route.to_owned(), c.clone(), h.clone()));
+        (c, h)
+    })
 }
 
 #[cfg(test)]
