@@ -14,6 +14,10 @@
 //! * [`Verdict::may_ingest`](verifier::Verdict::may_ingest): "may this key
 //!   ingest into stream S".
 //!
+//! A runnable program doing all of it against a live system is
+//! `examples/check_key.rs` (`cargo run -p keyward-ingestor --example
+//! check_key -- <api key> <stream>`); in short:
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use std::time::Duration;

@@ -43,9 +43,21 @@ impl Verdict {
 
 struct Entry {
     digest: blake3::Hash,
-    key: Arc<ValidKey>,
+    answer: Cached,
     until: Instant,
 }
+
+/// What a cache entry remembers: a valid key, or a final refusal.
+enum Cached {
+    Valid(Arc<ValidKey>),
+    /// `revoked` or `expired`: no later answer can differ, so a key
+    /// hammered after its revocation costs the API nothing more.
+    Refused(String),
+}
+
+/// How long a final refusal is remembered (it can't change; this only
+/// bounds the memory a stream of dead keys holds).
+const REFUSAL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 type Pending = Shared<BoxFuture<'static, Result<Answer, Unavailable>>>;
 
@@ -101,11 +113,23 @@ impl Verifier {
                 tracing::warn!(error = %e, "verify call failed");
                 Verdict::Unavailable
             }
-            Ok(Answer::Invalid(reason)) => Verdict::Invalid(reason),
+            Ok(Answer::Invalid(reason)) => {
+                if trusted && (reason == "revoked" || reason == "expired") {
+                    self.store(
+                        key_id,
+                        digest,
+                        Cached::Refused(reason.clone()),
+                        REFUSAL_TTL,
+                        epoch,
+                    );
+                }
+                Verdict::Invalid(reason)
+            }
             Ok(Answer::Valid(key)) => {
                 let key = Arc::new(key);
                 if trusted {
-                    self.store(key_id, digest, Arc::clone(&key), epoch);
+                    let ttl = key.cache_ttl;
+                    self.store(key_id, digest, Cached::Valid(Arc::clone(&key)), ttl, epoch);
                 }
                 Verdict::Valid(key)
             }
@@ -120,10 +144,13 @@ impl Verifier {
             // One key, one secret: a different one is wrong.
             return Some(Verdict::Invalid("unknown".into()));
         }
-        if entry.key.expires_at.is_some_and(|t| t <= Utc::now()) {
-            return Some(Verdict::Invalid("expired".into()));
-        }
-        Some(Verdict::Valid(Arc::clone(&entry.key)))
+        Some(match &entry.answer {
+            Cached::Refused(reason) => Verdict::Invalid(reason.clone()),
+            Cached::Valid(key) if key.expires_at.is_some_and(|t| t <= Utc::now()) => {
+                Verdict::Invalid("expired".into())
+            }
+            Cached::Valid(key) => Verdict::Valid(Arc::clone(key)),
+        })
     }
 
     /// One API call per (key, secret) at a time; later callers share it.
@@ -153,8 +180,15 @@ impl Verifier {
         answer
     }
 
-    fn store(&self, key_id: KeyId, digest: blake3::Hash, key: Arc<ValidKey>, epoch: u64) {
-        if key.cache_ttl.is_zero() {
+    fn store(
+        &self,
+        key_id: KeyId,
+        digest: blake3::Hash,
+        answer: Cached,
+        ttl: std::time::Duration,
+        epoch: u64,
+    ) {
+        if ttl.is_zero() {
             return;
         }
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
@@ -171,8 +205,15 @@ impl Verifier {
                 cache.remove(&victim);
             }
         }
-        let until = Instant::now() + key.cache_ttl;
-        cache.insert(key_id, Entry { digest, key, until });
+        let until = Instant::now() + ttl;
+        cache.insert(
+            key_id,
+            Entry {
+                digest,
+                answer,
+                until,
+            },
+        );
         metrics::gauge!("keyward_ingestor_cache_entries").set(cache.len() as f64);
     }
 

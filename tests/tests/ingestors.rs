@@ -300,7 +300,20 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
         .unwrap();
     assert!(m.contains("keyward_ingest_total"), "{m}");
     assert!(m.contains("keyward_revocation_propagation_seconds"), "{m}");
-    drop((a, b));
+
+    // Neither the caller's key nor the node's own verifier key is logged.
+    for mut node in [a, b] {
+        node.signal("TERM");
+        assert!(
+            node.exit_status(Duration::from_secs(15)).await.success(),
+            "SIGTERM exits 0"
+        );
+        let log = node.stderr_text().await;
+        assert!(log.contains("revocation applied"), "{log}");
+        for secret in [secret.as_str(), sys.verifier_key.as_str(), "guest:guest"] {
+            assert!(!log.contains(secret), "a secret in the ingestor's log");
+        }
+    }
     sys.cleanup().await;
 }
 
@@ -502,8 +515,20 @@ async fn the_library_verifier_coalesces_caches_and_honours_expiry() {
     );
     assert!(!verifier.cached(parsed.key_id()));
 
-    // Expiry is checked on every hit, without the API.
+    // A revoked key hammered afterwards costs one call, then none.
     verifier.set_trusted(true);
+    sys.revoke(&parsed.key_id().to_string()).await;
+    verifier.evict(parsed.key_id());
+    let calls = verifier.api_calls();
+    for _ in 0..5 {
+        assert_eq!(
+            verifier.verify(&secret).await,
+            Verdict::Invalid("revoked".into())
+        );
+    }
+    assert_eq!(verifier.api_calls(), calls + 1);
+
+    // Expiry is checked on every hit, without the API.
     let expires = chrono::Utc::now() + chrono::Duration::seconds(2);
     let created = sys
         .admin(
