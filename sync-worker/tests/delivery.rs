@@ -604,3 +604,32 @@ async fn housekeeping_reports_the_outbox_and_purges_delivered_history() {
     assert_eq!(key.revocation.unwrap().state, RevocationState::Pending);
     broker.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_worker_rides_out_a_database_outage_without_restarting() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let mut queue = broker
+        .bind("all", "key.revoked.#", FieldTable::default())
+        .await;
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &["--poll-interval-ms", "200"]);
+    let before = revocations(store.as_ref(), "acme", 2).await;
+    let seen = collect_revocations(&mut queue, 2, Duration::from_secs(10)).await;
+    assert_eq!(distinct(&seen).len(), before.len());
+
+    // The database goes away (its connections cut, new ones refused) and
+    // comes back: the worker's pool and its LISTEN connection recover.
+    assert!(db.set_reachable(false).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(db.set_reachable(true).await);
+    let after = revocations(store.as_ref(), "acme", 3).await;
+    let seen = collect_revocations(&mut queue, 3, Duration::from_secs(15)).await;
+    let expected: HashSet<String> = after.iter().map(|(_, e)| e.to_string()).collect();
+    assert_eq!(distinct(&seen), expected);
+    eventually("settled", Duration::from_secs(10), || {
+        outbox_settled(store.as_ref())
+    })
+    .await;
+    worker.stop().await;
+    broker.cleanup().await;
+}
