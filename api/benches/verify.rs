@@ -290,10 +290,53 @@ fn over_http() {
                 println!("wrk {name}: {rps:.0} req/s, p50 {p50}, p99 {p99} ({CONNECTIONS} connections, 2 threads, {LOAD_SECONDS} s)");
             }
             println!("wrk verify / healthz throughput: {:.0}%", 100.0 * v.0 / h.0);
+            let floor = floor_server();
+            let f = run_wrk(&format!("{floor}/api/v1/verify"), Some(&lua));
+            println!(
+                "wrk HTTP floor (same middleware, body parsing and answer size, no verification): \
+                 {:.0} req/s, p99 {}: {:.0}% of healthz; verify reaches {:.0}% of the floor",
+                f.0, f.2, 100.0 * f.0 / h.0, 100.0 * v.0 / f.0
+            );
         } else {
             println!("(wrk not installed: skipped the external-load run)");
         }
     });
+}
+
+/// What any verify-shaped request costs this HTTP stack: a server with the
+/// API's request middleware and JSON body reading that answers a
+/// verify-sized document without verifying anything. Verify can at best
+/// reach this; the gap between the two is the verification itself.
+fn floor_server() -> String {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    use keyward_api::error::ApiError;
+    use keyward_api::routes::keys::ApiKeyBody;
+
+    async fn answer(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+        let body: ApiKeyBody = keyward_api::extract::read_json(&req, payload).await?;
+        Ok(HttpResponse::Ok().json(serde_json::json!({
+            "valid": true, "tenantId": "acme", "keyId": body.api_key.get(3..29),
+            "roles": ["shippers"],
+            "privileges": [{"privilege": "ingestor", "resource": {"stream": "clicks-*"}}],
+            "expiresAt": null, "cacheTtlSeconds": 60,
+        })))
+    }
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(|| {
+        App::new()
+            .wrap(actix_web::middleware::from_fn(
+                keyward_api::observe::observe,
+            ))
+            .route("/api/v1/verify", web::post().to(answer))
+    })
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    format!("http://127.0.0.1:{port}")
 }
 
 fn wrk_available() -> Option<tempfile::TempDir> {
