@@ -27,6 +27,15 @@ pub enum PrincipalId {
     Key(KeyId),
 }
 
+impl std::fmt::Display for PrincipalId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(u) => write!(f, "{u}"),
+            Self::Key(k) => write!(f, "apikey:{k}"),
+        }
+    }
+}
+
 /// An authenticated caller with its effective roles as of this request.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -42,10 +51,7 @@ impl Principal {
     /// How the principal is named in `createdBy`/`revokedBy`: a username,
     /// or `apikey:{keyId}`.
     pub fn name(&self) -> String {
-        match &self.id {
-            PrincipalId::User(u) => u.to_string(),
-            PrincipalId::Key(k) => format!("apikey:{k}"),
-        }
+        self.id.to_string()
     }
 
     pub fn require_superadmin(&self) -> ApiResult<()> {
@@ -102,7 +108,7 @@ fn principal_of(
         let state = state.ok_or_else(|| ApiError::new(Code::Internal))?;
         let authorization = authorization.ok_or_else(|| unauthenticated("Missing credentials."))?;
         let principal = authenticate_with(&state, &authorization, cached_key_permissions).await?;
-        tracing::Span::current().record("principal", tracing::field::display(principal.name()));
+        tracing::Span::current().record("principal", tracing::field::display(&principal.id));
         Ok(principal)
     }
 }

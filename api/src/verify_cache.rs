@@ -169,15 +169,32 @@ impl FailureLimiter {
 }
 
 /// `lastUsedAt` kept in memory and written in batches by a background task:
-/// the hot path never waits for a write.
-#[derive(Default)]
+/// the hot path never waits for a write. Sharded by key id so that worker
+/// threads recording different keys rarely meet on one lock.
 pub struct UsageRecorder {
-    pending: std::sync::Mutex<HashMap<KeyId, DateTime<Utc>>>,
+    shards: Vec<std::sync::Mutex<HashMap<KeyId, DateTime<Utc>>>>,
+}
+
+const USAGE_SHARDS: usize = 16;
+
+impl Default for UsageRecorder {
+    fn default() -> Self {
+        Self {
+            shards: (0..USAGE_SHARDS).map(|_| Default::default()).collect(),
+        }
+    }
 }
 
 impl UsageRecorder {
+    fn shard(&self, key_id: KeyId) -> &std::sync::Mutex<HashMap<KeyId, DateTime<Utc>>> {
+        use std::hash::{BuildHasher, RandomState};
+        static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let hash = HASHER.get_or_init(RandomState::new).hash_one(key_id);
+        &self.shards[(hash as usize) % USAGE_SHARDS]
+    }
+
     pub fn record(&self, key_id: KeyId, at: DateTime<Utc>) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.shard(key_id).lock().unwrap_or_else(|p| p.into_inner());
         let slot = pending.entry(key_id).or_insert(at);
         if *slot < at {
             *slot = at;
@@ -185,8 +202,12 @@ impl UsageRecorder {
     }
 
     pub fn take(&self) -> Vec<(KeyId, DateTime<Utc>)> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.drain().collect()
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let mut pending = shard.lock().unwrap_or_else(|p| p.into_inner());
+            all.extend(pending.drain());
+        }
+        all
     }
 }
 
