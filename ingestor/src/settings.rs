@@ -84,8 +84,9 @@ fn parse_binding(value: &str) -> Result<String, String> {
 fn parse_http_url(value: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
-        "http" | "https" if url.host_str().is_some() => Ok(url),
-        _ => Err("must be an http:// or https:// URL with a host".into()),
+        "http" if url.host_str().is_some() => Ok(url),
+        "https" => Err("https:// needs a build with TLS support, which this one lacks".into()),
+        _ => Err("must be an http:// URL with a host".into()),
     }
 }
 
@@ -143,6 +144,10 @@ mod tests {
         let e = keyward_core::config::one_line(&e);
         assert!(!e.contains("not-a-key"), "{e}");
         assert!(parse(&["--api-url", "ftp://x"]).is_err());
+        assert!(
+            parse(&["--api-url", "https://x"]).is_err(),
+            "no TLS in this build"
+        );
         assert!(parse(&["--ingestor-id", "a b"]).is_err());
         assert!(parse(&["--binding", "key.revoked.acme"]).is_ok());
         assert!(parse(&["--binding", "key.#"]).is_err());
