@@ -152,30 +152,12 @@ fn count(verdict: Verdict, cache: &'static str) -> Verdict {
         Verdict::Invalid(InvalidReason::Expired) => "expired",
         Verdict::Invalid(InvalidReason::Malformed) => "malformed",
     };
-    counter(result, cache).increment(1);
+    keyward_core::telemetry::counter(
+        "keyward_verify_total",
+        &[("result", result), ("cache", cache)],
+    )
+    .increment(1);
     verdict
-}
-
-thread_local! {
-    /// `keyward_verify_total` handles by (result, cache): a registry lookup
-    /// per verify showed in the hot path's profile.
-    static COUNTERS: std::cell::RefCell<Vec<(&'static str, &'static str, metrics::Counter)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn counter(result: &'static str, cache: &'static str) -> metrics::Counter {
-    COUNTERS.with(|cell| {
-        let mut counters = cell.borrow_mut();
-        if let Some((_, _, c)) = counters
-            .iter()
-            .find(|(r, k, _)| *r == result && *k == cache)
-        {
-            return c.clone();
-        }
-        let c = metrics::counter!("keyward_verify_total", "result" => result, "cache" => cache);
-        counters.push((result, cache, c.clone()));
-        c
-    })
 }
 
 /// Background work of the verifier: batched `lastUsedAt` writes every

@@ -56,6 +56,43 @@ pub fn metrics() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+thread_local! {
+    /// Counter handles by name and labels, for `counter`.
+    static COUNTERS: std::cell::RefCell<Vec<CachedCounter>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct CachedCounter {
+    name: &'static str,
+    labels: Vec<(&'static str, &'static str)>,
+    handle: metrics::Counter,
+}
+
+/// A counter whose labels are fixed strings, for hot paths: the handle is
+/// looked up in the registry once per thread, not on every increment
+/// (label building and hashing showed in the verify path's profile).
+/// A handle taken before the process installs its recorder (`metrics()`,
+/// or an embedding service's own) stays a no-op on that thread: install first.
+pub fn counter(name: &'static str, labels: &[(&'static str, &'static str)]) -> metrics::Counter {
+    COUNTERS.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if let Some(c) = cached.iter().find(|c| c.name == name && c.labels == labels) {
+            return c.handle.clone();
+        }
+        let owned: Vec<metrics::Label> = labels
+            .iter()
+            .map(|&(k, v)| metrics::Label::from_static_parts(k, v))
+            .collect();
+        let handle = metrics::counter!(name, owned);
+        cached.push(CachedCounter {
+            name,
+            labels: labels.to_vec(),
+            handle: handle.clone(),
+        });
+        handle
+    })
+}
+
 /// The Prometheus text exposition of every metric recorded so far.
 pub fn render_metrics() -> String {
     metrics().map(PrometheusHandle::render).unwrap_or_default()

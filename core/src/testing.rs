@@ -170,28 +170,38 @@ pub async fn ensure_tenant(store: &dyn Store, tenant: &str) -> crate::ids::Tenan
     tenant
 }
 
-/// An active key without roles whose hash is a placeholder: for the
-/// outbox, never for verification.
+/// A new key named `name` holding `roles`, created by `admin`, whose hash
+/// is a placeholder: for store and outbox tests, never for verification.
+pub fn placeholder_new_key(
+    tenant: &crate::ids::TenantId,
+    name: &str,
+    roles: &[crate::ids::RoleName],
+) -> crate::store::NewApiKey {
+    let key_id = crate::ids::KeyId::new();
+    crate::store::NewApiKey {
+        key_id,
+        tenant_id: tenant.clone(),
+        name: crate::ids::KeyName::parse(name).expect("key name"),
+        roles: roles.to_vec(),
+        start: format!("kw_{key_id}_abcd"),
+        secret_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        created_by: "admin".into(),
+        created_at: chrono::Utc::now(),
+        expires_at: None,
+    }
+}
+
+/// An active placeholder key without roles, stored; its id.
 pub async fn placeholder_key(
     store: &dyn Store,
     tenant: &crate::ids::TenantId,
 ) -> crate::ids::KeyId {
-    use crate::ids::{KeyId, KeyName};
-    let key_id = KeyId::new();
-    let now = chrono::Utc::now();
-    let key = crate::store::NewApiKey {
-        key_id,
-        tenant_id: tenant.clone(),
-        name: KeyName::parse(&format!("k-{key_id}")).expect("key name"),
-        roles: Vec::new(),
-        start: format!("kw_{key_id}"),
-        secret_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
-        created_by: "test".into(),
-        created_at: now,
-        expires_at: None,
-    };
-    store.create_key(&key, now).await.expect("create key");
-    key_id
+    let key = placeholder_new_key(tenant, &format!("k-{}", ulid::Ulid::generate()), &[]);
+    store
+        .create_key(&key, key.created_at)
+        .await
+        .expect("create key");
+    key.key_id
 }
 
 /// Creates `tenant` (if new) and `n` placeholder keys in it, revokes each,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use keyward_core::ids::{EventId, GroupName, KeyId, KeyName, RoleName, TenantId, Username};
+use keyward_core::ids::{EventId, GroupName, KeyId, RoleName, TenantId, Username};
 use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
 use keyward_core::rbac::{Grant, Permissions};
 use keyward_core::store::*;
@@ -58,18 +58,7 @@ async fn role(s: &S, tenant: &TenantId, name: &str, privileges: Vec<Privilege>) 
 }
 
 fn new_key(tenant: &TenantId, name: &str, roles: &[RoleName]) -> NewApiKey {
-    let key_id = KeyId::new();
-    NewApiKey {
-        key_id,
-        tenant_id: tenant.clone(),
-        name: KeyName::parse(name).unwrap(),
-        roles: roles.to_vec(),
-        start: format!("kw_{key_id}_abcd"),
-        secret_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
-        created_by: "admin".into(),
-        created_at: now(),
-        expires_at: None,
-    }
+    keyward_core::testing::placeholder_new_key(tenant, name, roles)
 }
 
 async fn key(s: &S, tenant: &TenantId, name: &str, roles: &[RoleName]) -> ApiKey {

@@ -94,13 +94,14 @@ async fn ingest(
             }
         }
     }
-    metrics::counter!("keyward_ingest_total", "result" => "accepted").increment(1);
+    keyward_core::telemetry::counter("keyward_ingest_total", &[("result", "accepted")])
+        .increment(1);
     HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "bytes": size}))
 }
 
 /// An error answer in the API's shape (API.md §9), counted by code.
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
-    metrics::counter!("keyward_ingest_total", "result" => code).increment(1);
+    keyward_core::telemetry::counter("keyward_ingest_total", &[("result", code)]).increment(1);
     let request_id = ulid::Ulid::generate().to_string();
     let mut res = HttpResponse::build(status);
     res.insert_header(("X-Request-Id", request_id.as_str()));

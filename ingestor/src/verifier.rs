@@ -257,8 +257,11 @@ impl Verifier {
             Verdict::Invalid(_) => "invalid",
             Verdict::Unavailable => "unavailable",
         };
-        metrics::counter!("keyward_ingestor_verify_total", "result" => result, "cache" => cache)
-            .increment(1);
+        keyward_core::telemetry::counter(
+            "keyward_ingestor_verify_total",
+            &[("result", result), ("cache", cache)],
+        )
+        .increment(1);
         verdict
     }
 }
