@@ -19,6 +19,7 @@ use keyward_core::rbac::Permissions;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
 use crate::verify::{InvalidReason, Verdict};
+use crate::verify_cache::{Filled, ProvenUser};
 
 /// Who a principal is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +184,11 @@ async fn authenticate_with(
     }
 }
 
+/// A password proven within the cache TTL is answered from memory (admin
+/// tooling pays one argon2 proof a minute, not one a request); otherwise
+/// argon2 on the bounded pool (`503` when it is full), then the user's
+/// grants, remembered unless the user, its roles or its tenant's RBAC
+/// changed while they were read.
 async fn basic(state: &AppState, credentials: &str) -> ApiResult<Principal> {
     let bad = || unauthenticated("Invalid username or password.");
     let decoded = base64::engine::general_purpose::STANDARD
@@ -190,26 +196,61 @@ async fn basic(state: &AppState, credentials: &str) -> ApiResult<Principal> {
         .map_err(|_| bad())?;
     let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
     let (username, password) = decoded.split_once(':').ok_or_else(bad)?;
+    let proof = proof_digest(&state.proof_key, username, password);
+    if let Some(proven) = state.proven.get(&proof) {
+        return Ok(Principal {
+            id: PrincipalId::User(proven.value.username.clone()),
+            permissions: Arc::clone(&proven.value.permissions),
+        });
+    }
+    let filled = state.generations.snapshot();
     let found = match Username::parse(username) {
         Ok(u) => state.store.user_credentials(&u).await?,
         Err(_) => None,
     };
     let Some(user) = found else {
         // Same cost as a wrong password: no username oracle by timing.
-        state.hasher.verify(password, &state.dummy_hash).await?;
+        state.passwords.verify(password, &state.dummy_hash).await?;
         return Err(bad());
     };
-    if !state.hasher.verify(password, &user.password_hash).await? {
+    if !state
+        .passwords
+        .verify(password, &user.password_hash)
+        .await?
+    {
         return Err(bad());
     }
     let grants = state
         .store
         .user_grants(&user.tenant_id, &user.username)
         .await?;
+    state.gates.user.pass().await;
+    let permissions = Arc::new(Permissions::from_grants(user.tenant_id, grants));
+    state.proven.insert(
+        proof,
+        Arc::new(Filled {
+            value: ProvenUser {
+                username: user.username.clone(),
+                permissions: Arc::clone(&permissions),
+            },
+            filled,
+        }),
+    );
     Ok(Principal {
         id: PrincipalId::User(user.username),
-        permissions: Arc::new(Permissions::from_grants(user.tenant_id, grants)),
+        permissions,
     })
+}
+
+/// Keyed by a per-process random key: the cache holds no password and no
+/// digest anyone could test guesses against offline.
+fn proof_digest(key: &[u8; 32], username: &str, password: &str) -> blake3::Hash {
+    let mut h = blake3::Hasher::new_keyed(key);
+    // The length first: "ab"+"c" and "a"+"bc" must not collide.
+    h.update(&(username.len() as u64).to_le_bytes());
+    h.update(username.as_bytes());
+    h.update(password.as_bytes());
+    h.finalize()
 }
 
 /// Identity from the shared verification path (fast after the first

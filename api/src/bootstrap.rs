@@ -1,7 +1,7 @@
 //! The first `admin` of an empty database (API.md §1).
 
-use keyward_core::hashing::SecretHasher;
 use keyward_core::ids::{Password, RoleName, TenantId, Username};
+use keyward_core::password::PasswordHasher;
 use keyward_core::store::{NewUser, Store};
 
 pub const ADMIN_USERNAME: &str = "admin";
@@ -11,7 +11,7 @@ pub const ADMIN_USERNAME: &str = "admin";
 /// printed once to stderr: it is the only way to learn it.
 pub async fn bootstrap_admin(
     store: &dyn Store,
-    hasher: &SecretHasher,
+    hasher: &PasswordHasher,
     configured: Option<&Password>,
 ) -> anyhow::Result<bool> {
     let generated;

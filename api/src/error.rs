@@ -271,9 +271,13 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<keyward_core::hashing::HashError> for ApiError {
-    fn from(e: keyward_core::hashing::HashError) -> Self {
-        Self::internal(e)
+impl From<keyward_core::password::HashError> for ApiError {
+    fn from(e: keyward_core::password::HashError) -> Self {
+        match e {
+            // Every password thread busy and the queue full: try again.
+            keyward_core::password::HashError::Busy => Self::unavailable(e),
+            e => Self::internal(e),
+        }
     }
 }
 

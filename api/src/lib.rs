@@ -6,6 +6,8 @@ pub mod auth;
 pub mod bootstrap;
 pub mod error;
 pub mod extract;
+pub mod fill_gate;
+pub mod generations;
 pub mod metrics;
 pub mod observe;
 pub mod request_id;

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use keyward_core::config::{DatabaseSettings, LogSettings};
-use keyward_core::hashing::Argon2Settings;
 use keyward_core::ids::Password;
+use keyward_core::password::Argon2Settings;
 use keyward_core::token::KeyPrefix;
 
 #[derive(Debug, clap::Parser)]
@@ -52,8 +52,37 @@ pub struct Settings {
     #[arg(long = "ingestor-liveness-seconds", env = "KEYWARD_INGESTOR_LIVENESS_SECONDS",
           default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub ingestor_liveness_seconds: u64,
+    /// How long a proven key (verify, Bearer) or password (Basic) is
+    /// answered from memory, and the `cacheTtlSeconds` ingestors are told;
+    /// 0 caches nothing. Changes evict at once; this bounds the rest.
+    #[arg(long = "verify-cache-ttl-seconds", env = "KEYWARD_VERIFY_CACHE_TTL_SECONDS",
+          default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub verify_cache_ttl_seconds: u64,
+    /// How many keys the verify cache holds (and, separately, how many
+    /// proven passwords).
+    #[arg(long = "verify-cache-capacity", env = "KEYWARD_VERIFY_CACHE_CAPACITY",
+          default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub verify_cache_capacity: u64,
     #[command(flatten)]
     pub log: LogSettings,
+}
+
+impl Settings {
+    /// Every setting at its default, on `database_url` and a free port:
+    /// what tests and benchmarks start in-process.
+    pub fn local(database_url: keyward_core::config::DatabaseUrl) -> Self {
+        Self {
+            database: DatabaseSettings { database_url },
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_password: None,
+            key_prefix: KeyPrefix::default(),
+            argon2: Argon2Settings::default(),
+            ingestor_liveness_seconds: 30,
+            verify_cache_ttl_seconds: 60,
+            verify_cache_capacity: 100_000,
+            log: LogSettings::default(),
+        }
+    }
 }
 
 fn parse_password(value: &str) -> Result<Password, String> {
@@ -86,6 +115,13 @@ mod tests {
             "sqlite://keyward.db?mode=rwc"
         );
         assert_eq!(cli.settings.key_prefix.as_str(), "kw");
+        assert_eq!(cli.settings.verify_cache_ttl_seconds, 60);
+        assert_eq!(cli.settings.verify_cache_capacity, 100_000);
+        let local = Settings::local(cli.settings.database.database_url.clone());
+        assert_eq!(
+            (local.verify_cache_ttl_seconds, local.argon2),
+            (60, cli.settings.argon2)
+        );
     }
 
     #[test]

@@ -3,21 +3,20 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use keyward_core::hashing::SecretHasher;
+use keyward_core::password::PasswordHasher;
 use keyward_core::store::{self, Store};
 
 use crate::bootstrap::bootstrap_admin;
+use crate::fill_gate::FillGates;
+use crate::generations::Generations;
 use crate::verify::Verifier;
+use crate::verify_cache::{KeyCache, ProvenPasswords};
 
-/// How long a proven key is answered from memory. Revocation evicts at
-/// once (NOTIFY across replicas); this bounds staleness if a notice is lost.
-pub const VERIFY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-/// How many keys the verify cache holds.
-pub const VERIFY_CACHE_CAPACITY: usize = 100_000;
 use crate::settings::Settings;
 use crate::state::AppState;
 use crate::{extract, observe, routes};
@@ -25,12 +24,14 @@ use crate::{extract, observe, routes};
 pub struct Application {
     server: Server,
     port: u16,
+    gates: Arc<FillGates>,
+    generations: Arc<Generations>,
 }
 
 impl Application {
     /// Opens the store, migrates, bootstraps the first admin and binds.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let hasher = SecretHasher::new(settings.argon2).context("argon2 settings")?;
+        let hasher = PasswordHasher::new(settings.argon2).context("argon2 settings")?;
         let store = open_store(&settings).await?;
         bootstrap_admin(store.as_ref(), &hasher, settings.admin_password.as_ref())
             .await
@@ -40,16 +41,30 @@ impl Application {
         let port = listener.local_addr()?.port();
         keyward_core::telemetry::metrics();
         let dummy_hash = hasher.hash(&ulid::Ulid::generate().to_string()).await?;
+        let generations = Arc::new(Generations::default());
+        let gates = Arc::new(FillGates::default());
+        let ttl = Duration::from_secs(settings.verify_cache_ttl_seconds);
+        let capacity = settings.verify_cache_capacity;
         let verifier = Arc::new(Verifier::new(
             Arc::clone(&store),
             hasher.clone(),
-            VERIFY_CACHE_TTL,
-            VERIFY_CACHE_CAPACITY,
+            KeyCache::new(capacity, ttl, Arc::clone(&generations)),
+            Arc::clone(&generations),
+            Arc::clone(&gates),
         ));
-        crate::verify::spawn_background(Arc::clone(&verifier), Arc::clone(&store));
+        crate::verify::spawn_background(
+            Arc::clone(&verifier),
+            Arc::clone(&generations),
+            Arc::clone(&store),
+        );
+        let handle = Arc::clone(&generations);
         let state = web::Data::new(AppState {
             store,
-            hasher,
+            passwords: hasher,
+            proven: ProvenPasswords::new(capacity, ttl, Arc::clone(&generations)),
+            proof_key: random_key(),
+            generations,
+            gates: Arc::clone(&gates),
             verifier,
             key_prefix: settings.key_prefix.clone(),
             dummy_hash,
@@ -76,11 +91,27 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "keyward-api listening");
-        Ok(Self { server, port })
+        Ok(Self {
+            server,
+            port,
+            gates,
+            generations: handle,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The caches' fill gates, for concurrency tests.
+    pub fn fill_gates(&self) -> Arc<FillGates> {
+        Arc::clone(&self.gates)
+    }
+
+    /// The caches' generations, for concurrency tests (has this replica
+    /// heard a change yet?).
+    pub fn generations(&self) -> Arc<Generations> {
+        Arc::clone(&self.generations)
     }
 
     /// Serves until SIGTERM/SIGINT, then drains in-flight requests.
@@ -101,4 +132,14 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         })?;
     store.migrate().await.context("migrating the database")?;
     Ok(store)
+}
+
+/// 32 bytes from the OS CSPRNG. Without one, a fixed key still keeps
+/// passwords out of memory; it only loses per-process unpredictability.
+fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    if getrandom::fill(&mut key).is_err() {
+        tracing::warn!("no OS randomness for the proven-password cache key");
+    }
+    key
 }

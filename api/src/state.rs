@@ -2,15 +2,25 @@
 
 use std::sync::Arc;
 
-use keyward_core::hashing::SecretHasher;
+use keyward_core::password::PasswordHasher;
 use keyward_core::store::Store;
 use keyward_core::token::KeyPrefix;
 
+use crate::generations::Generations;
 use crate::verify::Verifier;
+use crate::verify_cache::ProvenPasswords;
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub hasher: SecretHasher,
+    /// argon2id for user passwords, on its bounded pool.
+    pub passwords: PasswordHasher,
+    /// Users whose password was proven recently (Basic auth), keyed by a
+    /// digest under `proof_key`, random per process.
+    pub proven: ProvenPasswords,
+    pub proof_key: [u8; 32],
+    /// Bumped after every change a cached answer may depend on.
+    pub generations: Arc<Generations>,
+    pub gates: Arc<crate::fill_gate::FillGates>,
     pub key_prefix: KeyPrefix,
     /// A hash of a random secret, verified against when a username is
     /// unknown, so a wrong username costs the same time as a wrong password.

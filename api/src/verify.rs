@@ -1,20 +1,28 @@
 //! The one verification path behind Bearer authentication, `validate` and
 //! `verify`: token shape and checksum (no I/O) → verify cache → on a miss,
-//! the key row by primary key and an argon2 proof on the blocking pool.
+//! one store read per key id however many requests wait for it (single
+//! flight), the SHA-256 digest compared in constant time, and the answer
+//! cached unless the key or its tenant changed while it was read.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyward_core::hashing::SecretHasher;
+use keyward_core::digest::{KeyDigest, StoredSecret};
 use keyward_core::ids::KeyId;
+use keyward_core::password::PasswordHasher;
 use keyward_core::rbac::Permissions;
-use keyward_core::store::{KeyChange, Store};
+use keyward_core::single_flight::SingleFlight;
+use keyward_core::store::{KeyChange, Store, StoreError};
 use keyward_core::token::ApiKeyToken;
 use serde::Serialize;
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::verify_cache::{CacheEntry, FailureLimiter, UsageRecorder, VerifyCache};
+use crate::fill_gate::FillGates;
+use crate::generations::{Generations, Scope};
+use crate::verify_cache::{
+    DependsOn, Filled, KeyCache, KeyEntry, KeyState, UsageRecorder, is_current,
+};
 
 /// How often remembered uses are written. `lastUsedAt` is at most this
 /// stale; each flush costs one UPDATE per key used since the last one.
@@ -43,26 +51,68 @@ pub enum Verdict {
     Invalid(InvalidReason),
 }
 
+/// What one store read found: the key's row (`None`: no such key), with
+/// the snapshot taken before the read.
+type Read = Arc<Filled<Option<KeyRow>>>;
+
+struct KeyRow {
+    secret_hash: String,
+    state: KeyState,
+}
+
+impl DependsOn<KeyId> for Option<KeyRow> {
+    fn scopes<'a>(&'a self, key: &'a KeyId) -> [Scope<'a>; 2] {
+        match self {
+            Some(row) => [Scope::Key(*key), Scope::Tenant(row.state.tenant())],
+            // No such key: only its own creation could change that.
+            None => [Scope::Key(*key), Scope::Key(*key)],
+        }
+    }
+}
+
+/// A failed read as every waiter of a flight sees it; the leader logged
+/// the cause.
+#[derive(Debug, Clone, Copy)]
+enum ReadFailed {
+    Unavailable,
+    Internal,
+}
+
+impl From<ReadFailed> for ApiError {
+    fn from(e: ReadFailed) -> Self {
+        match e {
+            ReadFailed::Unavailable => ApiError::new(Code::Unavailable),
+            ReadFailed::Internal => ApiError::new(Code::Internal),
+        }
+    }
+}
+
 pub struct Verifier {
-    store: Arc<dyn Store>,
-    hasher: SecretHasher,
-    pub cache: VerifyCache,
-    limiter: FailureLimiter,
+    reader: Reader,
+    /// Only for keys still stored as argon2id by an earlier version.
+    passwords: PasswordHasher,
+    pub cache: KeyCache,
+    flights: SingleFlight<KeyId, Result<Read, ReadFailed>>,
     usage: UsageRecorder,
 }
 
 impl Verifier {
     pub fn new(
         store: Arc<dyn Store>,
-        hasher: SecretHasher,
-        ttl: Duration,
-        capacity: usize,
+        passwords: PasswordHasher,
+        cache: KeyCache,
+        generations: Arc<Generations>,
+        gates: Arc<FillGates>,
     ) -> Self {
         Self {
-            store,
-            hasher,
-            cache: VerifyCache::new(capacity, ttl),
-            limiter: FailureLimiter::new(10, Duration::from_secs(60)),
+            reader: Reader {
+                store,
+                generations,
+                gates,
+            },
+            passwords,
+            cache,
+            flights: SingleFlight::default(),
             usage: UsageRecorder::default(),
         }
     }
@@ -72,52 +122,107 @@ impl Verifier {
             return Ok(count(Verdict::Invalid(InvalidReason::Malformed), "none"));
         };
         let key_id = token.key_id();
-        let digest = self.cache.digest(token.expose_secret());
-        if let Some(entry) = self.cache.get(key_id) {
-            // One key has one secret: a different digest is a wrong secret.
-            let verdict = if entry.digest == digest {
-                self.judge(key_id, &entry)
-            } else {
-                Verdict::Invalid(InvalidReason::Unknown)
-            };
+        let offered = KeyDigest::of(token.expose_secret());
+        if let Some(entry) = self.cache.get(&key_id) {
+            let verdict = self.judge(key_id, &entry.value.digest, &entry.value.state, &offered);
             return Ok(count(verdict, "hit"));
         }
-        if self.limiter.is_blocked(key_id) {
-            metrics::counter!("keyward_verify_total", "result" => "rate_limited", "cache" => "miss")
-                .increment(1);
-            return Err(ApiError::new(Code::RateLimited));
+        let reader = self.reader.clone();
+        let mut read = self
+            .flights
+            .run(key_id, move || reader.read(key_id))
+            .await?;
+        if !self.reader.is_current(key_id, &read) {
+            // The flight began before a change of this key or its tenant
+            // and this request may have come after that change's commit:
+            // read again rather than answer from before it.
+            read = self.reader.clone().read(key_id).await?;
         }
-        let Some(creds) = self.store.key_credentials(key_id).await? else {
+        let Some(row) = &read.value else {
             return Ok(count(Verdict::Invalid(InvalidReason::Unknown), "miss"));
         };
-        if !self
-            .hasher
-            .verify(token.expose_secret(), &creds.secret_hash)
-            .await?
-        {
-            self.limiter.record_failure(key_id);
-            return Ok(count(Verdict::Invalid(InvalidReason::Unknown), "miss"));
-        }
-        let permissions = Permissions::from_grants(creds.tenant_id, creds.grants);
-        let entry = CacheEntry::new(digest, creds.active, creds.expires_at, permissions);
-        self.cache.insert(key_id, entry.clone());
-        Ok(count(self.judge(key_id, &entry), "miss"))
+        let verdict = match StoredSecret::classify(&row.secret_hash) {
+            StoredSecret::Sha256(stored) => {
+                self.remember(key_id, stored, &read);
+                self.judge(key_id, &stored, &row.state, &offered)
+            }
+            StoredSecret::Argon2(phc) => {
+                if self.prove_legacy(key_id, &token, phc).await? {
+                    self.remember(key_id, offered, &read);
+                    self.judge(key_id, &offered, &row.state, &offered)
+                } else {
+                    Verdict::Invalid(InvalidReason::Unknown)
+                }
+            }
+            StoredSecret::Unreadable => {
+                tracing::error!(key_id = %key_id, "stored secret hash is unreadable");
+                Verdict::Invalid(InvalidReason::Unknown)
+            }
+        };
+        Ok(count(verdict, "miss"))
     }
 
-    /// Status and expiry at this moment; a valid use is remembered.
-    fn judge(&self, key_id: KeyId, entry: &CacheEntry) -> Verdict {
+    /// Caches what a read found; the cache refuses it if the key or its
+    /// tenant changed since the read's snapshot.
+    fn remember(&self, key_id: KeyId, digest: KeyDigest, read: &Read) {
+        let Some(row) = &read.value else { return };
+        let entry = KeyEntry {
+            digest,
+            state: row.state.clone(),
+        };
+        self.cache.insert(
+            key_id,
+            Arc::new(Filled {
+                value: entry,
+                filled: read.filled,
+            }),
+        );
+    }
+
+    /// A key written as argon2id by an earlier version: proven on the
+    /// password pool, then stored as its SHA-256 digest.
+    async fn prove_legacy(&self, key_id: KeyId, token: &ApiKeyToken, phc: &str) -> ApiResult<bool> {
+        if !self.passwords.verify(token.expose_secret(), phc).await? {
+            return Ok(false);
+        }
+        let digest = KeyDigest::of(token.expose_secret()).encode();
+        if self
+            .reader
+            .store
+            .upgrade_key_hash(key_id, phc, &digest)
+            .await?
+        {
+            tracing::info!(key_id = %key_id, "key hash rewritten as SHA-256");
+        }
+        Ok(true)
+    }
+
+    /// The offered secret against the key's digest, then status and expiry
+    /// at this moment; a valid use is remembered.
+    fn judge(
+        &self,
+        key_id: KeyId,
+        stored: &KeyDigest,
+        state: &KeyState,
+        offered: &KeyDigest,
+    ) -> Verdict {
+        // One key has one secret: another digest is a wrong secret, and
+        // a wrong secret learns nothing about the key's state.
+        if !stored.matches(offered) {
+            return Verdict::Invalid(InvalidReason::Unknown);
+        }
         let now = Utc::now();
-        if !entry.active {
+        if !state.active {
             return Verdict::Invalid(InvalidReason::Revoked);
         }
-        if entry.expires_at.is_some_and(|exp| exp <= now) {
+        if state.expires_at.is_some_and(|exp| exp <= now) {
             return Verdict::Invalid(InvalidReason::Expired);
         }
         self.usage.record(key_id, now);
         Verdict::Valid(VerifiedKey {
             key_id,
-            permissions: Arc::clone(&entry.permissions),
-            expires_at: entry.expires_at,
+            permissions: Arc::clone(&state.permissions),
+            expires_at: state.expires_at,
         })
     }
 
@@ -127,20 +232,65 @@ impl Verifier {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = self.store.record_key_usage(&batch).await {
+        if let Err(e) = self.reader.store.record_key_usage(&batch).await {
             tracing::warn!(error = %keyward_core::store::error::chain(&e), "lastUsedAt not recorded");
             for (key_id, at) in batch {
                 self.usage.record(key_id, at);
             }
         }
     }
+}
 
-    pub fn apply(&self, change: &KeyChange) {
-        match change {
-            KeyChange::Key(id) => self.cache.evict(*id),
-            KeyChange::Tenant(t) => self.cache.evict_tenant(t),
-            KeyChange::Lost => self.cache.clear(),
-        }
+/// Reads a key's row for a fill; owned parts, so that a flight outlives
+/// the request that led it.
+#[derive(Clone)]
+struct Reader {
+    store: Arc<dyn Store>,
+    generations: Arc<Generations>,
+    gates: Arc<FillGates>,
+}
+
+impl Reader {
+    /// Snapshot, then the row by primary key.
+    async fn read(self, key_id: KeyId) -> Result<Read, ReadFailed> {
+        let filled = self.generations.snapshot();
+        metrics::counter!("keyward_verify_store_reads_total").increment(1);
+        let creds = self.store.key_credentials(key_id).await.map_err(|e| {
+            tracing::error!(key_id = %key_id, error = %keyward_core::store::error::chain(&e), "verify read failed");
+            match e {
+                StoreError::Unavailable(_) => ReadFailed::Unavailable,
+                _ => ReadFailed::Internal,
+            }
+        })?;
+        self.gates.key.pass().await;
+        Ok(Arc::new(Filled {
+            value: creds.map(|c| KeyRow {
+                state: KeyState {
+                    active: c.active,
+                    expires_at: c.expires_at,
+                    permissions: Arc::new(Permissions::from_grants(c.tenant_id, c.grants)),
+                },
+                secret_hash: c.secret_hash,
+            }),
+            filled,
+        }))
+    }
+
+    /// Whether no change of the key or its tenant came after the read's
+    /// snapshot.
+    fn is_current(&self, key_id: KeyId, read: &Read) -> bool {
+        is_current(&self.generations, &key_id, read)
+    }
+}
+
+/// Applies a change (local, or heard from another replica) to every cache
+/// that may hold an answer depending on it.
+pub fn apply_change(generations: &Generations, change: &KeyChange) {
+    match change {
+        KeyChange::Key(id) => generations.bump(Scope::Key(*id)),
+        KeyChange::Tenant(t) => generations.bump(Scope::Tenant(t)),
+        KeyChange::User(u) => generations.bump(Scope::User(u)),
+        KeyChange::Lost => generations.bump_all(),
     }
 }
 
@@ -161,28 +311,45 @@ fn count(verdict: Verdict, cache: &'static str) -> Verdict {
 }
 
 /// Background work of the verifier: batched `lastUsedAt` writes every
-/// `USAGE_FLUSH_INTERVAL`, and evictions other replicas announce (PostgreSQL NOTIFY).
-/// Spawned on tokio, not on actix's local set: a `PgListener` must be
-/// dropped inside a tokio context when the server stops.
-pub fn spawn_background(verifier: Arc<Verifier>, store: Arc<dyn Store>) {
-    let flusher = Arc::clone(&verifier);
+/// `USAGE_FLUSH_INTERVAL`, the cache gauge, and the changes other replicas
+/// announce (PostgreSQL NOTIFY). Spawned on tokio, not on actix's local
+/// set: a `PgListener` must be dropped inside a tokio context when the
+/// server stops.
+pub fn spawn_background(
+    verifier: Arc<Verifier>,
+    generations: Arc<Generations>,
+    store: Arc<dyn Store>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(USAGE_FLUSH_INTERVAL);
         loop {
             tick.tick().await;
-            flusher.flush_usage().await;
+            verifier.flush_usage().await;
+            metrics::gauge!("keyward_verify_cache_entries")
+                .set(verifier.cache.entry_count() as f64);
         }
     });
     tokio::spawn(async move {
         loop {
             match store.key_changes().await {
-                Ok(None) => return,
+                // SQLite: one process owns the file; nobody else to hear.
+                Ok(None) => return generations.see(true),
                 Ok(Some(mut feed)) => {
-                    // Whatever happened before we listened is unknown.
-                    verifier.cache.clear();
+                    // Whatever changed before we listened is unknown.
+                    generations.bump_all();
+                    generations.see(true);
                     loop {
                         match feed.next().await {
-                            Ok(change) => verifier.apply(&change),
+                            // Listen anew, so that we know when we hear
+                            // again: what was sent meanwhile is gone.
+                            Ok(KeyChange::Lost) => {
+                                tracing::warn!("key change feed lost its connection");
+                                break;
+                            }
+                            Ok(change) => {
+                                apply_change(&generations, &change);
+                                metrics::counter!("keyward_cache_changes_heard_total").increment(1);
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %keyward_core::store::error::chain(&e), "key change feed lost");
                                 break;
@@ -194,7 +361,9 @@ pub fn spawn_background(verifier: Arc<Verifier>, store: Arc<dyn Store>) {
                     tracing::warn!(error = %keyward_core::store::error::chain(&e), "cannot listen for key changes");
                 }
             }
-            verifier.cache.clear();
+            // Blind until listening again: nothing cached counts meanwhile.
+            generations.see(false);
+            generations.bump_all();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

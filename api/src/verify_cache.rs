@@ -1,70 +1,69 @@
-//! The verify cache: what one argon2 proof established about a key, kept in
-//! memory so later checks of the same secret cost a hash and a map lookup.
-//!
-//! An entry holds a keyed BLAKE3 digest of the proven secret (never the
-//! secret), the key's tenant, status, expiry and effective permissions. The
-//! digest key is random per process, so a memory dump of the cache is no
-//! offline oracle. Entries live at most `ttl`; the map holds at most
-//! `capacity`; revocation and RBAC changes evict.
+//! The API's caches of proven credentials: verified keys (the hot path of
+//! `POST /api/v1/verify` and Bearer authentication) and proven Basic
+//! passwords. Both are [`GuardedCache`]s: bounded (moka: TinyLFU admission,
+//! so a full cache costs no scan), each entry lives at most the TTL, and an
+//! entry counts only while no scope it depends on changed since its fill
+//! began ([`Generations`]): a fill racing a revoke, an RBAC change or a user
+//! change can never leave its pre-change answer behind.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyward_core::ids::{KeyId, TenantId};
+use keyward_core::digest::KeyDigest;
+use keyward_core::ids::{KeyId, TenantId, Username};
 use keyward_core::rbac::Permissions;
 
-#[derive(Clone)]
-pub struct CacheEntry {
-    pub digest: blake3::Hash,
-    pub active: bool,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub permissions: Arc<Permissions>,
-    inserted: Instant,
+use crate::generations::{Generations, Scope, Snapshot};
+
+/// What an entry's truth depends on.
+pub trait DependsOn<K> {
+    fn scopes<'a>(&'a self, key: &'a K) -> [Scope<'a>; 2];
 }
 
-impl CacheEntry {
-    pub fn new(
-        digest: blake3::Hash,
-        active: bool,
-        expires_at: Option<DateTime<Utc>>,
-        permissions: Permissions,
-    ) -> Self {
-        Self {
-            digest,
-            active,
-            expires_at,
-            permissions: Arc::new(permissions),
-            inserted: Instant::now(),
-        }
-    }
-
-    pub fn tenant(&self) -> &TenantId {
-        &self.permissions.tenant
-    }
+/// The generation check, in one place: whether nothing `filled` depends on
+/// changed since its fill's snapshot. Every cache insert, every hit and
+/// every answer shared by a single flight passes here; the concurrency
+/// tests (`api/tests/cache_races.rs`) fail when it always says `true`.
+pub fn is_current<K, V: DependsOn<K>>(
+    generations: &Generations,
+    key: &K,
+    filled: &Filled<V>,
+) -> bool {
+    generations.unchanged_since(filled.filled, &filled.value.scopes(key))
 }
 
-pub struct VerifyCache {
-    entries: RwLock<HashMap<KeyId, CacheEntry>>,
-    capacity: usize,
+/// A value with the snapshot its fill took before reading the store.
+pub struct Filled<V> {
+    pub value: V,
+    pub filled: Snapshot,
+}
+
+pub struct GuardedCache<K, V> {
+    /// `None` when the TTL is zero: nothing is cached.
+    entries: Option<moka::sync::Cache<K, Arc<Filled<V>>>>,
+    generations: Arc<Generations>,
     ttl: Duration,
-    digest_key: [u8; 32],
 }
 
-impl VerifyCache {
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
-        let mut digest_key = [0u8; 32];
-        // Without OS randomness a fixed key still keeps secrets out of
-        // memory; it only loses the per-process unpredictability.
-        if getrandom::fill(&mut digest_key).is_err() {
-            tracing::warn!("no OS randomness for the verify cache key");
-        }
+impl<K, V> GuardedCache<K, V>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: DependsOn<K> + Send + Sync + 'static,
+{
+    pub fn new(capacity: u64, ttl: Duration, generations: Arc<Generations>) -> Self {
+        let entries = (!ttl.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1))
+                .time_to_live(ttl)
+                .build()
+        });
         Self {
-            entries: RwLock::new(HashMap::new()),
-            capacity: capacity.max(1),
+            entries,
+            generations,
             ttl,
-            digest_key,
         }
     }
 
@@ -72,101 +71,91 @@ impl VerifyCache {
         self.ttl
     }
 
-    /// Keyed digest of a secret; `blake3::Hash` compares in constant time.
-    pub fn digest(&self, secret: &str) -> blake3::Hash {
-        blake3::keyed_hash(&self.digest_key, secret.as_bytes())
+    /// The entry for `key` if it is still the truth.
+    pub fn get(&self, key: &K) -> Option<Arc<Filled<V>>> {
+        let entry = self.entries.as_ref()?.get(key)?;
+        self.current(key, &entry).then_some(entry)
     }
 
-    pub fn get(&self, key_id: KeyId) -> Option<CacheEntry> {
-        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(&key_id)
-            .filter(|e| e.inserted.elapsed() < self.ttl)
-            .cloned()
-    }
-
-    pub fn insert(&self, key_id: KeyId, entry: CacheEntry) {
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(&key_id) {
-            let ttl = self.ttl;
-            entries.retain(|_, e| e.inserted.elapsed() < ttl);
-            if entries.len() >= self.capacity {
-                // Still full of live entries: drop one; it costs one argon2.
-                if let Some(victim) = entries.keys().next().copied() {
-                    entries.remove(&victim);
-                }
-            }
+    /// Caches what a fill read, unless a scope it depends on changed since
+    /// the fill's snapshot; `true` when it did.
+    pub fn insert(&self, key: K, entry: Arc<Filled<V>>) -> bool {
+        let Some(entries) = &self.entries else {
+            return false;
+        };
+        if !self.current(&key, &entry) {
+            return false;
         }
-        entries.insert(key_id, entry);
-        metrics::gauge!("keyward_verify_cache_entries").set(entries.len() as f64);
+        entries.insert(key, entry);
+        true
     }
 
-    pub fn evict(&self, key_id: KeyId) {
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        entries.remove(&key_id);
-        metrics::gauge!("keyward_verify_cache_entries").set(entries.len() as f64);
+    pub fn current(&self, key: &K, entry: &Filled<V>) -> bool {
+        is_current(&self.generations, key, entry)
     }
 
-    /// Drops every entry of `tenant`: its roles or groups changed, so any of
-    /// its keys may hold other permissions now.
-    pub fn evict_tenant(&self, tenant: &TenantId) {
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|_, e| e.tenant() != tenant);
-        metrics::gauge!("keyward_verify_cache_entries").set(entries.len() as f64);
+    /// Entries held (approximate, as moka counts them).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.entry_count()
+        })
     }
 
     pub fn clear(&self) {
-        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        entries.clear();
-        metrics::gauge!("keyward_verify_cache_entries").set(0.0);
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.read().map(|e| e.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        if let Some(e) = &self.entries {
+            e.invalidate_all();
+        }
     }
 }
 
-/// Failed argon2 proofs per key id in a sliding minute: past the limit a
-/// cache miss for that key is refused (`429`) instead of burning a core.
-pub struct FailureLimiter {
-    failures: RwLock<HashMap<KeyId, (Instant, u32)>>,
-    limit: u32,
-    window: Duration,
+/// A key's state as the store holds it.
+#[derive(Clone)]
+pub struct KeyState {
+    pub active: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub permissions: Arc<Permissions>,
 }
 
-impl FailureLimiter {
-    pub fn new(limit: u32, window: Duration) -> Self {
-        Self {
-            failures: RwLock::new(HashMap::new()),
-            limit,
-            window,
-        }
-    }
-
-    pub fn is_blocked(&self, key_id: KeyId) -> bool {
-        let failures = self.failures.read().unwrap_or_else(|p| p.into_inner());
-        failures
-            .get(&key_id)
-            .is_some_and(|(since, n)| since.elapsed() < self.window && *n >= self.limit)
-    }
-
-    pub fn record_failure(&self, key_id: KeyId) {
-        let mut failures = self.failures.write().unwrap_or_else(|p| p.into_inner());
-        let window = self.window;
-        if failures.len() > 100_000 {
-            failures.retain(|_, (since, _)| since.elapsed() < window);
-        }
-        let entry = failures.entry(key_id).or_insert((Instant::now(), 0));
-        if entry.0.elapsed() >= window {
-            *entry = (Instant::now(), 0);
-        }
-        entry.1 += 1;
+impl KeyState {
+    pub fn tenant(&self) -> &TenantId {
+        &self.permissions.tenant
     }
 }
+
+/// What the store said about a key: enough to judge any secret offered for
+/// it (one key has one secret: another digest is a wrong secret).
+pub struct KeyEntry {
+    /// The SHA-256 digest the store holds (never the secret).
+    pub digest: KeyDigest,
+    pub state: KeyState,
+}
+
+impl DependsOn<KeyId> for KeyEntry {
+    fn scopes<'a>(&'a self, key: &'a KeyId) -> [Scope<'a>; 2] {
+        [Scope::Key(*key), Scope::Tenant(self.state.tenant())]
+    }
+}
+
+pub type KeyCache = GuardedCache<KeyId, KeyEntry>;
+
+/// A user whose password was proven, keyed by a keyed digest of username
+/// and password together, so a dump of the cache is no offline oracle.
+pub struct ProvenUser {
+    pub username: Username,
+    pub permissions: Arc<Permissions>,
+}
+
+impl DependsOn<blake3::Hash> for ProvenUser {
+    fn scopes<'a>(&'a self, _: &'a blake3::Hash) -> [Scope<'a>; 2] {
+        [
+            Scope::User(&self.username),
+            Scope::Tenant(&self.permissions.tenant),
+        ]
+    }
+}
+
+pub type ProvenPasswords = GuardedCache<blake3::Hash, ProvenUser>;
 
 /// `lastUsedAt` kept in memory and written in batches by a background task:
 /// the hot path never waits for a write. Sharded by key id so that worker
@@ -215,48 +204,49 @@ impl UsageRecorder {
 mod tests {
     use super::*;
 
-    fn entry(cache: &VerifyCache, secret: &str, tenant: &str) -> CacheEntry {
+    fn entry(tenant: &str, filled: Snapshot) -> Arc<Filled<KeyEntry>> {
         let perms = Permissions::from_grants(TenantId::parse(tenant).unwrap(), []);
-        CacheEntry::new(cache.digest(secret), true, None, perms)
+        Arc::new(Filled {
+            value: KeyEntry {
+                digest: KeyDigest::of("s"),
+                state: KeyState {
+                    active: true,
+                    expires_at: None,
+                    permissions: Arc::new(perms),
+                },
+            },
+            filled,
+        })
     }
 
     #[test]
-    fn bounded_ttl_and_evictions() {
-        let cache = VerifyCache::new(2, Duration::from_secs(60));
-        let (a, b, c) = (KeyId::new(), KeyId::new(), KeyId::new());
-        cache.insert(a, entry(&cache, "a", "t1"));
-        cache.insert(b, entry(&cache, "b", "t2"));
-        cache.insert(c, entry(&cache, "c", "t2"));
-        assert_eq!(cache.len(), 2, "bounded");
-        assert!(cache.get(c).is_some());
-        cache.evict_tenant(&TenantId::parse("t2").unwrap());
-        assert!(cache.get(c).is_none());
-        let short = VerifyCache::new(10, Duration::ZERO);
-        short.insert(a, entry(&short, "a", "t1"));
-        assert!(short.get(a).is_none(), "expired by TTL");
+    fn entries_filled_before_a_change_do_not_count() {
+        let g = Arc::new(Generations::default());
+        let cache = KeyCache::new(100, Duration::from_secs(60), Arc::clone(&g));
+        let (a, b) = (KeyId::new(), KeyId::new());
+        let before = g.snapshot();
+        g.bump(Scope::Key(a));
+        assert!(!cache.insert(a, entry("t1", before)), "stale fill refused");
+        assert!(cache.insert(b, entry("t1", before)));
+        assert!(cache.get(&b).is_some());
+        g.bump(Scope::Tenant(&TenantId::parse("t1").unwrap()));
+        assert!(cache.get(&b).is_none(), "retired by its tenant's change");
+        assert!(cache.insert(a, entry("t1", g.snapshot())));
+        assert!(cache.get(&a).is_some());
     }
 
     #[test]
-    fn digests_are_keyed_per_process() {
-        let (x, y) = (
-            VerifyCache::new(1, Duration::ZERO),
-            VerifyCache::new(1, Duration::ZERO),
-        );
-        assert_eq!(x.digest("s"), x.digest("s"));
-        assert_ne!(x.digest("s"), y.digest("s"));
-        assert_ne!(x.digest("s"), x.digest("t"));
-    }
-
-    #[test]
-    fn limiter_blocks_after_the_limit() {
-        let l = FailureLimiter::new(3, Duration::from_secs(60));
-        let k = KeyId::new();
-        for _ in 0..3 {
-            assert!(!l.is_blocked(k));
-            l.record_failure(k);
+    fn bounded_and_ttl_zero_caches_nothing() {
+        let g = Arc::new(Generations::default());
+        let cache = KeyCache::new(10, Duration::from_secs(60), Arc::clone(&g));
+        for _ in 0..1000 {
+            cache.insert(KeyId::new(), entry("t", g.snapshot()));
         }
-        assert!(l.is_blocked(k));
-        assert!(!l.is_blocked(KeyId::new()));
+        assert!(cache.entry_count() <= 10, "{}", cache.entry_count());
+        let off = KeyCache::new(10, Duration::ZERO, Arc::clone(&g));
+        let k = KeyId::new();
+        assert!(!off.insert(k, entry("t", g.snapshot())));
+        assert!(off.get(&k).is_none());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 
 mod support;
 
-use keyward_core::hashing::{Argon2Settings, SecretHasher};
 use keyward_core::ids::{EventId, KeyId, KeyName, RoleName, TenantId};
 use keyward_core::store::NewApiKey;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
@@ -660,12 +659,6 @@ async fn make_key(
 ) -> ApiKeyToken {
     let key_id = KeyId::new();
     let token = ApiKeyToken::generate(&KeyPrefix::default(), key_id).unwrap();
-    let hasher = SecretHasher::new(Argon2Settings {
-        memory_kib: 256,
-        iterations: 1,
-        parallelism: 1,
-    })
-    .unwrap();
     let now = chrono::Utc::now();
     let key = NewApiKey {
         key_id,
@@ -673,7 +666,7 @@ async fn make_key(
         name: KeyName::parse(&format!("k-{key_id}")).unwrap(),
         roles: roles.iter().map(|r| RoleName::parse(r).unwrap()).collect(),
         start: token.start(),
-        secret_hash: hasher.hash(token.expose_secret()).await.unwrap(),
+        secret_hash: keyward_core::digest::KeyDigest::of(token.expose_secret()).encode(),
         created_by: "test".into(),
         created_at: now,
         expires_at: expires_in_secs.map(|s| now + chrono::Duration::seconds(s)),

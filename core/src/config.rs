@@ -74,6 +74,14 @@ pub struct LogSettings {
     pub log_format: LogFormat,
 }
 
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

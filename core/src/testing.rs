@@ -184,7 +184,7 @@ pub fn placeholder_new_key(
         name: crate::ids::KeyName::parse(name).expect("key name"),
         roles: roles.to_vec(),
         start: format!("kw_{key_id}_abcd"),
-        secret_hash: "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        secret_hash: crate::digest::KeyDigest::of(&format!("placeholder-{key_id}")).encode(),
         created_by: "admin".into(),
         created_at: chrono::Utc::now(),
         expires_at: None,

@@ -557,6 +557,35 @@ async fn keys_create_get(s: S) {
     assert!(s.key_credentials(KeyId::new()).await.unwrap().is_none());
 }
 
+/// An argon2id hash from an earlier version is rewritten as a SHA-256
+/// digest once, and only if nothing else rewrote it first.
+async fn key_hash_upgrade_is_compare_and_set(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let mut nk = new_key(&acme, "old", &[]);
+    let legacy = "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaA".to_owned();
+    nk.secret_hash = legacy.clone();
+    s.create_key(&nk, now()).await.unwrap();
+    let digest = keyward_core::digest::KeyDigest::of("the secret").encode();
+    assert!(
+        s.upgrade_key_hash(nk.key_id, &legacy, &digest)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.upgrade_key_hash(nk.key_id, &legacy, "$sha256$other")
+            .await
+            .unwrap(),
+        "a second upgrade from the old hash changes nothing"
+    );
+    let creds = s.key_credentials(nk.key_id).await.unwrap().unwrap();
+    assert_eq!(creds.secret_hash, digest);
+    assert!(
+        !s.upgrade_key_hash(KeyId::new(), &legacy, &digest)
+            .await
+            .unwrap()
+    );
+}
+
 async fn key_names_unique_among_active_keys(s: S) {
     let acme = tenant(&s, "acme").await;
     let first = key(&s, &acme, "ci", &[]).await;
@@ -1126,6 +1155,7 @@ conformance!(
     groups_crud_and_grants,
     group_members_must_exist_in_the_tenant,
     keys_create_get,
+    key_hash_upgrade_is_compare_and_set,
     key_names_unique_among_active_keys,
     key_creation_is_all_or_nothing,
     key_listing_pages_and_filters,

@@ -17,12 +17,10 @@ use actix_web::{App, HttpServer, web};
 use clap::Parser;
 use keyward_api::settings::Settings as ApiSettings;
 use keyward_api::startup::Application;
-use keyward_core::config::{DatabaseSettings, LogSettings};
-use keyward_core::hashing::Argon2Settings;
 use keyward_core::ids::Password;
-use keyward_core::telemetry::LogFormat;
+use keyward_core::password::Argon2Settings;
 use keyward_core::testing::TestDatabase;
-use keyward_core::token::{ApiKeyToken, KeyPrefix};
+use keyward_core::token::ApiKeyToken;
 use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
 use keyward_ingestor::consumer::{ConsumerSettings, RevocationConsumer};
 use keyward_ingestor::server::{self, IngestState};
@@ -50,21 +48,9 @@ async fn main() {
 
     // The API.
     let app = Application::build(ApiSettings {
-        database: DatabaseSettings {
-            database_url: db.url.clone(),
-        },
-        listen: "127.0.0.1:0".parse().unwrap(),
         admin_password: Some(Password::parse(PASSWORD).unwrap()),
-        key_prefix: KeyPrefix::default(),
-        argon2: Argon2Settings {
-            memory_kib: 256,
-            iterations: 1,
-            parallelism: 1,
-        },
-        ingestor_liveness_seconds: 30,
-        log: LogSettings {
-            log_format: LogFormat::Pretty,
-        },
+        argon2: Argon2Settings::cheap(),
+        ..ApiSettings::local(db.url.clone())
     })
     .await
     .unwrap();

@@ -61,7 +61,9 @@ pub async fn put(
         .put_group(&tenant, &name, &spec, chrono::Utc::now())
         .await?;
     // Keys joining or leaving the group gain or lose its roles.
-    state.verifier.cache.evict_tenant(&tenant);
+    state
+        .generations
+        .bump(crate::generations::Scope::Tenant(&tenant));
     Ok(created_or_replaced(
         created,
         format!("/api/v1/tenants/{tenant}/groups/{name}"),
@@ -106,6 +108,8 @@ pub async fn delete(
     let tenant = scope.tenant;
     let name = GroupName::parse(&path.1)?;
     state.store.delete_group(&tenant, &name).await?;
-    state.verifier.cache.evict_tenant(&tenant);
+    state
+        .generations
+        .bump(crate::generations::Scope::Tenant(&tenant));
     Ok(HttpResponse::NoContent().finish())
 }

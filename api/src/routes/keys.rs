@@ -7,6 +7,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use keyward_core::digest::KeyDigest;
 use keyward_core::ids::{EventId, KeyId, KeyName, RoleName, TenantId};
 use keyward_core::privilege::Privilege;
 use keyward_core::store::{ApiKey, KeyQuery, NewApiKey, StatusFilter};
@@ -17,6 +18,7 @@ use super::{parse_roles, resource};
 use crate::auth::{CachedPrincipal, TenantScope};
 use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::extract::{Json, read_json};
+use crate::generations::Scope;
 use crate::state::AppState;
 use crate::verify::{InvalidReason, Verdict};
 
@@ -165,7 +167,7 @@ pub async fn create(
         name,
         roles,
         start: token.start(),
-        secret_hash: state.hasher.hash(token.expose_secret()).await?,
+        secret_hash: KeyDigest::of(token.expose_secret()).encode(),
         created_by: who.name(),
         created_at: now,
         expires_at,
@@ -274,7 +276,7 @@ pub async fn revoke(
         .revoke_key(&tenant, key_id, &who.name(), EventId::new(), Utc::now())
         .await?;
     // From the commit on this replica rejects the key; others hear NOTIFY.
-    state.verifier.cache.evict(key_id);
+    state.generations.bump(Scope::Key(key_id));
     if revoked.newly_revoked {
         tracing::info!(key_id = %key_id, "API key revoked");
     }

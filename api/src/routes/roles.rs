@@ -92,7 +92,9 @@ pub async fn put(
         .put_role(&tenant, &name, &privileges, chrono::Utc::now())
         .await?;
     // Keys holding the role now hold other privileges.
-    state.verifier.cache.evict_tenant(&tenant);
+    state
+        .generations
+        .bump(crate::generations::Scope::Tenant(&tenant));
     Ok(created_or_replaced(
         created,
         format!("/api/v1/tenants/{tenant}/roles/{name}"),

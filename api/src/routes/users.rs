@@ -18,6 +18,7 @@ use super::{items, parse_roles, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
+use crate::generations::Scope;
 use crate::state::AppState;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -84,7 +85,7 @@ pub async fn create(
     let user = NewUser {
         tenant_id: tenant.clone(),
         username,
-        password_hash: state.hasher.hash(password.expose()).await?,
+        password_hash: state.passwords.hash(password.expose()).await?,
         roles,
         created_at: chrono::Utc::now(),
     };
@@ -137,12 +138,13 @@ pub async fn put_roles(
     let username = Username::parse(&path.1)?;
     let roles = parse_roles(&body.0.roles)?;
     who.require_may_grant(&tenant, &roles)?;
-    Ok(HttpResponse::Ok().json(
-        state
-            .store
-            .set_user_roles(&tenant, &username, &roles)
-            .await?,
-    ))
+    let user = state
+        .store
+        .set_user_roles(&tenant, &username, &roles)
+        .await?;
+    // Remembered proofs of this user hold its old roles.
+    state.generations.bump(Scope::User(&username));
+    Ok(HttpResponse::Ok().json(user))
 }
 
 /// Delete a user.
@@ -158,6 +160,7 @@ pub async fn delete(
     let tenant = scope.tenant;
     let username = Username::parse(&path.1)?;
     state.store.delete_user(&tenant, &username).await?;
+    state.generations.bump(Scope::User(&username));
     Ok(HttpResponse::NoContent().finish())
 }
 

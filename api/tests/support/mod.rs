@@ -2,15 +2,14 @@
 
 #![allow(dead_code)]
 
+use keyward_api::fill_gate::FillGates;
+use keyward_api::generations::Generations;
 use keyward_api::settings::Settings;
 use keyward_api::startup::Application;
-use keyward_core::config::{DatabaseSettings, LogSettings};
-use keyward_core::hashing::Argon2Settings;
 use keyward_core::ids::Password;
+use keyward_core::password::Argon2Settings;
 use keyward_core::store::Store;
-use keyward_core::telemetry::LogFormat;
 use keyward_core::testing::TestDatabase;
-use keyward_core::token::KeyPrefix;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 use std::sync::Arc;
@@ -21,6 +20,15 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub db: TestDatabase,
+    /// Where this app's cache fills can be held (`FillGate::hold_next`).
+    pub gates: Arc<FillGates>,
+}
+
+/// An app started in this process.
+pub struct Spawned {
+    pub base: String,
+    pub gates: Arc<FillGates>,
+    pub generations: Arc<Generations>,
 }
 
 /// Who a request is sent as.
@@ -35,17 +43,44 @@ pub const ADMIN: As<'static> = As::User("admin", ADMIN_PASSWORD);
 
 impl TestApp {
     pub async fn start(db: TestDatabase) -> Self {
-        let base = spawn_app(&db.url).await;
+        let settings = test_settings(&db.url);
+        Self::start_with(db, settings).await
+    }
+
+    /// The app with `settings` (see [`test_settings`]).
+    pub async fn start_with(db: TestDatabase, settings: Settings) -> Self {
+        let Spawned { base, gates, .. } = spawn_with(settings).await;
         Self {
             base,
             client: reqwest::Client::new(),
             db,
+            gates,
         }
     }
 
     /// Another API process on the same database (a replica).
     pub async fn replica(&self) -> String {
         spawn_app(&self.db.url).await
+    }
+
+    /// A replica whose fills can be held.
+    pub async fn replica_spawned(&self) -> Spawned {
+        spawn_with(test_settings(&self.db.url)).await
+    }
+
+    /// The value of one unlabelled counter or gauge in `/metrics` at
+    /// `base` (0 when absent).
+    pub async fn metric_at(&self, base: &str, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(&text, name)
     }
 
     /// The Prometheus text of `/metrics`.
@@ -176,28 +211,39 @@ macro_rules! on_both_stores {
     };
 }
 
+/// What the tests start: defaults on `url`, the test admin password, and
+/// cheap argon2 (these tests are about behaviour, not cost).
+pub fn test_settings(url: &keyward_core::config::DatabaseUrl) -> Settings {
+    Settings {
+        admin_password: Some(Password::parse(ADMIN_PASSWORD).unwrap()),
+        argon2: Argon2Settings::cheap(),
+        ..Settings::local(url.clone())
+    }
+}
+
 /// Starts the application on port 0 against `url`; returns its base URL.
 pub async fn spawn_app(url: &keyward_core::config::DatabaseUrl) -> String {
-    let settings = Settings {
-        database: DatabaseSettings {
-            database_url: url.clone(),
-        },
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin_password: Some(Password::parse(ADMIN_PASSWORD).unwrap()),
-        key_prefix: KeyPrefix::default(),
-        // Cheap argon2: these tests are about behaviour, not cost.
-        argon2: Argon2Settings {
-            memory_kib: 256,
-            iterations: 1,
-            parallelism: 1,
-        },
-        ingestor_liveness_seconds: 30,
-        log: LogSettings {
-            log_format: LogFormat::Pretty,
-        },
-    };
+    spawn_with(test_settings(url)).await.base
+}
+
+async fn spawn_with(settings: Settings) -> Spawned {
     let app = Application::build(settings).await.expect("app starts");
-    let base = format!("http://127.0.0.1:{}", app.port());
+    let spawned = Spawned {
+        base: format!("http://127.0.0.1:{}", app.port()),
+        gates: app.fill_gates(),
+        generations: app.generations(),
+    };
     actix_web::rt::spawn(app.run_until_stopped());
-    base
+    spawned
+}
+
+/// The sum of a metric's samples in Prometheus text (0 when absent).
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -588,6 +588,8 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await?;
                 self.insert_user_roles(&mut tx, tenant, username, roles).await?;
+                // Remembered Basic proofs of this user hold its old roles.
+                self.notify_keys(&mut tx, &format!("user:{username}")).await?;
                 let user = Self::users_in(&mut tx, tenant, Some(username))
                     .await?
                     .pop()
@@ -602,15 +604,19 @@ macro_rules! sql_store {
                 tenant: &$crate::ids::TenantId,
                 username: &$crate::ids::Username,
             ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.begin_write().await?;
                 let deleted =
                     sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND username = $2")
                         .bind(tenant.as_str())
                         .bind(username.as_str())
-                        .execute(&self.pool)
+                        .execute(&mut *tx)
                         .await?;
                 if deleted.rows_affected() == 0 {
                     return Err($crate::store::StoreError::UserNotFound);
                 }
+                // Remembered Basic proofs of this user must stop working.
+                self.notify_keys(&mut tx, &format!("user:{username}")).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -942,6 +948,26 @@ macro_rules! sql_store {
                     expires_at: row.expires_at.map(|t| t.0),
                     grants,
                 }))
+            }
+
+            #[tracing::instrument(skip(self, old_hash, new_hash))]
+            async fn upgrade_key_hash(
+                &self,
+                key_id: $crate::ids::KeyId,
+                old_hash: &str,
+                new_hash: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                // Compare-and-set: a concurrent upgrade (the same digest)
+                // or anything else that rewrote the hash wins.
+                let done = sqlx::query(
+                    "UPDATE api_keys SET secret_hash = $3 WHERE key_id = $1 AND secret_hash = $2",
+                )
+                .bind(key_id.to_string())
+                .bind(old_hash)
+                .bind(new_hash)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             #[tracing::instrument(skip(self))]

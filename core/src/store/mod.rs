@@ -121,6 +121,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ApiKey>>;
     /// By primary key alone, for verification; includes the key's grants.
     async fn key_credentials(&self, key_id: KeyId) -> StoreResult<Option<KeyCredentials>>;
+    /// Replaces a key's stored secret hash if it is still `old_hash`
+    /// (an argon2id PHC string rewritten as its SHA-256 digest after a
+    /// successful proof); `true` when it did.
+    async fn upgrade_key_hash(
+        &self,
+        key_id: KeyId,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> StoreResult<bool>;
     /// Tombstone and `key.revoked` event in one transaction. Idempotent: a
     /// key already revoked is returned as is, and no second event written.
     async fn revoke_key(
@@ -204,6 +213,8 @@ pub trait Store: Send + Sync + 'static {
 pub enum KeyChange {
     Key(KeyId),
     Tenant(TenantId),
+    /// A user's roles changed or the user was deleted.
+    User(Username),
     /// The feed lost its connection: anything may have been missed.
     Lost,
 }

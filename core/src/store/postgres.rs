@@ -12,7 +12,7 @@ use super::error::StoreResult;
 use super::rows::OutboxRow;
 use super::timestamp::Ts;
 use super::{KeyChange, KeyChanges, OutboxEvent, OutboxWakeups, Timestamp, Wakeup};
-use crate::ids::{KeyId, TenantId};
+use crate::ids::{KeyId, TenantId, Username};
 
 /// Channel the revoke transaction notifies; sync workers listen on it.
 pub const OUTBOX_CHANNEL: &str = "keyward_outbox";
@@ -62,7 +62,7 @@ impl PgStore {
     }
 }
 
-/// `LISTEN keyward_keys`, payloads `key:{id}` or `tenant:{id}`.
+/// `LISTEN keyward_keys`, payloads `key:{id}`, `tenant:{id}` or `user:{name}`.
 struct PgKeyChanges(PgListener);
 
 #[async_trait::async_trait]
@@ -77,6 +77,7 @@ impl KeyChanges for PgKeyChanges {
             let change = match n.payload().split_once(':') {
                 Some(("key", id)) => KeyId::parse(id).ok().map(KeyChange::Key),
                 Some(("tenant", t)) => TenantId::parse(t).ok().map(KeyChange::Tenant),
+                Some(("user", u)) => Username::parse(u).ok().map(KeyChange::User),
                 _ => None,
             };
             if let Some(change) = change {
