@@ -1,7 +1,10 @@
 //! The revocation consumer: this ingestor's own durable queue
 //! `keyward.ingestor.{id}`, bound to the events exchange. For each event:
-//! evict the key → ack the broker message → report `applied` to
-//! `keyward.acks`. Heartbeats go to `keyward.acks` every few seconds.
+//! apply it (the key gets a tombstone: refused from memory from now on) →
+//! report `applied` to `keyward.acks` and wait for the broker's confirm →
+//! only then ack the event message. A connection lost in between
+//! redelivers the event (applying it again is harmless) instead of losing
+//! the report. Heartbeats go to `keyward.acks` every few seconds.
 //!
 //! Its own reconnect loop: while disconnected the verifier does not trust
 //! its cache (revocations may be passing by); on every (re)connection the
@@ -20,10 +23,12 @@ use keyward_core::reconnect::Reconnect;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::verifier::Verifier;
@@ -56,7 +61,12 @@ pub struct RevocationConsumer {
     settings: ConsumerSettings,
     verifier: Arc<Verifier>,
     connected: Arc<AtomicBool>,
+    before_ack: Option<BeforeAck>,
 }
+
+/// A test seam: runs after an event's `applied` report was confirmed and
+/// before the event is acked (e.g. to cut the connection right there).
+pub type BeforeAck = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
 
 impl RevocationConsumer {
     pub fn new(settings: ConsumerSettings, verifier: Arc<Verifier>) -> Self {
@@ -64,7 +74,15 @@ impl RevocationConsumer {
             settings,
             verifier,
             connected: Arc::new(AtomicBool::new(false)),
+            before_ack: None,
         }
+    }
+
+    /// Runs `hook` between each confirmed report and its ack (tests).
+    #[doc(hidden)]
+    pub fn before_ack(mut self, hook: BeforeAck) -> Self {
+        self.before_ack = Some(hook);
+        self
     }
 
     /// `true` while revocations are being received (the node is ready).
@@ -112,6 +130,11 @@ impl RevocationConsumer {
             .with_connection_name(format!("ingestor-{}", s.ingestor_id).into());
         let conn = Connection::connect(s.amqp_url.as_str(), props).await?;
         let channel = conn.create_channel().await?;
+        // Publisher confirms: an `applied` report counts once the broker
+        // has it, and only then is the event acked.
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         channel
             .exchange_declare(
                 s.exchange.as_str().into(),
@@ -185,7 +208,7 @@ impl RevocationConsumer {
                 _ = heartbeat.tick() => self.heartbeat(&session.channel).await,
                 next = session.consumer.next() => match next {
                     Some(Ok(delivery)) => self.apply(&session.channel, delivery).await,
-                    Some(Err(e)) => Err(e),
+                    Some(Err(e)) => Err(e.into()),
                     None => {
                         tracing::warn!("the broker ended the consumer");
                         return;
@@ -199,9 +222,10 @@ impl RevocationConsumer {
         }
     }
 
-    /// Evict → ack → report. Applying twice is harmless: an evicted key
-    /// stays evicted, and the worker counts one ack per ingestor and event.
-    async fn apply(&self, channel: &Channel, delivery: Delivery) -> lapin::Result<()> {
+    /// Apply → report (confirmed) → ack. Applying twice is harmless: a
+    /// tombstone stays a tombstone, and the worker counts one ack per
+    /// ingestor and event.
+    async fn apply(&self, channel: &Channel, delivery: Delivery) -> Result<(), Lost> {
         let event: RevocationMessage = match serde_json::from_slice(&delivery.data) {
             Ok(e) => e,
             Err(e) => {
@@ -212,8 +236,7 @@ impl RevocationConsumer {
                 return Ok(());
             }
         };
-        self.verifier.evict(event.key_id);
-        delivery.ack(BasicAckOptions::default()).await?;
+        self.verifier.bury(event.key_id);
         let now = Utc::now();
         let lag = (now - event.revoked_at).to_std().unwrap_or_default();
         metrics::histogram!("keyward_revocation_propagation_seconds").record(lag);
@@ -228,10 +251,18 @@ impl RevocationConsumer {
                 applied_at: now,
             },
         )
-        .await
+        .await?;
+        if let Some(hook) = &self.before_ack {
+            hook().await;
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
     }
 
-    async fn heartbeat(&self, channel: &Channel) -> lapin::Result<()> {
+    async fn heartbeat(&self, channel: &Channel) -> Result<(), Lost> {
+        let (cached, tombstones) = self.verifier.sizes();
+        metrics::gauge!("keyward_ingestor_cache_entries").set(cached as f64);
+        metrics::gauge!("keyward_ingestor_tombstones").set(tombstones as f64);
         self.report(
             channel,
             &AckMessage::Heartbeat {
@@ -243,10 +274,13 @@ impl RevocationConsumer {
         .await
     }
 
-    async fn report(&self, channel: &Channel, message: &AckMessage) -> lapin::Result<()> {
+    /// Publishes to the acks queue and waits for the broker's confirm; a
+    /// nack is an error (the connection is dropped and the event, not yet
+    /// acked, comes again).
+    async fn report(&self, channel: &Channel, message: &AckMessage) -> Result<(), Lost> {
         let body = serde_json::to_vec(message)
             .unwrap_or_else(|_| unreachable!("an ack of ids and timestamps serializes"));
-        channel
+        let confirm = channel
             .basic_publish(
                 "".into(),
                 self.settings.acks_queue.as_str().into(),
@@ -256,9 +290,21 @@ impl RevocationConsumer {
                     .with_delivery_mode(2)
                     .with_content_type(keyward_core::events::CONTENT_TYPE.into()),
             )
-            .await
-            .map(drop)
+            .await?;
+        match confirm.await? {
+            Confirmation::Nack(_) => Err(Lost::Nacked),
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        }
     }
+}
+
+/// Why a session ends: the connection is then dropped and opened anew.
+#[derive(Debug, thiserror::Error)]
+enum Lost {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused a report")]
+    Nacked,
 }
 
 struct Session {

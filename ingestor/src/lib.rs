@@ -2,15 +2,17 @@
 //! traffic with Keyward API keys and apply revocations at once.
 //!
 //! * [`Verifier`](verifier::Verifier): token shape and checksum (no I/O) →
+//!   tombstones of revoked keys (refused from memory, API up or not) →
 //!   local cache (bounded, TTL from the API's `cacheTtlSeconds`, expiry
 //!   honoured locally) → on a miss `POST /api/v1/verify` with the node's
 //!   `verifier` key; concurrent misses for one key share one call; the API
 //!   unreachable on a miss gives [`Verdict::Unavailable`](verifier::Verdict)
 //!   (answer 503), never "valid".
 //! * [`RevocationConsumer`](consumer::RevocationConsumer): the node's own
-//!   durable queue `keyward.ingestor.{id}`; evicts, acks, reports `applied`;
-//!   heartbeats; reconnects on its own and empties the cache on every
-//!   (re)connection.
+//!   durable queue `keyward.ingestor.{id}`; applies each revocation (a
+//!   tombstone), reports `applied` and waits for the broker's confirm, only
+//!   then acks; heartbeats; reconnects on its own and empties the cache on
+//!   every (re)connection.
 //! * [`Verdict::may_ingest`](verifier::Verdict::may_ingest): "may this key
 //!   ingest into stream S".
 //!

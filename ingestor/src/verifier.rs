@@ -1,23 +1,24 @@
-//! The ingestor's verification: token shape and checksum (no I/O) → local
-//! cache → on a miss, one `POST /api/v1/verify` shared by every request
-//! for the same key and secret that arrives meanwhile.
+//! The ingestor's verification: token shape and checksum (no I/O) →
+//! tombstones (keys whose `key.revoked` event arrived: refused from memory,
+//! API up or not) → local cache → on a miss, one `POST /api/v1/verify`
+//! shared by every request for the same key and secret that arrives
+//! meanwhile.
 //!
 //! The cache holds what the API said about a key for the `cacheTtlSeconds`
 //! it allowed, keyed by key id, with a keyed BLAKE3 digest of the secret it
-//! was asked about (never the secret). A revocation evicts the key at once
-//! (`RevocationConsumer`). While the consumer is disconnected the cache is
-//! not trusted at all: revocations may be passing us by, so every request
-//! asks the API until the consumer is back and has emptied the cache.
+//! was asked about (never the secret). While the consumer is disconnected
+//! the cache is not trusted at all: revocations may be passing us by, so
+//! every request asks the API until the consumer is back and has emptied
+//! the cache. Tombstones are trusted always: a revocation is final.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
 use keyward_core::ids::KeyId;
+use keyward_core::single_flight::SingleFlight;
 use keyward_core::token::ApiKeyToken;
 
 use crate::client::{Answer, Unavailable, ValidKey, VerifyClient};
@@ -50,29 +51,45 @@ struct Entry {
 /// What a cache entry remembers: a valid key, or a final refusal.
 enum Cached {
     Valid(Arc<ValidKey>),
-    /// `revoked` or `expired`: no later answer can differ, so a key
-    /// hammered after its revocation costs the API nothing more.
+    /// `expired`: no later answer can differ, so a key hammered after its
+    /// expiry costs the API nothing more. (`revoked` becomes a tombstone.)
     Refused(String),
 }
 
-/// How long a final refusal is remembered (it can't change; this only
+/// How long an `expired` answer is remembered (it can't change; this only
 /// bounds the memory a stream of dead keys holds).
-const REFUSAL_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+const REFUSAL_TTL: Duration = Duration::from_secs(300);
 
-type Pending = Shared<BoxFuture<'static, Result<Answer, Unavailable>>>;
+/// The longest any entry may live, whatever the API allows.
+const MAX_ENTRY_TTL: Duration = Duration::from_secs(3600);
+
+/// A tombstone outlives every positive answer for its key that could still
+/// be cached anywhere: at least this, and twice the longest
+/// `cacheTtlSeconds` the API has given.
+pub const MIN_TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+
+/// Tombstones kept at most (oldest dropped first): ~100 bytes each. A key
+/// whose tombstone was dropped is still refused, by the API.
+pub const TOMBSTONE_CAPACITY: usize = 1_000_000;
+
+type Call = Result<Answer, Unavailable>;
 
 pub struct Verifier {
     client: VerifyClient,
-    cache: RwLock<HashMap<KeyId, Entry>>,
-    capacity: usize,
+    cache: moka::sync::Cache<KeyId, Arc<Entry>>,
+    tombstones: Tombstones,
     digest_key: [u8; 32],
-    in_flight: Mutex<HashMap<(KeyId, [u8; 32]), Pending>>,
+    flights: SingleFlight<(KeyId, [u8; 32]), Call>,
     /// Bumped by every eviction: an answer fetched before one is not
-    /// cached, so a revoke that overtakes a verify call can't be undone.
+    /// cached, so an event that overtakes a verify call can't be undone.
     evictions: AtomicU64,
+    /// Held while evicting and while checking the epoch to insert.
+    evicting: Mutex<()>,
     trusted: AtomicBool,
     /// Verify calls made to the API (coalesced misses count once).
     api_calls: Arc<AtomicU64>,
+    /// The longest `cacheTtlSeconds` seen, in seconds.
+    longest_ttl: AtomicU64,
 }
 
 impl Verifier {
@@ -85,13 +102,18 @@ impl Verifier {
         }
         Self {
             client,
-            cache: RwLock::new(HashMap::new()),
-            capacity: capacity.max(1),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(capacity.max(1) as u64)
+                .time_to_live(MAX_ENTRY_TTL)
+                .build(),
+            tombstones: Tombstones::new(TOMBSTONE_CAPACITY),
             digest_key,
-            in_flight: Mutex::new(HashMap::new()),
+            flights: SingleFlight::default(),
             evictions: AtomicU64::new(0),
+            evicting: Mutex::new(()),
             trusted: AtomicBool::new(false),
             api_calls: Arc::new(AtomicU64::new(0)),
+            longest_ttl: AtomicU64::new(0),
         }
     }
 
@@ -101,6 +123,9 @@ impl Verifier {
             return self.count(Verdict::Invalid("malformed".into()), "checksum");
         };
         let key_id = token.key_id();
+        if self.tombstones.contains(key_id) {
+            return self.count(Verdict::Invalid("revoked".into()), "tombstone");
+        }
         let digest = blake3::keyed_hash(&self.digest_key, token.expose_secret().as_bytes());
         let trusted = self.trusted.load(Ordering::Acquire);
         if trusted && let Some(hit) = self.lookup(key_id, &digest) {
@@ -108,13 +133,19 @@ impl Verifier {
         }
         let epoch = self.evictions.load(Ordering::Acquire);
         let answer = self.ask(token, *digest.as_bytes()).await;
+        // A revocation that arrived while we asked wins over the answer.
+        if self.tombstones.contains(key_id) {
+            return self.count(Verdict::Invalid("revoked".into()), "tombstone");
+        }
         let verdict = match answer {
             Err(e) => {
                 tracing::warn!(error = %e, "verify call failed");
                 Verdict::Unavailable
             }
             Ok(Answer::Invalid(reason)) => {
-                if trusted && (reason == "revoked" || reason == "expired") {
+                if reason == "revoked" {
+                    self.bury(key_id);
+                } else if trusted && reason == "expired" {
                     self.store(
                         key_id,
                         digest,
@@ -127,6 +158,8 @@ impl Verifier {
             }
             Ok(Answer::Valid(key)) => {
                 let key = Arc::new(key);
+                self.longest_ttl
+                    .fetch_max(key.cache_ttl.as_secs(), Ordering::AcqRel);
                 if trusted {
                     let ttl = key.cache_ttl;
                     self.store(key_id, digest, Cached::Valid(Arc::clone(&key)), ttl, epoch);
@@ -138,8 +171,10 @@ impl Verifier {
     }
 
     fn lookup(&self, key_id: KeyId, digest: &blake3::Hash) -> Option<Verdict> {
-        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-        let entry = cache.get(&key_id).filter(|e| e.until > Instant::now())?;
+        let entry = self
+            .cache
+            .get(&key_id)
+            .filter(|e| e.until > Instant::now())?;
         if entry.digest != *digest {
             // One key, one secret: a different one is wrong.
             return Some(Verdict::Invalid("unknown".into()));
@@ -154,30 +189,15 @@ impl Verifier {
     }
 
     /// One API call per (key, secret) at a time; later callers share it.
-    async fn ask(&self, token: ApiKeyToken, digest: [u8; 32]) -> Result<Answer, Unavailable> {
-        let slot = (token.key_id(), digest);
-        let pending = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-            in_flight
-                .entry(slot)
-                .or_insert_with(|| {
-                    let client = self.client.clone();
-                    let calls = Arc::clone(&self.api_calls);
-                    async move {
-                        calls.fetch_add(1, Ordering::Relaxed);
-                        client.verify(&token).await
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
-        };
-        let answer = pending.await;
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&slot);
-        answer
+    async fn ask(&self, token: ApiKeyToken, digest: [u8; 32]) -> Call {
+        let client = self.client.clone();
+        let calls = Arc::clone(&self.api_calls);
+        self.flights
+            .run((token.key_id(), digest), move || async move {
+                calls.fetch_add(1, Ordering::Relaxed);
+                client.verify(&token).await
+            })
+            .await
     }
 
     fn store(
@@ -185,54 +205,56 @@ impl Verifier {
         key_id: KeyId,
         digest: blake3::Hash,
         answer: Cached,
-        ttl: std::time::Duration,
+        ttl: Duration,
         epoch: u64,
     ) {
         if ttl.is_zero() {
             return;
         }
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        // Checked under the write lock: an eviction holds it too.
-        if self.evictions.load(Ordering::Acquire) != epoch {
-            return;
+        let until = Instant::now() + ttl.min(MAX_ENTRY_TTL);
+        let entry = Arc::new(Entry {
+            digest,
+            answer,
+            until,
+        });
+        // Checked under the eviction lock: an eviction that overtook this
+        // answer has bumped the epoch, or will remove the entry after us.
+        let _guard = self.eviction_lock();
+        if self.evictions.load(Ordering::Acquire) == epoch {
+            self.cache.insert(key_id, entry);
         }
-        if cache.len() >= self.capacity && !cache.contains_key(&key_id) {
-            let now = Instant::now();
-            cache.retain(|_, e| e.until > now);
-            if cache.len() >= self.capacity
-                && let Some(victim) = cache.keys().next().copied()
-            {
-                cache.remove(&victim);
-            }
-        }
-        let until = Instant::now() + ttl;
-        cache.insert(
-            key_id,
-            Entry {
-                digest,
-                answer,
-                until,
-            },
-        );
-        metrics::gauge!("keyward_ingestor_cache_entries").set(cache.len() as f64);
     }
 
-    /// Drops a key: its revocation arrived.
+    /// Drops a key's cached answers: it changed (roles, name, expiry).
     pub fn evict(&self, key_id: KeyId) {
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.eviction_lock();
         self.evictions.fetch_add(1, Ordering::AcqRel);
-        cache.remove(&key_id);
-        metrics::gauge!("keyward_ingestor_cache_entries").set(cache.len() as f64);
+        self.cache.invalidate(&key_id);
+    }
+
+    /// A key's `key.revoked` event arrived: it is refused from memory from
+    /// now on, without asking the API, for as long as a positive answer for
+    /// it could still be cached anywhere.
+    pub fn bury(&self, key_id: KeyId) {
+        let longest = Duration::from_secs(self.longest_ttl.load(Ordering::Acquire));
+        self.tombstones
+            .insert(key_id, MIN_TOMBSTONE_TTL.max(longest * 2));
+        self.evict(key_id);
+        metrics::gauge!("keyward_ingestor_tombstones").set(self.tombstones.len() as f64);
     }
 
     /// Empties the cache and says whether to serve from it from now on
-    /// (`false` while revocations can't reach us).
+    /// (`false` while revocations can't reach us). Tombstones stay: a
+    /// revocation is final.
     pub fn set_trusted(&self, trusted: bool) {
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.eviction_lock();
         self.evictions.fetch_add(1, Ordering::AcqRel);
-        cache.clear();
+        self.cache.invalidate_all();
         self.trusted.store(trusted, Ordering::Release);
-        metrics::gauge!("keyward_ingestor_cache_entries").set(0.0);
+    }
+
+    fn eviction_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.evicting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many verify calls reached the API so far.
@@ -245,10 +267,18 @@ impl Verifier {
     }
 
     pub fn cached(&self, key_id: KeyId) -> bool {
-        self.cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&key_id)
+        self.cache.contains_key(&key_id)
+    }
+
+    /// Whether `key_id` is refused from memory as revoked.
+    pub fn is_buried(&self, key_id: KeyId) -> bool {
+        self.tombstones.contains(key_id)
+    }
+
+    /// Cached answers (approximate) and tombstones, for the gauges.
+    pub fn sizes(&self) -> (u64, usize) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.tombstones.len())
     }
 
     fn count(&self, verdict: Verdict, cache: &'static str) -> Verdict {
@@ -263,5 +293,83 @@ impl Verifier {
         )
         .increment(1);
         verdict
+    }
+}
+
+/// Keys whose revocation arrived, each until its own deadline; at most
+/// `capacity`, oldest dropped first.
+struct Tombstones {
+    inner: RwLock<TombstoneSet>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct TombstoneSet {
+    until: HashMap<KeyId, Instant>,
+    /// Insertion order: deadlines grow along it (the TTL only grows), so
+    /// expired ones are at the front.
+    order: VecDeque<KeyId>,
+}
+
+impl Tombstones {
+    fn new(capacity: usize) -> Self {
+        Self {
+            inner: RwLock::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn contains(&self, key_id: KeyId) -> bool {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner
+            .until
+            .get(&key_id)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    fn insert(&self, key_id: KeyId, ttl: Duration) {
+        let now = Instant::now();
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let TombstoneSet { until, order } = &mut *inner;
+        // A redelivered event extends the deadline, in its old place.
+        if let Some(deadline) = until.get_mut(&key_id) {
+            *deadline = (*deadline).max(now + ttl);
+            return;
+        }
+        while let Some(oldest) = order.front().copied() {
+            let expired = until.get(&oldest).is_none_or(|u| *u <= now);
+            if !expired && until.len() < self.capacity {
+                break;
+            }
+            order.pop_front();
+            until.remove(&oldest);
+        }
+        until.insert(key_id, now + ttl);
+        order.push_back(key_id);
+    }
+
+    fn len(&self) -> usize {
+        self.inner.read().map(|i| i.until.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tombstones_expire_and_stay_bounded() {
+        let t = Tombstones::new(3);
+        let keys: Vec<KeyId> = (0..5).map(|_| KeyId::new()).collect();
+        t.insert(keys[0], Duration::ZERO);
+        assert!(!t.contains(keys[0]), "expired");
+        for k in &keys[1..] {
+            t.insert(*k, Duration::from_secs(60));
+        }
+        assert_eq!(t.len(), 3);
+        assert!(!t.contains(keys[1]), "the oldest went first");
+        assert!(keys[2..].iter().all(|k| t.contains(*k)));
+        t.insert(keys[4], Duration::from_secs(60));
+        assert_eq!(t.len(), 3, "a duplicate takes no second place");
     }
 }

@@ -166,7 +166,7 @@ impl System {
 
     async fn cleanup(self) {
         let ch = &self.broker.channel;
-        for name in ["a", "b"] {
+        for name in ["a", "b", "lib"] {
             let queue = format!("keyward.ingestor.{}-{name}", self.prefix);
             let _ = ch
                 .queue_delete(queue.as_str().into(), Default::default())
@@ -546,5 +546,129 @@ async fn the_library_verifier_coalesces_caches_and_honours_expiry() {
         Verdict::Invalid("expired".into())
     );
     assert_eq!(verifier.api_calls(), calls);
+    sys.cleanup().await;
+}
+
+/// A `key.revoked` event leaves a tombstone: the node refuses the key from
+/// memory, with no call to the API — with the API stopped it still answers
+/// 401, where a mere eviction would have to ask the API and answer 503.
+#[tokio::test]
+async fn a_revoked_key_is_refused_from_memory_with_the_api_stopped() {
+    let Some(mut sys) = System::start("30").await else {
+        return;
+    };
+    let a = sys.ingestor("a", &keyward_tests::amqp::amqp_url()).await;
+    let http = sys.http.clone();
+    let (key_id, secret) = sys.key().await;
+    let (_, other) = sys.key().await;
+    assert_eq!(ingest(&http, &a, "clicks-1", &secret).await, 202);
+    sys.revoke(&key_id).await;
+    eventually(
+        "the revocation applied",
+        Duration::from_secs(10),
+        || async { sys.revocation(&key_id).await["state"] == "applied" },
+    )
+    .await;
+
+    sys.api.signal("KILL");
+    sys.api.exit_status(Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        assert_eq!(ingest(&http, &a, "clicks-1", &secret).await, 401);
+    }
+    assert_eq!(
+        ingest(&http, &a, "clicks-1", &other).await,
+        503,
+        "an unknown key still needs the API"
+    );
+    drop(a);
+    sys.cleanup().await;
+}
+
+/// Apply → report (confirmed) → ack: the connection cut after the report
+/// and before the ack redelivers the event; it is applied again and the
+/// revocation still reaches `applied`.
+#[tokio::test]
+async fn a_connection_cut_between_report_and_ack_redelivers_the_event() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use keyward_core::token::ApiKeyToken;
+    use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
+    use keyward_ingestor::consumer::{ConsumerSettings, RevocationConsumer};
+    use keyward_ingestor::verifier::Verifier;
+
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let proxy = Arc::new(FaultProxy::start(keyward_tests::amqp::broker_addr()).await);
+    let client = VerifyClient::new(
+        &url::Url::parse(&sys.api.url("")).unwrap(),
+        ApiKeyToken::parse(&sys.verifier_key).unwrap(),
+        VERIFY_TIMEOUT,
+    )
+    .unwrap();
+    let verifier = Arc::new(Verifier::new(client, 1000));
+    let ingestor_id = format!("{}-lib", sys.prefix);
+    let applied = Arc::new(AtomicUsize::new(0));
+    let hook = {
+        let (proxy, applied) = (Arc::clone(&proxy), Arc::clone(&applied));
+        Arc::new(move || {
+            let (proxy, applied) = (Arc::clone(&proxy), Arc::clone(&applied));
+            Box::pin(async move {
+                // The first time: the connection dies before the ack.
+                if applied.fetch_add(1, Ordering::SeqCst) == 0 {
+                    proxy.cut();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }) as futures_util::future::BoxFuture<'static, ()>
+        })
+    };
+    let consumer = RevocationConsumer::new(
+        ConsumerSettings {
+            amqp_url: proxy.amqp_url().parse().unwrap(),
+            exchange: sys.broker.exchange.clone(),
+            ingestor_id: ingestor_id.clone(),
+            binding: "key.revoked.#".into(),
+            acks_queue: sys.broker.acks_queue.clone(),
+            quorum: false,
+            prefetch: 16,
+            heartbeat_every: Duration::from_secs(1),
+        },
+        Arc::clone(&verifier),
+    )
+    .before_ack(hook);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    eventually("the library node live", Duration::from_secs(10), || async {
+        let list = sys
+            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+            .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == ingestor_id.as_str() && i["live"] == true)
+    })
+    .await;
+
+    let (key_id, _) = sys.key().await;
+    sys.revoke(&key_id).await;
+    eventually(
+        "the event comes again after the cut",
+        Duration::from_secs(20),
+        || async { applied.load(Ordering::SeqCst) >= 2 },
+    )
+    .await;
+    eventually(
+        "the revocation applied",
+        Duration::from_secs(20),
+        || async { sys.revocation(&key_id).await["state"] == "applied" },
+    )
+    .await;
+    assert!(verifier.is_buried(keyward_core::ids::KeyId::parse(&key_id).unwrap()));
+    let revocation = sys.revocation(&key_id).await;
+    assert_eq!(revocation["appliedBy"], 1, "{revocation}");
+    shutdown.cancel();
+    running.await.unwrap();
     sys.cleanup().await;
 }
