@@ -120,7 +120,6 @@ fn build() -> Value {
                     );
                     add("401", "`unauthenticated` (with `WWW-Authenticate`)");
                     add("403", "`forbidden`");
-                    add("429", "`rate_limited`");
                     add("503", "`unavailable` (with `Retry-After`)");
                 }
                 if has_body {

@@ -1,0 +1,686 @@
+//! Verification figures measured as a user meets them: the real release
+//! binaries at their default settings, load from this separate process or
+//! from `wrk`, cold starts, runs longer than the cache TTL, each figure
+//! next to its baseline in the same run.
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! target/release/bench-verify all        # or one: cold hit rotating miss miss-pg basic propagation
+//! ```
+//!
+//! Needs `wrk` (`apt-get install wrk`) for the throughput figures, and
+//! PostgreSQL and RabbitMQ (as the tests) for `miss-pg` and `propagation`.
+//! Results go to stdout as Markdown table rows for `docs/BENCHMARKS.md`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use keyward_core::digest::KeyDigest;
+use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
+use keyward_core::privilege::{Privilege, PrivilegeKind};
+use keyward_core::store::{NewApiKey, Store};
+use keyward_core::testing::TestDatabase;
+use keyward_core::token::{ApiKeyToken, KeyPrefix};
+use keyward_tests::{Running, start};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "benchmark admin password";
+const CONNECTIONS: usize = 64;
+const READY: Duration = Duration::from_secs(60);
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let all = what == "all";
+    let run = |name: &str| all || what == name;
+    println!(
+        "# bench-verify, {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    if run("cold") {
+        cold_start().await;
+    }
+    if run("hit") {
+        hit_and_healthz().await;
+    }
+    if run("rotating") {
+        rotating().await;
+    }
+    if run("miss") {
+        miss_sqlite().await;
+    }
+    if run("miss-pg") {
+        miss_postgres().await;
+    }
+    if run("basic") {
+        basic_admin().await;
+    }
+    if run("propagation") {
+        propagation().await;
+    }
+}
+
+/// Keys of one tenant holding an `ingestor` role, and a `verifier` key of
+/// `_platform`, written through the store with their SHA-256 digests.
+struct Seeded {
+    keys: Vec<String>,
+    verifier: String,
+}
+
+async fn seed(store: &Arc<dyn Store>, n: usize) -> Seeded {
+    let now = chrono::Utc::now();
+    let tenant = TenantId::parse("bench").unwrap();
+    store.create_tenant(&tenant, None, now).await.unwrap();
+    let role = RoleName::parse("shippers").unwrap();
+    let ingest = Privilege::new(PrivilegeKind::Ingestor, None);
+    store
+        .put_role(&tenant, &role, &[ingest], now)
+        .await
+        .unwrap();
+    let verifier = insert(store, &TenantId::platform(), "verifier", RoleName::VERIFIER).await;
+    let started = Instant::now();
+    let keys = futures_util::future::join_all((0..8).map(|_| {
+        let (store, tenant) = (Arc::clone(store), tenant.clone());
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n / 8 {
+                out.push(insert(&store, &tenant, "k", "shippers").await);
+            }
+            out
+        }
+    }))
+    .await
+    .concat();
+    eprintln!("seeded {} keys in {:.1?}", keys.len(), started.elapsed());
+    Seeded { keys, verifier }
+}
+
+async fn insert(store: &Arc<dyn Store>, tenant: &TenantId, name: &str, role: &str) -> String {
+    let key_id = KeyId::new();
+    let token = ApiKeyToken::generate(&KeyPrefix::default(), key_id).unwrap();
+    let now = chrono::Utc::now();
+    let key = NewApiKey {
+        key_id,
+        tenant_id: tenant.clone(),
+        name: KeyName::parse(&format!("{name}-{key_id}")).unwrap(),
+        roles: vec![RoleName::parse(role).unwrap()],
+        start: token.start(),
+        secret_hash: KeyDigest::of(token.expose_secret()).encode(),
+        created_by: "bench".into(),
+        created_at: now,
+        expires_at: None,
+    };
+    store.create_key(&key, now).await.unwrap();
+    token.expose_secret().to_owned()
+}
+
+/// `keyward-api` at its defaults but for `env`; ready.
+async fn api(db: &TestDatabase, env: &[(&str, &str)]) -> Running {
+    let mut all = vec![
+        ("KEYWARD_DATABASE_URL", db.url.as_str()),
+        ("KEYWARD_ADMIN_PASSWORD", PASSWORD),
+        ("RUST_LOG", "warn"),
+    ];
+    all.extend_from_slice(env);
+    let mut api = start("keyward-api", &all);
+    api.wait_ready("/readyz", READY).await;
+    api
+}
+
+async fn metrics(node: &Running) -> String {
+    reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of a metric's samples whose labels contain every one of `with`.
+fn metric(text: &str, name: &str, with: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter(|l| with.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// (1) Cold start: 10,000 fresh keys, 64 connections of this process
+/// against an API that has just started; four requests in a row ask for
+/// the same key (clients of one key arrive together). Until every key has
+/// been answered valid once.
+async fn cold_start() {
+    let n: usize = env_or("KEYWARD_BENCH_KEYS", 10_000);
+    let db = TestDatabase::sqlite().await;
+    let seeded = seed(&db.store(), n).await;
+    let node = api(&db, &[]).await;
+    let url = node.url("/api/v1/verify");
+    let keys = Arc::new(seeded.keys);
+    let seen: Arc<Vec<AtomicBool>> = Arc::new((0..n).map(|_| AtomicBool::new(false)).collect());
+    let remaining = Arc::new(AtomicUsize::new(n));
+    let cursor = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (keys, seen, remaining, cursor) = (
+                Arc::clone(&keys),
+                Arc::clone(&seen),
+                Arc::clone(&remaining),
+                Arc::clone(&cursor),
+            );
+            let (url, verifier) = (url.clone(), seeded.verifier.clone());
+            tokio::spawn(async move {
+                let client = one_connection();
+                let mut latencies = Vec::new();
+                while remaining.load(Ordering::Acquire) > 0 {
+                    let k = (cursor.fetch_add(1, Ordering::Relaxed) / 4) % keys.len();
+                    let t = Instant::now();
+                    let v: Value = client
+                        .post(&url)
+                        .bearer_auth(&verifier)
+                        .json(&json!({"apiKey": keys[k]}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    latencies.push(t.elapsed());
+                    if v["valid"] == true && !seen[k].swap(true, Ordering::AcqRel) {
+                        remaining.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    let all_valid = started.elapsed();
+    latencies.sort();
+    let text = metrics(&node).await;
+    let reads = metric(&text, "keyward_verify_store_reads_total", &[]);
+    // One of them was the verifier key's own.
+    let per_key = (reads - 1.0) / n as f64;
+    println!(
+        "| cold start: {n} fresh keys, {CONNECTIONS} connections, until every key answered valid | \
+         **{:.2} s**, {} requests ({:.0} req/s), p50 {}, p99 {}; store reads per key **{per_key:.3}** |",
+        all_valid.as_secs_f64(),
+        latencies.len(),
+        latencies.len() as f64 / all_valid.as_secs_f64(),
+        ms(quantile(&latencies, 0.5)),
+        ms(quantile(&latencies, 0.99)),
+    );
+}
+
+/// A reqwest client that keeps one connection.
+fn one_connection() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap()
+}
+
+/// wrk's figures: (requests/s, p50, p99, non-2xx answers).
+struct Wrk {
+    rps: f64,
+    p50: String,
+    p99: String,
+}
+
+/// `wrk` with 2 threads and 64 connections for `seconds`; with `keys`,
+/// `POST /api/v1/verify` cycling through them (requests formatted once in
+/// each thread's `init`), else `GET` of `url`.
+fn wrk(url: &str, seconds: u64, keys: Option<(&[String], &str)>) -> Wrk {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("wrk");
+    cmd.args([
+        "-t2",
+        &format!("-c{CONNECTIONS}"),
+        &format!("-d{seconds}s"),
+        "--latency",
+    ]);
+    if let Some((keys, verifier)) = keys {
+        let list = dir.path().join("keys");
+        let mut f = std::fs::File::create(&list).unwrap();
+        for k in keys {
+            writeln!(f, "{k}").unwrap();
+        }
+        let script = dir.path().join("verify.lua");
+        std::fs::write(
+            &script,
+            format!(
+                r#"
+local keys = {{}}
+for line in io.lines("{list}") do keys[#keys + 1] = line end
+local requests = {{}}
+local i = 0
+function init(args)
+  for k = 1, #keys do
+    requests[k] = wrk.format('POST', '/api/v1/verify',
+      {{['Content-Type'] = 'application/json', ['Authorization'] = 'Bearer {verifier}'}},
+      '{{"apiKey":"' .. keys[k] .. '"}}')
+  end
+  i = math.random(#keys)
+end
+function request()
+  i = i % #requests + 1
+  return requests[i]
+end
+"#,
+                list = list.display()
+            ),
+        )
+        .unwrap();
+        cmd.arg("-s").arg(&script);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .expect("wrk runs (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    assert!(!text.contains("Non-2xx"), "wrk saw error answers: {text}");
+    Wrk {
+        rps: field("Requests/sec:").parse().unwrap_or(0.0),
+        p50: field("50%"),
+        p99: field("99%"),
+    }
+}
+
+/// Share of verify answers that were valid, and of those from the cache,
+/// over what `node` counted between two `/metrics` texts.
+fn verify_mix(before: &str, after: &str) -> (f64, f64) {
+    let d = |name: &str, with: &[&str]| metric(after, name, with) - metric(before, name, with);
+    let all = d("keyward_verify_total", &[]);
+    let valid = d("keyward_verify_total", &["result=\"valid\""]);
+    let hits = d("keyward_verify_total", &["cache=\"hit\""]);
+    (valid / all, hits / all)
+}
+
+/// (2) Cache hits under wrk next to healthz on the same server, over a run
+/// longer than the 60 s TTL (entries expire and are filled again).
+async fn hit_and_healthz() {
+    let n: usize = env_or("KEYWARD_BENCH_KEYS", 10_000);
+    let seconds: u64 = env_or("KEYWARD_BENCH_SECONDS", 70);
+    let db = TestDatabase::sqlite().await;
+    let seeded = seed(&db.store(), n).await;
+    let node = api(&db, &[]).await;
+    let health = wrk(&node.url("/healthz"), 10, None);
+    let before = metrics(&node).await;
+    let verify = wrk(
+        &node.url("/api/v1/verify"),
+        seconds,
+        Some((&seeded.keys, &seeded.verifier)),
+    );
+    let (valid, hits) = verify_mix(&before, &metrics(&node).await);
+    println!(
+        "| wrk `GET /healthz`, {CONNECTIONS} connections, 10 s | {:.0} req/s, p50 {}, p99 {} |",
+        health.rps, health.p50, health.p99
+    );
+    println!(
+        "| wrk `POST /api/v1/verify`, {n} keys, TTL 60 s, {seconds} s from a cold start | \
+         {:.0} req/s, p50 {}, p99 {}; {:.1} % valid, {:.2} % from the cache; **{:.0} % of healthz** |",
+        verify.rps,
+        verify.p50,
+        verify.p99,
+        valid * 100.0,
+        hits * 100.0,
+        100.0 * verify.rps / health.rps
+    );
+}
+
+/// (3) A rotating set: 100,000 keys with a 5 s TTL for 30 s, next to the
+/// all-hit figure of 10,000 keys (TTL 60 s) on the same kind of server.
+async fn rotating() {
+    let seconds: u64 = env_or("KEYWARD_BENCH_SECONDS", 30);
+    let db = TestDatabase::sqlite().await;
+    let seeded = seed(&db.store(), 100_000).await;
+    let hot = &seeded.keys[..10_000];
+    let node = api(&db, &[]).await;
+    let _ = wrk(
+        &node.url("/api/v1/verify"),
+        3,
+        Some((hot, &seeded.verifier)),
+    );
+    let all_hit = wrk(
+        &node.url("/api/v1/verify"),
+        seconds,
+        Some((hot, &seeded.verifier)),
+    );
+    drop(node);
+    let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "5")]).await;
+    let before = metrics(&node).await;
+    let rot = wrk(
+        &node.url("/api/v1/verify"),
+        seconds,
+        Some((&seeded.keys, &seeded.verifier)),
+    );
+    let (valid, hits) = verify_mix(&before, &metrics(&node).await);
+    println!(
+        "| all hits: 10,000 keys, TTL 60 s, warm, {seconds} s | {:.0} req/s, p50 {}, p99 {} |",
+        all_hit.rps, all_hit.p50, all_hit.p99
+    );
+    println!(
+        "| rotating: 100,000 keys, TTL 5 s, cold, {seconds} s | {:.0} req/s, p50 {}, p99 {}; \
+         {:.1} % valid, {:.1} % from the cache; **{:.0} % of all hits** |",
+        rot.rps,
+        rot.p50,
+        rot.p99,
+        valid * 100.0,
+        hits * 100.0,
+        100.0 * rot.rps / all_hit.rps
+    );
+}
+
+/// (4) Misses on SQLite: 100,000 keys and a 1 s TTL, so every key is gone
+/// from the cache before wrk asks for it again (the verifier's own key,
+/// asked on every request, stays cached), next to healthz.
+async fn miss_sqlite() {
+    let db = TestDatabase::sqlite().await;
+    let seeded = seed(&db.store(), 100_000).await;
+    let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
+    let health = wrk(&node.url("/healthz"), 10, None);
+    let before = metrics(&node).await;
+    let miss = wrk(
+        &node.url("/api/v1/verify"),
+        20,
+        Some((&seeded.keys, &seeded.verifier)),
+    );
+    let (valid, hits) = verify_mix(&before, &metrics(&node).await);
+    println!(
+        "| SQLite: wrk `GET /healthz` | {:.0} req/s, p50 {}, p99 {} |",
+        health.rps, health.p50, health.p99
+    );
+    println!(
+        "| SQLite: wrk verify, every key a miss (100,000 keys, TTL 1 s), 20 s | {:.0} req/s, p50 {}, \
+         p99 **{}**; {:.1} % valid, {:.1} % from the cache; **{:.0} % of healthz** |",
+        miss.rps,
+        miss.p50,
+        miss.p99,
+        valid * 100.0,
+        hits * 100.0,
+        100.0 * miss.rps / health.rps
+    );
+}
+
+/// (5) Misses on PostgreSQL, next to a bare `SELECT 1` round trip from
+/// this process over 16 connections (the API's pool size).
+async fn miss_postgres() {
+    let Some(db) = TestDatabase::postgres().await else {
+        println!("| PostgreSQL: not reachable, skipped |");
+        return;
+    };
+    let seeded = seed(&db.store(), 100_000).await;
+    let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
+    let before = metrics(&node).await;
+    let miss = wrk(
+        &node.url("/api/v1/verify"),
+        20,
+        Some((&seeded.keys, &seeded.verifier)),
+    );
+    let (valid, hits) = verify_mix(&before, &metrics(&node).await);
+    drop(node);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(db.url.as_str())
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (pool, stop) = (pool.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    sqlx::query("SELECT 1").execute(&pool).await.unwrap();
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    println!(
+        "| PostgreSQL: bare `SELECT 1`, 16 connections, 64 callers, 10 s | {:.0} round trips/s, p50 {}, p99 {} |",
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        ms(quantile(&lat, 0.5)),
+        ms(quantile(&lat, 0.99)),
+    );
+    println!(
+        "| PostgreSQL: wrk verify, every key a miss (100,000 keys, TTL 1 s), 20 s | {:.0} req/s, p50 {}, \
+         p99 {}; {:.1} % valid, {:.1} % from the cache |",
+        miss.rps,
+        miss.p50,
+        miss.p99,
+        valid * 100.0,
+        hits * 100.0
+    );
+}
+
+/// (6) Admin requests with Basic auth, one after another, default argon2.
+async fn basic_admin() {
+    let db = TestDatabase::sqlite().await;
+    let node = api(&db, &[]).await;
+    let client = one_connection();
+    let mut lat = Vec::new();
+    for _ in 0..501 {
+        let t = Instant::now();
+        let res = client
+            .get(node.url("/api/v1/tenants"))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
+        lat.push(t.elapsed());
+    }
+    let first = lat.remove(0);
+    lat.sort();
+    println!(
+        "| Basic `GET /api/v1/tenants`, first request (argon2id proof) | {} |",
+        ms(first)
+    );
+    println!(
+        "| Basic `GET /api/v1/tenants`, the 500 after it | p50 **{}**, p99 {} |",
+        ms(quantile(&lat, 0.5)),
+        ms(quantile(&lat, 0.99))
+    );
+}
+
+/// (7) Revoke → reject at two reference ingestors: the real API, sync
+/// worker and two `keyward-ingestor` processes on PostgreSQL and RabbitMQ,
+/// default settings; the clock starts when the `DELETE` has answered.
+async fn propagation() {
+    let keys: usize = env_or("KEYWARD_BENCH_KEYS", 200).min(2_000);
+    let Some(db) = TestDatabase::postgres_unmigrated().await else {
+        println!("| propagation: PostgreSQL not reachable, skipped |");
+        return;
+    };
+    let Some(broker) = keyward_tests::amqp::TestBroker::new().await else {
+        println!("| propagation: RabbitMQ not reachable, skipped |");
+        return;
+    };
+    let node = api(&db, &[]).await;
+    let amqp = keyward_tests::amqp::amqp_url();
+    let mut worker = start(
+        "keyward-sync-worker",
+        &[
+            ("KEYWARD_DATABASE_URL", db.url.as_str()),
+            ("KEYWARD_AMQP_URL", &amqp),
+            ("KEYWARD_EXCHANGE", &broker.exchange),
+            ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
+            ("RUST_LOG", "warn"),
+        ],
+    );
+    worker.wait_ready("/readyz", READY).await;
+    let http = reqwest::Client::new();
+    let admin = |m: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = http
+            .request(m, node.url(path))
+            .basic_auth("admin", Some(PASSWORD));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req
+    };
+    let verifier: Value = admin(
+        reqwest::Method::POST,
+        "/api/v1/tenants/_platform/apikeys",
+        Some(json!({"name": "ingestors", "roles": ["verifier"]})),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let verifier = verifier["secret"].as_str().unwrap().to_owned();
+    admin(
+        reqwest::Method::POST,
+        "/api/v1/tenants",
+        Some(json!({"id": "acme"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    admin(
+        reqwest::Method::PUT,
+        "/api/v1/tenants/acme/roles/shippers",
+        Some(json!({"privileges": [{"privilege": "ingestor"}]})),
+    )
+    .send()
+    .await
+    .unwrap();
+    let prefix = broker.exchange.replace(".events", "");
+    let api_url = node.url("");
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let id = format!("{prefix}-{name}");
+        let mut n = start(
+            "keyward-ingestor",
+            &[
+                ("KEYWARD_API_URL", api_url.as_str()),
+                ("KEYWARD_VERIFIER_KEY", verifier.as_str()),
+                ("KEYWARD_AMQP_URL", &amqp),
+                ("KEYWARD_EXCHANGE", &broker.exchange),
+                ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
+                ("KEYWARD_INGESTOR_ID", &id),
+                ("RUST_LOG", "warn"),
+            ],
+        );
+        n.wait_ready("/readyz", READY).await;
+        nodes.push(n);
+    }
+    let ingest = |node: &Running, secret: &str| {
+        http.post(node.url("/ingest/clicks"))
+            .bearer_auth(secret)
+            .body("{}")
+            .send()
+    };
+    let mut lat = Vec::new();
+    for i in 0..keys {
+        let created: Value = admin(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/apikeys",
+            Some(json!({"name": format!("k{i}"), "roles": ["shippers"]})),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+        let secret = created["secret"].as_str().unwrap();
+        let key_id = created["keyId"].as_str().unwrap();
+        for n in &nodes {
+            assert_eq!(ingest(n, secret).await.unwrap().status(), 202);
+        }
+        let res = admin(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
+            None,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(res.status(), 202);
+        let answered = Instant::now();
+        let mut rejected = [false, false];
+        while !rejected.iter().all(|r| *r) {
+            for (j, n) in nodes.iter().enumerate() {
+                if !rejected[j] {
+                    rejected[j] = ingest(n, secret).await.unwrap().status() == 401;
+                }
+            }
+            assert!(
+                answered.elapsed() < Duration::from_secs(10),
+                "never rejected"
+            );
+        }
+        lat.push(answered.elapsed());
+    }
+    lat.sort();
+    println!(
+        "| revoke → both reference ingestors answer 401, {keys} keys, PostgreSQL, real binaries | \
+         p50 {}, **p99 {}**, max {} |",
+        ms(quantile(&lat, 0.5)),
+        ms(quantile(&lat, 0.99)),
+        ms(*lat.last().unwrap()),
+    );
+    drop(nodes);
+    drop(worker);
+    drop(node);
+    let ch = &broker.channel;
+    for name in ["a", "b"] {
+        let queue = format!("keyward.ingestor.{prefix}-{name}");
+        let _ = ch
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await;
+    }
+    broker.cleanup().await;
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
