@@ -14,16 +14,20 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 /// The path of a workspace binary next to the running test executable
-/// (`target/<profile>/deps/this-test` → `target/<profile>/<name>`).
+/// (`target/<profile>/deps/this-test` → `target/<profile>/<name>`) or
+/// next to the running bench binary (`target/<profile>/bench-verify`).
 /// `cargo test --workspace` builds every binary before any test runs: each
 /// binary's package has integration tests of its own (`tests/cli.rs`),
 /// which is what makes cargo build it.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let dir = exe.parent().expect("target dir");
+    // A test runs from `deps/`; a bench binary of this crate beside them.
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
     let path = profile_dir.join(name);
     assert!(
         path.exists(),

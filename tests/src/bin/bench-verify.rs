@@ -26,6 +26,7 @@ use keyward_core::store::{NewApiKey, Store};
 use keyward_core::testing::TestDatabase;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use keyward_tests::{Running, start};
+
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "benchmark admin password";
@@ -123,12 +124,23 @@ async fn api(db: &TestDatabase, env: &[(&str, &str)]) -> Running {
     let mut all = vec![
         ("KEYWARD_DATABASE_URL", db.url.as_str()),
         ("KEYWARD_ADMIN_PASSWORD", PASSWORD),
-        ("RUST_LOG", "warn"),
     ];
     all.extend_from_slice(env);
-    let mut api = start("keyward-api", &all);
-    api.wait_ready("/readyz", READY).await;
-    api
+    started("keyward-api", &all).await
+}
+
+/// A binary started with `env` at the default log level, its output
+/// drained (a full pipe would stall it), ready.
+async fn started(name: &str, env: &[(&str, &str)]) -> Running {
+    let mut node = start(name, env);
+    if let Some(mut out) = node.child.stdout.take() {
+        tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
+    }
+    if let Some(mut err) = node.child.stderr.take() {
+        tokio::spawn(async move { tokio::io::copy(&mut err, &mut tokio::io::sink()).await });
+    }
+    node.wait_ready("/readyz", READY).await;
+    node
 }
 
 async fn metrics(node: &Running) -> String {
@@ -540,17 +552,16 @@ async fn propagation() {
     };
     let node = api(&db, &[]).await;
     let amqp = keyward_tests::amqp::amqp_url();
-    let mut worker = start(
+    let worker = started(
         "keyward-sync-worker",
         &[
             ("KEYWARD_DATABASE_URL", db.url.as_str()),
             ("KEYWARD_AMQP_URL", &amqp),
             ("KEYWARD_EXCHANGE", &broker.exchange),
             ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
-            ("RUST_LOG", "warn"),
         ],
-    );
-    worker.wait_ready("/readyz", READY).await;
+    )
+    .await;
     let http = reqwest::Client::new();
     let admin = |m: reqwest::Method, path: &str, body: Option<Value>| {
         let mut req = http
@@ -594,7 +605,7 @@ async fn propagation() {
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
         let id = format!("{prefix}-{name}");
-        let mut n = start(
+        let n = started(
             "keyward-ingestor",
             &[
                 ("KEYWARD_API_URL", api_url.as_str()),
@@ -603,10 +614,9 @@ async fn propagation() {
                 ("KEYWARD_EXCHANGE", &broker.exchange),
                 ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
                 ("KEYWARD_INGESTOR_ID", &id),
-                ("RUST_LOG", "warn"),
             ],
-        );
-        n.wait_ready("/readyz", READY).await;
+        )
+        .await;
         nodes.push(n);
     }
     let ingest = |node: &Running, secret: &str| {
