@@ -1,10 +1,12 @@
 //! Authentication (who is calling) and the tenant gate (may they act here).
 //!
-//! `Authorization: Basic` authenticates a user by argon2 password check;
-//! `Authorization: Bearer` an API key: shape and checksum first (no I/O),
-//! then the key row by id and an argon2 proof. Either way the principal's
-//! effective roles are read from the store during this request, so a role
-//! or membership change counts from the very next request.
+//! `Authorization: Basic` authenticates a user by an argon2id password
+//! check (on the bounded pool), remembered for the cache TTL;
+//! `Authorization: Bearer` an API key through the verification path (shape
+//! and checksum, verify cache, SHA-256 digest). The principal's effective
+//! roles come from the store, or from a cache entry that every role, group,
+//! membership or user change retires at once (generations), so such a
+//! change counts from the very next request.
 
 use std::future::Future;
 use std::pin::Pin;

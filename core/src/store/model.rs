@@ -203,7 +203,8 @@ pub struct NewApiKey {
     pub name: KeyName,
     pub roles: Vec<RoleName>,
     pub start: String,
-    /// argon2id PHC string of the secret; the secret itself never comes here.
+    /// `$sha256$…` digest of the secret (`crate::digest`); the secret
+    /// itself never comes here.
     pub secret_hash: String,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
