@@ -1,14 +1,17 @@
-//! Verification benchmark (rerun: `cargo bench -p keyward-api --bench verify`).
+//! In-process verification benchmark (rerun: `cargo bench -p keyward-api
+//! --bench verify`). The figures a user meets — the real binaries, load
+//! from another process, cold starts, runs longer than the cache TTL — come
+//! from `bench-verify` (`tests/src/bin/bench-verify.rs`); this one isolates
+//! the pieces:
 //!
 //! 1. In-process verify on a cache hit, one thread.
-//! 2. In-process verify on a cache miss at the default argon2 cost.
+//! 2. In-process verify on a cache miss (a verifier that caches nothing:
+//!    a SQLite read by primary key and a SHA-256 digest each time).
 //! 3. HTTP `POST /api/v1/verify` with 64 concurrent keep-alive connections
 //!    over 10,000 keys, next to `GET /healthz` on the same server in the
-//!    same run. Load and server share this machine's cores.
-//!
-//! Keys for (3) are hashed with cheap argon2 parameters so that warming
-//! 10,000 cache entries takes seconds, not minutes: the parameters live in
-//! each PHC string, and what is measured is the hot path after the proof.
+//!    same run, and next to an "HTTP floor" server (the same middleware and
+//!    JSON body reading, a verify-sized answer, no verification). Load and
+//!    server share this machine's cores.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

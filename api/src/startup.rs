@@ -21,6 +21,9 @@ use crate::settings::Settings;
 use crate::state::AppState;
 use crate::{extract, observe, routes};
 
+/// The longest a proven Basic password is remembered.
+pub const PROVEN_PASSWORD_TTL: Duration = Duration::from_secs(60);
+
 pub struct Application {
     server: Server,
     port: u16,
@@ -61,7 +64,13 @@ impl Application {
         let state = web::Data::new(AppState {
             store,
             passwords: hasher,
-            proven: ProvenPasswords::new(capacity, ttl, Arc::clone(&generations)),
+            // A proven password is remembered a minute at most, however
+            // long keys are: a password is a weaker secret than a key.
+            proven: ProvenPasswords::new(
+                capacity,
+                ttl.min(PROVEN_PASSWORD_TTL),
+                Arc::clone(&generations),
+            ),
             proof_key: random_key(),
             generations,
             gates: Arc::clone(&gates),

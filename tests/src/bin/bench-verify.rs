@@ -452,7 +452,8 @@ async fn miss_postgres() {
         println!("| PostgreSQL: not reachable, skipped |");
         return;
     };
-    let seeded = seed(&db.store(), 100_000).await;
+    let n: usize = env_or("KEYWARD_BENCH_KEYS", 100_000);
+    let seeded = seed(&db.store(), n).await;
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
     let before = metrics(&node).await;
     let miss = wrk(
@@ -498,7 +499,7 @@ async fn miss_postgres() {
         ms(quantile(&lat, 0.99)),
     );
     println!(
-        "| PostgreSQL: wrk verify, every key a miss (100,000 keys, TTL 1 s), 20 s | {:.0} req/s, p50 {}, \
+        "| PostgreSQL: wrk verify, every key a miss ({n} keys, TTL 1 s), 20 s | {:.0} req/s, p50 {}, \
          p99 {}; {:.1} % valid, {:.1} % from the cache |",
         miss.rps,
         miss.p50,
