@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod fill_gate;
 pub mod generations;
+pub mod key_loader;
 pub mod metrics;
 pub mod observe;
 pub mod request_id;

@@ -1,8 +1,9 @@
 //! The one verification path behind Bearer authentication, `validate` and
 //! `verify`: token shape and checksum (no I/O) → verify cache → on a miss,
 //! one store read per key id however many requests wait for it (single
-//! flight), the SHA-256 digest compared in constant time, and the answer
-//! cached unless the key or its tenant changed while it was read.
+//! flight), itself batched with the misses of other keys (`KeyLoader`), the
+//! SHA-256 digest compared in constant time, and the answer cached unless
+//! the key or its tenant changed while it was read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +14,14 @@ use keyward_core::ids::KeyId;
 use keyward_core::password::PasswordHasher;
 use keyward_core::rbac::Permissions;
 use keyward_core::single_flight::SingleFlight;
-use keyward_core::store::{KeyChange, Store, StoreError};
+use keyward_core::store::{KeyChange, Store};
 use keyward_core::token::ApiKeyToken;
 use serde::Serialize;
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::fill_gate::FillGates;
 use crate::generations::{Generations, Scope};
+use crate::key_loader::{KeyLoader, ReadFailed};
 use crate::verify_cache::{
     DependsOn, Filled, KeyCache, KeyEntry, KeyState, UsageRecorder, is_current,
 };
@@ -70,14 +72,6 @@ impl DependsOn<KeyId> for Option<KeyRow> {
     }
 }
 
-/// A failed read as every waiter of a flight sees it; the leader logged
-/// the cause.
-#[derive(Debug, Clone, Copy)]
-enum ReadFailed {
-    Unavailable,
-    Internal,
-}
-
 impl From<ReadFailed> for ApiError {
     fn from(e: ReadFailed) -> Self {
         match e {
@@ -106,6 +100,7 @@ impl Verifier {
     ) -> Self {
         Self {
             reader: Reader {
+                loader: Arc::new(KeyLoader::spawn(Arc::clone(&store))),
                 store,
                 generations,
                 gates,
@@ -246,6 +241,7 @@ impl Verifier {
 #[derive(Clone)]
 struct Reader {
     store: Arc<dyn Store>,
+    loader: Arc<KeyLoader>,
     generations: Arc<Generations>,
     gates: Arc<FillGates>,
 }
@@ -255,13 +251,7 @@ impl Reader {
     async fn read(self, key_id: KeyId) -> Result<Read, ReadFailed> {
         let filled = self.generations.snapshot();
         metrics::counter!("keyward_verify_store_reads_total").increment(1);
-        let creds = self.store.key_credentials(key_id).await.map_err(|e| {
-            tracing::error!(key_id = %key_id, error = %keyward_core::store::error::chain(&e), "verify read failed");
-            match e {
-                StoreError::Unavailable(_) => ReadFailed::Unavailable,
-                _ => ReadFailed::Internal,
-            }
-        })?;
+        let creds = self.loader.load(key_id).await?;
         self.gates.key.pass().await;
         Ok(Arc::new(Filled {
             value: creds.map(|c| KeyRow {

@@ -557,6 +557,44 @@ async fn keys_create_get(s: S) {
     assert!(s.key_credentials(KeyId::new()).await.unwrap().is_none());
 }
 
+/// Many keys in one read: each with the same grants as read alone, keys
+/// without roles included, unknown ids left out.
+async fn many_keys_are_read_in_one_statement(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let ship = role(&s, &acme, "ship", ingest_priv("app-*")).await;
+    let with_role = key(&s, &acme, "a", std::slice::from_ref(&ship)).await;
+    let bare = key(&s, &acme, "b", &[]).await;
+    let spec = GroupSpec {
+        roles: vec![ship.clone()],
+        users: vec![],
+        api_keys: vec![bare.key_id],
+    };
+    s.put_group(&acme, &g("shippers"), &spec, now())
+        .await
+        .unwrap();
+    let lonely = key(&s, &acme, "c", &[]).await;
+    let ids = [with_role.key_id, KeyId::new(), bare.key_id, lonely.key_id];
+    let many = s.key_credentials_many(&ids).await.unwrap();
+    assert_eq!(many.len(), 3, "the unknown id is left out");
+    for k in &many {
+        let alone = s.key_credentials(k.key_id).await.unwrap().unwrap();
+        assert_eq!(
+            (&k.tenant_id, k.active, &k.secret_hash, &k.grants),
+            (
+                &alone.tenant_id,
+                alone.active,
+                &alone.secret_hash,
+                &alone.grants
+            )
+        );
+    }
+    let grants = |id: KeyId| many.iter().find(|k| k.key_id == id).unwrap().grants.len();
+    assert_eq!(grants(with_role.key_id), 1);
+    assert_eq!(grants(bare.key_id), 1, "through the group");
+    assert_eq!(grants(lonely.key_id), 0);
+    assert!(s.key_credentials_many(&[]).await.unwrap().is_empty());
+}
+
 /// An argon2id hash from an earlier version is rewritten as a SHA-256
 /// digest once, and only if nothing else rewrote it first.
 async fn key_hash_upgrade_is_compare_and_set(s: S) {
@@ -1156,6 +1194,7 @@ conformance!(
     group_members_must_exist_in_the_tenant,
     keys_create_get,
     key_hash_upgrade_is_compare_and_set,
+    many_keys_are_read_in_one_statement,
     key_names_unique_among_active_keys,
     key_creation_is_all_or_nothing,
     key_listing_pages_and_filters,

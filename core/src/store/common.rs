@@ -29,6 +29,35 @@ macro_rules! key_select {
     };
 }
 
+/// Keys with their grants, as verification reads them: one row per grant
+/// privilege (NULL grant columns for a key without roles), ordered by key,
+/// role, group and position. `$ids` is each backend's "key id among the
+/// list bound as `$1`" test, on `{}` (the column).
+macro_rules! key_grants_select {
+    ($kr:literal, $gk:literal, $k:literal) => {
+        concat!(
+            "SELECT k.key_id, k.tenant_id, k.secret_hash, k.status, k.expires_at, \
+                    g.role_name, g.group_name, g.privilege, g.stream, g.position \
+             FROM api_keys k LEFT JOIN ( \
+               SELECT kr.key_id AS owner, kr.role_name, NULL AS group_name, \
+                      p.privilege, p.stream, p.position \
+               FROM api_key_roles kr LEFT JOIN role_privileges p \
+                 ON p.tenant_id = kr.tenant_id AND p.role_name = kr.role_name \
+               WHERE ", $kr, " \
+               UNION ALL \
+               SELECT gk.key_id, gr.role_name, gk.group_name, p.privilege, p.stream, p.position \
+               FROM group_keys gk \
+               JOIN group_roles gr ON gr.tenant_id = gk.tenant_id AND gr.group_name = gk.group_name \
+               LEFT JOIN role_privileges p \
+                 ON p.tenant_id = gr.tenant_id AND p.role_name = gr.role_name \
+               WHERE ", $gk, ") g ON g.owner = k.key_id \
+             WHERE ", $k, " \
+             ORDER BY k.key_id, g.role_name, g.group_name, g.position"
+        )
+    };
+}
+pub(crate) use key_grants_select;
+
 macro_rules! sql_store {
     ($store:ty, $db:ty, { $($specific:tt)* }) => {
         impl $store {
@@ -912,42 +941,7 @@ macro_rules! sql_store {
                 &self,
                 key_id: $crate::ids::KeyId,
             ) -> $crate::store::StoreResult<Option<$crate::store::KeyCredentials>> {
-                use $crate::store::rows;
-                let mut conn = self.pool.acquire().await?;
-                let row: Option<rows::KeySecretRow> = sqlx::query_as(
-                    "SELECT key_id, tenant_id, secret_hash, status, expires_at \
-                     FROM api_keys WHERE key_id = $1",
-                )
-                .bind(key_id.to_string())
-                .fetch_optional(&mut *conn)
-                .await?;
-                let Some(row) = row else { return Ok(None) };
-                let grants = Self::grants(
-                    &mut conn,
-                    "SELECT kr.role_name, NULL AS group_name, p.privilege, p.stream, p.position \
-                     FROM api_key_roles kr LEFT JOIN role_privileges p \
-                       ON p.tenant_id = kr.tenant_id AND p.role_name = kr.role_name \
-                     WHERE kr.tenant_id = $1 AND kr.key_id = $2 \
-                     UNION ALL \
-                     SELECT gr.role_name, gk.group_name, p.privilege, p.stream, p.position \
-                     FROM group_keys gk \
-                     JOIN group_roles gr ON gr.tenant_id = gk.tenant_id AND gr.group_name = gk.group_name \
-                     LEFT JOIN role_privileges p \
-                       ON p.tenant_id = gr.tenant_id AND p.role_name = gr.role_name \
-                     WHERE gk.tenant_id = $1 AND gk.key_id = $2 \
-                     ORDER BY 1, 2, 5",
-                    &row.tenant_id,
-                    &row.key_id,
-                )
-                .await?;
-                Ok(Some($crate::store::KeyCredentials {
-                    key_id: rows::key_id(&row.key_id)?,
-                    tenant_id: rows::tenant(&row.tenant_id)?,
-                    secret_hash: row.secret_hash,
-                    active: row.status == "active",
-                    expires_at: row.expires_at.map(|t| t.0),
-                    grants,
-                }))
+                Ok(self.key_credentials_many(&[key_id]).await?.pop())
             }
 
             #[tracing::instrument(skip(self, old_hash, new_hash))]

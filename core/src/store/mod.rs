@@ -121,6 +121,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<ApiKey>>;
     /// By primary key alone, for verification; includes the key's grants.
     async fn key_credentials(&self, key_id: KeyId) -> StoreResult<Option<KeyCredentials>>;
+    /// The same for many keys in one statement (concurrent cache misses of
+    /// different keys share it); keys that do not exist are left out.
+    async fn key_credentials_many(&self, ids: &[KeyId]) -> StoreResult<Vec<KeyCredentials>>;
     /// Replaces a key's stored secret hash if it is still `old_hash`
     /// (an argon2id PHC string rewritten as its SHA-256 digest after a
     /// successful proof); `true` when it did.

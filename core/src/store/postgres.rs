@@ -176,6 +176,24 @@ sql_store!(PgStore, Postgres, {
     }
 
     #[tracing::instrument(skip(self, ids), fields(n = ids.len()))]
+    async fn key_credentials_many(
+        &self,
+        ids: &[KeyId],
+    ) -> StoreResult<Vec<crate::store::KeyCredentials>> {
+        let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let found: Vec<super::rows::KeyGrantRow> =
+            sqlx::query_as(super::common::key_grants_select!(
+                "kr.key_id = ANY($1)",
+                "gk.key_id = ANY($1)",
+                "k.key_id = ANY($1)"
+            ))
+            .bind(list)
+            .fetch_all(&self.pool)
+            .await?;
+        super::rows::keys_credentials(found)
+    }
+
+    #[tracing::instrument(skip(self, ids), fields(n = ids.len()))]
     async fn release_leases(&self, owner: &str, ids: &[i64]) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE outbox SET lease_owner = NULL, lease_until = NULL \

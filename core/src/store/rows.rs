@@ -289,13 +289,57 @@ fn revocation(r: &KeyRow, event_id: &str) -> StoreResult<Revocation> {
     })
 }
 
+/// A key as verification reads it, one row per grant privilege (the grant
+/// columns are NULL for a key without roles).
 #[derive(FromRow)]
-pub(crate) struct KeySecretRow {
+pub(crate) struct KeyGrantRow {
     pub key_id: String,
     pub tenant_id: String,
     pub secret_hash: String,
     pub status: String,
     pub expires_at: Option<Ts>,
+    pub role_name: Option<String>,
+    pub group_name: Option<String>,
+    pub privilege: Option<String>,
+    pub stream: Option<String>,
+}
+
+/// The keys of `rows` (ordered by key, role, group, position) with their
+/// folded grants.
+pub(crate) fn keys_credentials(rows: Vec<KeyGrantRow>) -> StoreResult<Vec<KeyCredentials>> {
+    let mut out: Vec<(KeyCredentials, Vec<GrantRow>)> = Vec::new();
+    for r in rows {
+        if out
+            .last()
+            .is_none_or(|(k, _)| k.key_id.to_string() != r.key_id)
+        {
+            let key = KeyCredentials {
+                key_id: key_id(&r.key_id)?,
+                tenant_id: tenant(&r.tenant_id)?,
+                secret_hash: r.secret_hash.clone(),
+                active: r.status == "active",
+                expires_at: r.expires_at.map(|t| t.0),
+                grants: Vec::new(),
+            };
+            out.push((key, Vec::new()));
+        }
+        if let (Some(role_name), Some((_, grants))) = (r.role_name, out.last_mut()) {
+            grants.push(GrantRow {
+                role_name,
+                group_name: r.group_name,
+                privilege: r.privilege,
+                stream: r.stream,
+            });
+        }
+    }
+    out.into_iter()
+        .map(|(key, grants)| {
+            Ok(KeyCredentials {
+                grants: fold_grants(grants)?,
+                ..key
+            })
+        })
+        .collect()
 }
 
 #[derive(FromRow)]

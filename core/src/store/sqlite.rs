@@ -131,6 +131,24 @@ sql_store!(SqliteStore, Sqlite, {
     }
 
     #[tracing::instrument(skip(self, ids), fields(n = ids.len()))]
+    async fn key_credentials_many(
+        &self,
+        ids: &[crate::ids::KeyId],
+    ) -> StoreResult<Vec<crate::store::KeyCredentials>> {
+        let list = serde_json::Value::from(ids.iter().map(ToString::to_string).collect::<Vec<_>>());
+        let found: Vec<super::rows::KeyGrantRow> =
+            sqlx::query_as(super::common::key_grants_select!(
+                "kr.key_id IN (SELECT value FROM json_each($1))",
+                "gk.key_id IN (SELECT value FROM json_each($1))",
+                "k.key_id IN (SELECT value FROM json_each($1))"
+            ))
+            .bind(list.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        super::rows::keys_credentials(found)
+    }
+
+    #[tracing::instrument(skip(self, ids), fields(n = ids.len()))]
     async fn release_leases(&self, owner: &str, ids: &[i64]) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE outbox SET lease_owner = NULL, lease_until = NULL \
