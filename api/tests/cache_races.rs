@@ -71,6 +71,26 @@ async fn verify_at(app: &TestApp, base: &str, verifier: As<'_>, secret: &str) ->
     res.json().await.unwrap()
 }
 
+/// `POST /api/v1/verify` of `secret` at `base` as the verifier, sent from
+/// a task of its own (to be held at a gate); its status.
+fn verify_in_background(
+    app: &TestApp,
+    base: &str,
+    secret: &str,
+) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+    let (client, base, secret) = (app.client.clone(), base.to_owned(), secret.to_owned());
+    tokio::spawn(async move {
+        client
+            .post(format!("{base}/api/v1/verify"))
+            .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
+            .json(&json!({"apiKey": secret}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    })
+}
+
 /// Store reads of this app's verify path: every one passes the key gate.
 /// (A metric would not do: tests in one process share the recorder.)
 fn store_reads(app: &TestApp) -> u64 {
@@ -86,19 +106,7 @@ async fn verify_in_flight_across_a_revoke_caches_nothing(app: TestApp) {
     verify_at(&app, &app.base, verifier, "kw_not-a-key").await;
 
     let mut held = app.gates.key.hold_next();
-    let in_flight = {
-        let (client, base, secret) = (app.client.clone(), app.base.clone(), secret.clone());
-        tokio::spawn(async move {
-            client
-                .post(format!("{base}/api/v1/verify"))
-                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
-                .json(&json!({"apiKey": secret}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let in_flight = verify_in_background(&app, &app.base, &secret);
     held.reached().await;
     let (s, _) = app
         .delete(
@@ -126,19 +134,7 @@ async fn role_withdrawn_during_a_miss_is_not_cached(app: TestApp) {
     verify_at(&app, &app.base, verifier, "kw_not-a-key").await;
 
     let mut held = app.gates.key.hold_next();
-    let in_flight = {
-        let (client, base, secret) = (app.client.clone(), app.base.clone(), secret.clone());
-        tokio::spawn(async move {
-            client
-                .post(format!("{base}/api/v1/verify"))
-                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
-                .json(&json!({"apiKey": secret}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let in_flight = verify_in_background(&app, &app.base, &secret);
     held.reached().await;
     let reader_only = json!({"privileges": [{"privilege": "reader", "resource": {"stream": "x"}}]});
     let (s, _) = app
@@ -331,19 +327,7 @@ async fn a_revoke_on_another_replica_during_a_miss_is_not_cached() {
     let key = KeyId::parse(&key_id).unwrap();
 
     let mut held = a.gates.key.hold_next();
-    let in_flight = {
-        let (client, base, secret) = (app.client.clone(), a.base.clone(), secret.clone());
-        tokio::spawn(async move {
-            client
-                .post(format!("{base}/api/v1/verify"))
-                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
-                .json(&json!({"apiKey": secret}))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let in_flight = verify_in_background(&app, &a.base, &secret);
     held.reached().await;
     let before = a.generations.snapshot();
     let (s, _) = app

@@ -86,16 +86,23 @@ async fn setup() -> (
     (db, gates, verifier, token)
 }
 
+/// The node verifying `token` from a task of its own (to be held at the
+/// API's gate).
+fn verify_in_background(
+    verifier: &Arc<Verifier>,
+    token: &ApiKeyToken,
+) -> tokio::task::JoinHandle<Verdict> {
+    let (verifier, secret) = (Arc::clone(verifier), token.expose_secret().to_owned());
+    tokio::spawn(async move { verifier.verify(&secret).await })
+}
+
 /// `key.updated` (an eviction) arrives while a verify call is in flight:
 /// the call's answer is served but not cached.
 #[actix_web::test]
 async fn an_eviction_during_a_call_keeps_its_answer_out_of_the_cache() {
     let (_db, gates, verifier, token) = setup().await;
     let mut held = gates.key.hold_next();
-    let call = {
-        let (verifier, secret) = (Arc::clone(&verifier), token.expose_secret().to_owned());
-        tokio::spawn(async move { verifier.verify(&secret).await })
-    };
+    let call = verify_in_background(&verifier, &token);
     held.reached().await;
     verifier.evict(token.key_id());
     held.release();
@@ -120,10 +127,7 @@ async fn an_eviction_during_a_call_keeps_its_answer_out_of_the_cache() {
 async fn a_revocation_during_a_call_wins_over_its_answer() {
     let (_db, gates, verifier, token) = setup().await;
     let mut held = gates.key.hold_next();
-    let call = {
-        let (verifier, secret) = (Arc::clone(&verifier), token.expose_secret().to_owned());
-        tokio::spawn(async move { verifier.verify(&secret).await })
-    };
+    let call = verify_in_background(&verifier, &token);
     held.reached().await;
     verifier.bury(token.key_id());
     held.release();
