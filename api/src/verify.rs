@@ -319,6 +319,10 @@ pub fn spawn_background(
                 .set(verifier.cache.entry_count() as f64);
         }
     });
+    // Until the feed listens, changes made on other replicas go unheard.
+    if store.backend() != "sqlite" {
+        generations.see(false);
+    }
     tokio::spawn(async move {
         loop {
             match store.key_changes().await {
