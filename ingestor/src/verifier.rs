@@ -72,7 +72,9 @@ pub const MIN_TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// whose tombstone was dropped is still refused, by the API.
 pub const TOMBSTONE_CAPACITY: usize = 1_000_000;
 
-type Call = Result<Answer, Unavailable>;
+/// A call's answer, with the eviction epoch when the call began: a caller
+/// that joined it later must not cache it under its own, newer epoch.
+type Call = (u64, Result<Answer, Unavailable>);
 
 pub struct Verifier {
     client: VerifyClient,
@@ -82,7 +84,7 @@ pub struct Verifier {
     flights: SingleFlight<(KeyId, [u8; 32]), Call>,
     /// Bumped by every eviction: an answer fetched before one is not
     /// cached, so an event that overtakes a verify call can't be undone.
-    evictions: AtomicU64,
+    evictions: Arc<AtomicU64>,
     /// Held while evicting and while checking the epoch to insert.
     evicting: Mutex<()>,
     trusted: AtomicBool,
@@ -109,7 +111,7 @@ impl Verifier {
             tombstones: Tombstones::new(TOMBSTONE_CAPACITY),
             digest_key,
             flights: SingleFlight::default(),
-            evictions: AtomicU64::new(0),
+            evictions: Arc::new(AtomicU64::new(0)),
             evicting: Mutex::new(()),
             trusted: AtomicBool::new(false),
             api_calls: Arc::new(AtomicU64::new(0)),
@@ -131,8 +133,7 @@ impl Verifier {
         if trusted && let Some(hit) = self.lookup(key_id, &digest) {
             return self.count(hit, "hit");
         }
-        let epoch = self.evictions.load(Ordering::Acquire);
-        let answer = self.ask(token, *digest.as_bytes()).await;
+        let (epoch, answer) = self.ask(token, *digest.as_bytes()).await;
         // A revocation that arrived while we asked wins over the answer.
         if self.tombstones.contains(key_id) {
             return self.count(Verdict::Invalid("revoked".into()), "tombstone");
@@ -192,10 +193,12 @@ impl Verifier {
     async fn ask(&self, token: ApiKeyToken, digest: [u8; 32]) -> Call {
         let client = self.client.clone();
         let calls = Arc::clone(&self.api_calls);
+        let evictions = Arc::clone(&self.evictions);
         self.flights
             .run((token.key_id(), digest), move || async move {
+                let epoch = evictions.load(Ordering::Acquire);
                 calls.fetch_add(1, Ordering::Relaxed);
-                client.verify(&token).await
+                (epoch, client.verify(&token).await)
             })
             .await
     }

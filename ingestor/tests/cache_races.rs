@@ -121,6 +121,33 @@ async fn an_eviction_during_a_call_keeps_its_answer_out_of_the_cache() {
     assert!(verifier.cached(token.key_id()));
 }
 
+/// A request that arrives after an eviction and joins a call begun before
+/// it gets that call's answer, but must not cache it either.
+#[actix_web::test]
+async fn a_request_joining_a_call_from_before_an_eviction_caches_nothing() {
+    let (_db, gates, verifier, token) = setup().await;
+    let mut held = gates.key.hold_next();
+    let first = verify_in_background(&verifier, &token);
+    held.reached().await;
+    verifier.evict(token.key_id());
+    let joined = verify_in_background(&verifier, &token);
+    // Give it time to join the call in the air (if it has not, it makes a
+    // call of its own and the count below says so).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    held.release();
+    assert!(matches!(first.await.unwrap(), Verdict::Valid(_)));
+    assert!(matches!(joined.await.unwrap(), Verdict::Valid(_)));
+    assert_eq!(
+        verifier.api_calls(),
+        2,
+        "the warm-up call and one shared call"
+    );
+    assert!(
+        !verifier.cached(token.key_id()),
+        "an answer older than the eviction was cached"
+    );
+}
+
 /// `key.revoked` arrives while a verify call is in flight: the request is
 /// refused, and so is every later one, without the API.
 #[actix_web::test]
