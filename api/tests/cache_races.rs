@@ -126,6 +126,49 @@ async fn verify_in_flight_across_a_revoke_caches_nothing(app: TestApp) {
     assert_error(s, &body, 401, "unauthenticated");
 }
 
+/// A request that arrives after a revoke's answer and joins a read begun
+/// before it must not be answered from that read: it reads again.
+async fn a_request_joining_a_read_from_before_a_revoke_says_revoked(app: TestApp) {
+    let verifier = setup(&app).await;
+    let (key_id, secret) = create_key(&app, "ci").await;
+    verify_at(&app, &app.base, verifier, "kw_not-a-key").await;
+
+    let mut held = app.gates.key.hold_next();
+    let first = verify_in_background(&app, &app.base, &secret);
+    held.reached().await;
+    let (s, _) = app
+        .delete(
+            &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
+            ACME_ADMIN,
+        )
+        .await;
+    assert_eq!(s, 202);
+    let joined = {
+        let (client, base, secret) = (app.client.clone(), app.base.clone(), secret.clone());
+        tokio::spawn(async move {
+            let res = client
+                .post(format!("{base}/api/v1/verify"))
+                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
+                .json(&json!({"apiKey": secret}))
+                .send()
+                .await
+                .unwrap();
+            res.json::<Value>().await.unwrap()
+        })
+    };
+    // Time to join the read in the air (its key's flight is still held).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let reads = store_reads(&app);
+    held.release();
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(
+        joined.await.unwrap(),
+        json!({"valid": false, "reason": "revoked"})
+    );
+    // Both saw the read was older than the revoke and read again.
+    assert_eq!(store_reads(&app) - reads, 2);
+}
+
 /// A role loses its privilege while a miss of a key holding it is held:
 /// the next verify answers the privileges as they are now.
 async fn role_withdrawn_during_a_miss_is_not_cached(app: TestApp) {
@@ -304,6 +347,7 @@ async fn argon2_key_hashes_are_rewritten_after_a_proof(app: TestApp) {
 
 on_both_stores!(
     verify_in_flight_across_a_revoke_caches_nothing,
+    a_request_joining_a_read_from_before_a_revoke_says_revoked,
     role_withdrawn_during_a_miss_is_not_cached,
     basic_user_deleted_during_its_proof_is_not_remembered,
     basic_proofs_are_remembered_until_the_user_changes,
