@@ -161,6 +161,15 @@ impl Verifier {
     /// tenant changed since the read's snapshot.
     fn remember(&self, key_id: KeyId, digest: KeyDigest, read: &Read) {
         let Some(row) = &read.value else { return };
+        // Every request of a flight gets here with the same read: the
+        // first one caches it, the others find it there.
+        if self
+            .cache
+            .get(&key_id)
+            .is_some_and(|cached| cached.filled >= read.filled)
+        {
+            return;
+        }
         let entry = KeyEntry {
             digest,
             state: row.state.clone(),
