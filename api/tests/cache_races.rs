@@ -72,23 +72,33 @@ async fn verify_at(app: &TestApp, base: &str, verifier: As<'_>, secret: &str) ->
 }
 
 /// `POST /api/v1/verify` of `secret` at `base` as the verifier, sent from
-/// a task of its own (to be held at a gate); its status.
+/// a task of its own (to be held at a gate); its status and body.
 fn verify_in_background(
     app: &TestApp,
     base: &str,
     secret: &str,
-) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+) -> tokio::task::JoinHandle<(u16, Value)> {
     let (client, base, secret) = (app.client.clone(), base.to_owned(), secret.to_owned());
     tokio::spawn(async move {
-        client
+        let res = client
             .post(format!("{base}/api/v1/verify"))
             .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
             .json(&json!({"apiKey": secret}))
             .send()
             .await
-            .unwrap()
-            .status()
+            .unwrap();
+        support::read(res).await
     })
+}
+
+async fn revoke(app: &TestApp, key_id: &str) {
+    let (s, body) = app
+        .delete(
+            &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
+            ACME_ADMIN,
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
 }
 
 /// Store reads of this app's verify path: every one passes the key gate.
@@ -108,15 +118,9 @@ async fn verify_in_flight_across_a_revoke_caches_nothing(app: TestApp) {
     let mut held = app.gates.key.hold_next();
     let in_flight = verify_in_background(&app, &app.base, &secret);
     held.reached().await;
-    let (s, _) = app
-        .delete(
-            &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
-            ACME_ADMIN,
-        )
-        .await;
-    assert_eq!(s, 202);
+    revoke(&app, &key_id).await;
     held.release();
-    assert_eq!(in_flight.await.unwrap(), 200);
+    assert_eq!(in_flight.await.unwrap().0, 200);
 
     let v = verify_at(&app, &app.base, verifier, &secret).await;
     assert_eq!(v, json!({"valid": false, "reason": "revoked"}));
@@ -136,34 +140,16 @@ async fn a_request_joining_a_read_from_before_a_revoke_says_revoked(app: TestApp
     let mut held = app.gates.key.hold_next();
     let first = verify_in_background(&app, &app.base, &secret);
     held.reached().await;
-    let (s, _) = app
-        .delete(
-            &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
-            ACME_ADMIN,
-        )
-        .await;
-    assert_eq!(s, 202);
-    let joined = {
-        let (client, base, secret) = (app.client.clone(), app.base.clone(), secret.clone());
-        tokio::spawn(async move {
-            let res = client
-                .post(format!("{base}/api/v1/verify"))
-                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
-                .json(&json!({"apiKey": secret}))
-                .send()
-                .await
-                .unwrap();
-            res.json::<Value>().await.unwrap()
-        })
-    };
+    revoke(&app, &key_id).await;
+    let joined = verify_in_background(&app, &app.base, &secret);
     // Time to join the read in the air (its key's flight is still held).
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let reads = store_reads(&app);
     held.release();
-    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(first.await.unwrap().0, 200);
     assert_eq!(
         joined.await.unwrap(),
-        json!({"valid": false, "reason": "revoked"})
+        (200, json!({"valid": false, "reason": "revoked"}))
     );
     // Both saw the read was older than the revoke and read again.
     assert_eq!(store_reads(&app) - reads, 2);
@@ -189,7 +175,7 @@ async fn role_withdrawn_during_a_miss_is_not_cached(app: TestApp) {
         .await;
     assert_eq!(s, 200);
     held.release();
-    assert_eq!(in_flight.await.unwrap(), 200);
+    assert_eq!(in_flight.await.unwrap().0, 200);
 
     let v = verify_at(&app, &app.base, verifier, &secret).await;
     assert_eq!(v["valid"], true, "{v}");
@@ -278,19 +264,7 @@ async fn concurrent_misses_share_one_read(app: TestApp) {
 
     let mut held = app.gates.key.hold_next();
     let requests: Vec<_> = (0..64)
-        .map(|_| {
-            let (client, base, secret) = (app.client.clone(), app.base.clone(), secret.clone());
-            tokio::spawn(async move {
-                let res = client
-                    .post(format!("{base}/api/v1/verify"))
-                    .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
-                    .json(&json!({"apiKey": secret}))
-                    .send()
-                    .await
-                    .unwrap();
-                res.json::<Value>().await.unwrap()
-            })
-        })
+        .map(|_| verify_in_background(&app, &app.base, &secret))
         .collect();
     held.reached().await;
     // Without single flight every other request reads the store now.
@@ -298,7 +272,7 @@ async fn concurrent_misses_share_one_read(app: TestApp) {
     assert_eq!(store_reads(&app) - reads_before, 1);
     held.release();
     for r in requests {
-        assert_eq!(r.await.unwrap()["valid"], true);
+        assert_eq!(r.await.unwrap().1["valid"], true);
     }
     assert_eq!(store_reads(&app) - reads_before, 1);
 }
@@ -374,13 +348,7 @@ async fn a_revoke_on_another_replica_during_a_miss_is_not_cached() {
     let in_flight = verify_in_background(&app, &a.base, &secret);
     held.reached().await;
     let before = a.generations.snapshot();
-    let (s, _) = app
-        .delete(
-            &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
-            ACME_ADMIN,
-        )
-        .await;
-    assert_eq!(s, 202);
+    revoke(&app, &key_id).await;
     // Until A has heard B's NOTIFY, A cannot know; from then on it must.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while a.generations.unchanged_since(before, &[Scope::Key(key)]) {
@@ -391,7 +359,7 @@ async fn a_revoke_on_another_replica_during_a_miss_is_not_cached() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     held.release();
-    assert_eq!(in_flight.await.unwrap(), 200);
+    assert_eq!(in_flight.await.unwrap().0, 200);
     let a = a.base;
     let v = verify_at(&app, &a, verifier, &secret).await;
     assert_eq!(v, json!({"valid": false, "reason": "revoked"}));

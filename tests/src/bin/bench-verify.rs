@@ -329,6 +329,20 @@ end
     }
 }
 
+/// wrk on `POST /api/v1/verify` over `keys`, with the share of valid
+/// answers and of answers from the cache that `node` counted meanwhile.
+async fn measured_verify(
+    node: &Running,
+    seconds: u64,
+    keys: &[String],
+    verifier: &str,
+) -> (Wrk, f64, f64) {
+    let before = metrics(node).await;
+    let run = wrk(&node.url("/api/v1/verify"), seconds, Some((keys, verifier)));
+    let (valid, hits) = verify_mix(&before, &metrics(node).await);
+    (run, valid, hits)
+}
+
 /// Share of verify answers that were valid, and of those from the cache,
 /// over what `node` counted between two `/metrics` texts.
 fn verify_mix(before: &str, after: &str) -> (f64, f64) {
@@ -348,13 +362,8 @@ async fn hit_and_healthz() {
     let seeded = seed(&db.store(), n).await;
     let node = api(&db, &[]).await;
     let health = wrk(&node.url("/healthz"), 10, None);
-    let before = metrics(&node).await;
-    let verify = wrk(
-        &node.url("/api/v1/verify"),
-        seconds,
-        Some((&seeded.keys, &seeded.verifier)),
-    );
-    let (valid, hits) = verify_mix(&before, &metrics(&node).await);
+    let (verify, valid, hits) =
+        measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
     println!(
         "| wrk `GET /healthz`, {CONNECTIONS} connections, 10 s | {:.0} req/s, p50 {}, p99 {} |",
         health.rps, health.p50, health.p99
@@ -391,13 +400,7 @@ async fn rotating() {
     );
     drop(node);
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "5")]).await;
-    let before = metrics(&node).await;
-    let rot = wrk(
-        &node.url("/api/v1/verify"),
-        seconds,
-        Some((&seeded.keys, &seeded.verifier)),
-    );
-    let (valid, hits) = verify_mix(&before, &metrics(&node).await);
+    let (rot, valid, hits) = measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
     println!(
         "| all hits: 10,000 keys, TTL 60 s, warm, {seconds} s | {:.0} req/s, p50 {}, p99 {} |",
         all_hit.rps, all_hit.p50, all_hit.p99
@@ -422,13 +425,7 @@ async fn miss_sqlite() {
     let seeded = seed(&db.store(), 100_000).await;
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
     let health = wrk(&node.url("/healthz"), 10, None);
-    let before = metrics(&node).await;
-    let miss = wrk(
-        &node.url("/api/v1/verify"),
-        20,
-        Some((&seeded.keys, &seeded.verifier)),
-    );
-    let (valid, hits) = verify_mix(&before, &metrics(&node).await);
+    let (miss, valid, hits) = measured_verify(&node, 20, &seeded.keys, &seeded.verifier).await;
     println!(
         "| SQLite: wrk `GET /healthz` | {:.0} req/s, p50 {}, p99 {} |",
         health.rps, health.p50, health.p99
@@ -455,13 +452,7 @@ async fn miss_postgres() {
     let n: usize = env_or("KEYWARD_BENCH_KEYS", 100_000);
     let seeded = seed(&db.store(), n).await;
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
-    let before = metrics(&node).await;
-    let miss = wrk(
-        &node.url("/api/v1/verify"),
-        20,
-        Some((&seeded.keys, &seeded.verifier)),
-    );
-    let (valid, hits) = verify_mix(&before, &metrics(&node).await);
+    let (miss, valid, hits) = measured_verify(&node, 20, &seeded.keys, &seeded.verifier).await;
     drop(node);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
