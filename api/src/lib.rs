@@ -9,7 +9,6 @@ pub mod extract;
 pub mod fill_gate;
 pub mod generations;
 pub mod key_loader;
-pub mod metrics;
 pub mod observe;
 pub mod request_id;
 pub mod routes;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use keyward_api::settings::{Cli, Command};
-use keyward_api::startup::{Application, open_store};
+use keyward_api::startup::Application;
 use keyward_core::config::parse_or_exit;
 
 /// Verify answers allocate a little on every request from several worker
@@ -20,9 +20,10 @@ async fn main() -> ExitCode {
             println!("{}", keyward_api::routes::openapi::spec());
             Ok(())
         }
-        Command::Migrate => open_store(&cli.settings).await.map(|_| {
-            tracing::info!("migrations applied");
-        }),
+        Command::Migrate => keyward_core::store::open(&cli.settings.database.database_url)
+            .await
+            .map(|_| tracing::info!("migrations applied"))
+            .map_err(Into::into),
         Command::Serve => match Application::build(cli.settings).await {
             Ok(app) => app.run_until_stopped().await.map_err(Into::into),
             Err(e) => Err(e),

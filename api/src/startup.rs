@@ -8,12 +8,14 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
+use keyward_core::ops::Readiness;
 use keyward_core::password::PasswordHasher;
-use keyward_core::store::{self, Store};
+use keyward_core::store;
 
 use crate::bootstrap::bootstrap_admin;
 use crate::fill_gate::FillGates;
 use crate::generations::Generations;
+use crate::routes::health::DatabaseReadiness;
 use crate::verify::Verifier;
 use crate::verify_cache::{KeyCache, ProvenPasswords};
 
@@ -35,7 +37,7 @@ impl Application {
     /// Opens the store, migrates, bootstraps the first admin and binds.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let hasher = PasswordHasher::new(settings.argon2).context("argon2 settings")?;
-        let store = open_store(&settings).await?;
+        let store = store::open(&settings.database.database_url).await?;
         bootstrap_admin(store.as_ref(), &hasher, settings.admin_password.as_ref())
             .await
             .context("bootstrapping the first admin")?;
@@ -61,6 +63,7 @@ impl Application {
             Arc::clone(&store),
         );
         let handle = Arc::clone(&generations);
+        let readiness: Arc<dyn Readiness> = Arc::new(DatabaseReadiness(Arc::clone(&store)));
         let state = web::Data::new(AppState {
             store,
             passwords: hasher,
@@ -86,8 +89,7 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(extract::query_error))
                 .wrap(actix_web::middleware::from_fn(observe::observe))
                 .configure(routes::keys::configure_verify)
-                .configure(routes::health::configure)
-                .configure(crate::metrics::configure)
+                .configure(|cfg| keyward_core::ops::configure(cfg, Arc::clone(&readiness)))
                 .configure(routes::tenants::configure)
                 .configure(routes::roles::configure)
                 .configure(routes::users::configure)
@@ -127,20 +129,6 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
-}
-
-/// Connects and applies migrations: `keyward-api migrate` stops here.
-pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    let store = store::connect(&settings.database.database_url)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database {}",
-                settings.database.database_url
-            )
-        })?;
-    store.migrate().await.context("migrating the database")?;
-    Ok(store)
 }
 
 /// 32 bytes from the OS CSPRNG. Without one, a fixed key still keeps

@@ -59,7 +59,7 @@ impl From<&OutboxEvent> for RevocationMessage {
 /// What ingestors send to `keyward.acks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
-pub enum AckMessage {
+pub enum ReportMessage {
     /// The ingestor evicted the event's key and acknowledged the broker.
     #[serde(rename_all = "camelCase")]
     Applied {
@@ -118,18 +118,18 @@ mod tests {
     #[test]
     fn acks_parse_as_documented() {
         let id = EventId::new();
-        let applied: AckMessage = serde_json::from_str(&format!(
+        let applied: ReportMessage = serde_json::from_str(&format!(
             r#"{{"type":"applied","eventId":"{id}","ingestorId":"i-1","appliedAt":"2026-11-27T10:00:00Z"}}"#
         ))
         .unwrap();
-        assert!(matches!(applied, AckMessage::Applied { event_id, .. } if event_id == id));
-        let beat: AckMessage = serde_json::from_str(
+        assert!(matches!(applied, ReportMessage::Applied { event_id, .. } if event_id == id));
+        let beat: ReportMessage = serde_json::from_str(
             r#"{"type":"heartbeat","ingestorId":"i-1","queue":"keyward.ingestor.i-1","at":"2026-11-27T10:00:00Z"}"#,
         )
         .unwrap();
         assert!(
-            matches!(beat, AckMessage::Heartbeat { ref queue, .. } if queue == "keyward.ingestor.i-1")
+            matches!(beat, ReportMessage::Heartbeat { ref queue, .. } if queue == "keyward.ingestor.i-1")
         );
-        assert!(serde_json::from_str::<AckMessage>(r#"{"type":"other"}"#).is_err());
+        assert!(serde_json::from_str::<ReportMessage>(r#"{"type":"other"}"#).is_err());
     }
 }

@@ -1010,7 +1010,11 @@ async fn purge_keeps_undelivered_rows(s: S) {
         .await
         .unwrap();
     s.ingestor_heartbeat("i1", "q1", t0).await.unwrap();
-    assert!(s.record_ack(claimed[0].event_id, "i1", t0).await.unwrap());
+    assert!(
+        s.record_applied(claimed[0].event_id, "i1", t0)
+            .await
+            .unwrap()
+    );
 
     let purged = s.purge(t0 + chrono::Duration::days(8)).await.unwrap();
     assert_eq!(purged, Purged { events: 1, acks: 1 });
@@ -1110,10 +1114,10 @@ async fn ingestors_acks_and_applied_state(s: S) {
         (RevocationState::Published, 2, 0)
     );
 
-    assert!(s.record_ack(ev, "i1", t0).await.unwrap());
-    assert!(!s.record_ack(ev, "i1", t0).await.unwrap(), "idempotent");
+    assert!(s.record_applied(ev, "i1", t0).await.unwrap());
+    assert!(!s.record_applied(ev, "i1", t0).await.unwrap(), "idempotent");
     assert!(
-        !s.record_ack(EventId::new(), "i1", t0).await.unwrap(),
+        !s.record_applied(EventId::new(), "i1", t0).await.unwrap(),
         "unknown event ignored"
     );
     let rev = s
@@ -1123,7 +1127,7 @@ async fn ingestors_acks_and_applied_state(s: S) {
         .revocation
         .unwrap();
     assert_eq!((rev.state, rev.applied_by), (RevocationState::Published, 1));
-    s.record_ack(ev, "i2", t0).await.unwrap();
+    s.record_applied(ev, "i2", t0).await.unwrap();
     let rev = s
         .get_key(&acme, keys[0], now())
         .await

@@ -1,10 +1,10 @@
 //! The revocation consumer: this ingestor's own durable queue
 //! `keyward.ingestor.{id}`, bound to the events exchange. For each event:
 //! apply it (the key gets a tombstone: refused from memory from now on) →
-//! report `applied` to `keyward.acks` and wait for the broker's confirm →
+//! report `applied` to the reports queue (`keyward.acks`) and wait for the broker's confirm →
 //! only then ack the event message. A connection lost in between
 //! redelivers the event (applying it again is harmless) instead of losing
-//! the report. Heartbeats go to `keyward.acks` every few seconds.
+//! the report. Heartbeats go to the same queue every few seconds.
 //!
 //! Its own reconnect loop: while disconnected the verifier does not trust
 //! its cache (revocations may be passing by); on every (re)connection the
@@ -17,18 +17,17 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use keyward_core::amqp::{self, QueueType};
 use keyward_core::config::AmqpUrl;
-use keyward_core::events::{AckMessage, RevocationMessage, ingestor_queue};
+use keyward_core::events::{ReportMessage, RevocationMessage, ingestor_queue};
 use keyward_core::reconnect::Reconnect;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
 use crate::verifier::Verifier;
@@ -135,48 +134,15 @@ impl RevocationConsumer {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        channel
-            .exchange_declare(
-                s.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let mut arguments = FieldTable::default();
-        if s.quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-        }
+        amqp::declare_exchange(&channel, &s.exchange).await?;
         let queue = s.queue();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                arguments,
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                s.exchange.as_str().into(),
-                s.binding.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_declare(
-                s.acks_queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
-            .await?;
+        let kind = if s.quorum {
+            QueueType::Quorum
+        } else {
+            QueueType::Classic
+        };
+        amqp::declare_bound_queue(&channel, &queue, &s.exchange, &s.binding, kind).await?;
+        amqp::declare_reports_queue(&channel, &s.acks_queue).await?;
         channel
             .basic_qos(s.prefetch, BasicQosOptions::default())
             .await?;
@@ -245,7 +211,7 @@ impl RevocationConsumer {
         tracing::info!(key_id = %event.key_id, event_id = %event.event_id, "revocation applied");
         self.report(
             channel,
-            &AckMessage::Applied {
+            &ReportMessage::Applied {
                 event_id: event.event_id,
                 ingestor_id: self.settings.ingestor_id.clone(),
                 applied_at: now,
@@ -265,7 +231,7 @@ impl RevocationConsumer {
         metrics::gauge!("keyward_ingestor_tombstones").set(tombstones as f64);
         self.report(
             channel,
-            &AckMessage::Heartbeat {
+            &ReportMessage::Heartbeat {
                 ingestor_id: self.settings.ingestor_id.clone(),
                 queue: self.settings.queue(),
                 at: Utc::now(),
@@ -274,10 +240,10 @@ impl RevocationConsumer {
         .await
     }
 
-    /// Publishes to the acks queue and waits for the broker's confirm; a
+    /// Publishes to the reports queue and waits for the broker's confirm; a
     /// nack is an error (the connection is dropped and the event, not yet
     /// acked, comes again).
-    async fn report(&self, channel: &Channel, message: &AckMessage) -> Result<(), Lost> {
+    async fn report(&self, channel: &Channel, message: &ReportMessage) -> Result<(), Lost> {
         let body = serde_json::to_vec(message)
             .unwrap_or_else(|_| unreachable!("an ack of ids and timestamps serializes"));
         let confirm = channel
@@ -286,9 +252,7 @@ impl RevocationConsumer {
                 self.settings.acks_queue.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type(keyward_core::events::CONTENT_TYPE.into()),
+                amqp::message_properties(),
             )
             .await?;
         match confirm.await? {

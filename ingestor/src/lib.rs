@@ -67,4 +67,5 @@ pub mod client;
 pub mod consumer;
 pub mod server;
 pub mod settings;
+pub mod startup;
 pub mod verifier;

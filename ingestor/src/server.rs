@@ -1,6 +1,6 @@
 //! The reference ingestor's HTTP side (API.md §11): `POST /ingest/{stream}`
-//! behind `Authorization: Bearer <api key>`, and `/healthz`, `/readyz`,
-//! `/metrics`. What it does with the data is not Keyward's business: it
+//! behind `Authorization: Bearer <api key>`, next to the ops routes
+//! (`keyward_core::ops`; ready while revocations are being received). What it does with the data is not Keyward's business: it
 //! reads the body (at most 1 MiB) and accepts it.
 
 use std::sync::Arc;
@@ -17,15 +17,24 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 pub struct IngestState {
     pub verifier: Arc<Verifier>,
-    /// The revocation consumer is connected: the node is ready.
-    pub connected: Arc<AtomicBool>,
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/ingest/{stream}", web::post().to(ingest))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+/// `POST /ingest/{stream}` and the ops routes; `connected` (the revocation
+/// consumer's) makes the node ready.
+pub fn configure(cfg: &mut web::ServiceConfig, connected: Arc<AtomicBool>) {
+    cfg.route("/ingest/{stream}", web::post().to(ingest));
+    keyward_core::ops::configure(cfg, Arc::new(BrokerReadiness(connected)));
+}
+
+/// Ready while the revocation consumer is connected: a node that cannot
+/// hear revocations must not take traffic.
+struct BrokerReadiness(Arc<AtomicBool>);
+
+#[async_trait::async_trait]
+impl keyward_core::ops::Readiness for BrokerReadiness {
+    async fn check(&self) -> Vec<(&'static str, bool)> {
+        vec![("broker", self.0.load(Ordering::Acquire))]
+    }
 }
 
 async fn ingest(
@@ -114,24 +123,4 @@ fn refuse(status: StatusCode, code: &'static str, message: &str) -> HttpResponse
     res.json(serde_json::json!({
         "error": {"code": code, "message": message, "requestId": request_id}
     }))
-}
-
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
-async fn readyz(state: web::Data<IngestState>) -> HttpResponse {
-    if state.connected.load(Ordering::Acquire) {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ready", "broker": true}))
-    } else {
-        HttpResponse::ServiceUnavailable()
-            .insert_header((header::RETRY_AFTER, "1"))
-            .json(serde_json::json!({"status": "unavailable", "broker": false}))
-    }
-}
-
-async fn metrics() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(keyward_core::telemetry::render_metrics())
 }

@@ -12,7 +12,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -22,9 +21,8 @@ use keyward_core::events::{RevocationMessage, routing_key};
 use keyward_core::ids::{EventId, KeyId, TenantId};
 use keyward_core::store::{KEY_REVOKED, OutboxEvent};
 use keyward_core::testing::{TestDatabase, ensure_tenant, placeholder_key};
-use keyward_sync_worker::ops::Health;
 use keyward_sync_worker::settings::Cli;
-use keyward_sync_worker::worker::Worker;
+use keyward_sync_worker::startup::Application;
 use keyward_tests::amqp::{TestBroker, amqp_url};
 use lapin::BasicProperties;
 use lapin::options::{
@@ -83,7 +81,8 @@ async fn fill_outbox(db: &TestDatabase, n: usize) {
     pool.close().await;
 }
 
-fn worker(
+/// The worker as its binary starts it (`startup::Application`).
+async fn worker(
     db: &TestDatabase,
     broker: &TestBroker,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -97,12 +96,13 @@ fn worker(
         &broker.exchange,
         "--acks-queue",
         &broker.acks_queue,
+        "--listen",
+        "127.0.0.1:0",
     ])
     .unwrap();
-    let store = db.store();
-    let health = Arc::new(Health::new(Arc::clone(&store)));
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(Worker::new(&cli.settings, store, health).run(shutdown.clone()));
+    let app = Application::build(&cli.settings).await.unwrap();
+    let shutdown = app.shutdown_token();
+    let task = tokio::spawn(app.run_until_stopped());
     (shutdown, task)
 }
 
@@ -110,7 +110,7 @@ async fn drain_with_worker(db: &TestDatabase, broker: &TestBroker) -> f64 {
     let store = db.store();
     let pending = store.outbox_stats().await.unwrap().pending;
     let started = Instant::now();
-    let (shutdown, task) = worker(db, broker);
+    let (shutdown, task) = worker(db, broker).await;
     while store.outbox_stats().await.unwrap().pending > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -194,7 +194,7 @@ async fn latency(db: &TestDatabase, broker: &mut TestBroker) {
         .bind("latency", "key.revoked.#", FieldTable::default())
         .await;
     let tenant = ensure_tenant(store.as_ref(), "lat").await;
-    let (shutdown, task) = worker(db, broker);
+    let (shutdown, task) = worker(db, broker).await;
     // Let the worker connect and go idle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut samples = Vec::with_capacity(200);

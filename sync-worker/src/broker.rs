@@ -1,31 +1,26 @@
 //! One connection to RabbitMQ: a confirm-mode channel publishing to the
-//! events exchange, and a channel consuming the acks queue. Reconnecting is
+//! events exchange, and a channel consuming the reports queue. Reconnecting is
 //! the caller's loop (`worker.rs`): a `Broker` that failed is dropped whole
 //! and a new one is connected, so no state outlives a lost connection.
 
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use keyward_core::amqp;
 use keyward_core::config::AmqpUrl;
-use keyward_core::events::{CONTENT_TYPE, RevocationMessage, routing_key};
+use keyward_core::events::{RevocationMessage, routing_key};
 use keyward_core::store::{KEY_REVOKED, OutboxEvent};
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
-    ExchangeKind,
-};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Consumer};
 use tokio::sync::watch;
 
-/// Unacked ack messages in flight to this worker at once.
-const ACKS_PREFETCH: u16 = 64;
+/// Unacked reports in flight to this worker at once.
+const REPORTS_PREFETCH: u16 = 64;
 /// Connecting (TCP, AMQP handshake, declarations) must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// `delivery_mode` 2: the broker writes the message to disk.
-const PERSISTENT: u8 = 2;
 
 /// `last_error` phrases: client-safe, the cause goes to the log.
 const CONNECTION_FAILED: &str = "the broker connection failed";
@@ -55,7 +50,7 @@ pub enum ConnectError {
 pub struct Broker {
     conn: Connection,
     publish: Channel,
-    acks: Channel,
+    reports: Channel,
     exchange: ShortString,
     acks_queue: ShortString,
     /// Turns `true` when the connection reports an error.
@@ -63,7 +58,7 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects, declares the durable topic exchange and the durable acks
+    /// Connects, declares the durable topic exchange and the durable reports
     /// queue, and puts the publishing channel in confirm mode.
     pub async fn connect(
         url: &AmqpUrl,
@@ -86,33 +81,19 @@ impl Broker {
         let conn = Connection::connect(url.as_str(), props).await?;
         let lost = watch_for_loss(&conn);
         let publish = conn.create_channel().await?;
-        publish
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        amqp::declare_exchange(&publish, exchange).await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let acks = conn.create_channel().await?;
-        acks.queue_declare(
-            acks_queue.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
-        .await?;
-        acks.basic_qos(ACKS_PREFETCH, BasicQosOptions::default())
+        let reports = conn.create_channel().await?;
+        amqp::declare_reports_queue(&reports, acks_queue).await?;
+        reports
+            .basic_qos(REPORTS_PREFETCH, BasicQosOptions::default())
             .await?;
         Ok(Self {
             conn,
             publish,
-            acks,
+            reports,
             exchange: exchange.into(),
             acks_queue: acks_queue.into(),
             lost,
@@ -182,11 +163,9 @@ impl Broker {
     async fn publish_one(&self, event: &OutboxEvent) -> lapin::Result<lapin::PublisherConfirm> {
         let body = serde_json::to_vec(&RevocationMessage::from(event))
             .unwrap_or_else(|_| unreachable!("a message of ids and a timestamp serializes"));
-        let properties = BasicProperties::default()
-            .with_delivery_mode(PERSISTENT)
+        let properties = amqp::message_properties()
             .with_message_id(event.event_id.to_string().into())
             .with_type(KEY_REVOKED.into())
-            .with_content_type(CONTENT_TYPE.into())
             .with_timestamp(u64::try_from(event.created_at.timestamp()).unwrap_or(0));
         self.publish
             .basic_publish(
@@ -202,9 +181,9 @@ impl Broker {
             .await
     }
 
-    /// Starts consuming the acks queue (manual acks).
-    pub async fn consume_acks(&self, consumer_tag: &str) -> lapin::Result<Consumer> {
-        self.acks
+    /// Starts consuming the reports queue (manual acks).
+    pub async fn consume_reports(&self, consumer_tag: &str) -> lapin::Result<Consumer> {
+        self.reports
             .basic_consume(
                 self.acks_queue.clone(),
                 consumer_tag.into(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use keyward_core::store::{OutboxEvent, Store, StoreError, error::chain};
+use keyward_core::store::{OutboxEvent, OutboxStore, StoreError, error::chain};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Outcome};
@@ -25,7 +25,7 @@ pub enum Interrupted {
 }
 
 pub struct Deliverer {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn OutboxStore>,
     pub owner: String,
     pub batch: u32,
     pub lease: Duration,

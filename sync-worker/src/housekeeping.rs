@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use keyward_core::store::{Purged, Store, error::chain};
+use keyward_core::store::{OutboxStore, Purged, error::chain};
 use tokio_util::sync::CancellationToken;
 
 /// How often the outbox gauges are refreshed.
@@ -13,7 +13,7 @@ const STATS_EVERY: Duration = Duration::from_secs(5);
 /// How often delivered history is purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
-pub async fn run(store: Arc<dyn Store>, retention: Duration, shutdown: CancellationToken) {
+pub async fn run(store: Arc<dyn OutboxStore>, retention: Duration, shutdown: CancellationToken) {
     let mut stats = tokio::time::interval(STATS_EVERY);
     let mut purge = tokio::time::interval(PURGE_EVERY);
     loop {
@@ -27,7 +27,7 @@ pub async fn run(store: Arc<dyn Store>, retention: Duration, shutdown: Cancellat
     }
 }
 
-pub async fn refresh_gauges(store: &dyn Store) {
+pub async fn refresh_gauges(store: &dyn OutboxStore) {
     match store.outbox_stats().await {
         Ok(s) => {
             let age = s
@@ -44,7 +44,7 @@ pub async fn refresh_gauges(store: &dyn Store) {
 
 /// Deletes delivered events older than `retention`; what went, if the
 /// database answered.
-pub async fn purge_old(store: &dyn Store, retention: Duration) -> Option<Purged> {
+pub async fn purge_old(store: &dyn OutboxStore, retention: Duration) -> Option<Purged> {
     let before =
         Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     match store.purge(before).await {

@@ -1,12 +1,9 @@
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context;
 use keyward_core::config::parse_or_exit;
-use keyward_core::store::Store;
-use keyward_sync_worker::ops::{self, Health};
+use keyward_core::store;
 use keyward_sync_worker::settings::{Cli, Command, Settings};
-use keyward_sync_worker::worker::Worker;
+use keyward_sync_worker::startup::Application;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -27,25 +24,10 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    let url = &settings.database.database_url;
-    let store = keyward_core::store::connect(url)
-        .await
-        .with_context(|| format!("cannot open the database {url}"))?;
-    store.migrate().await.context("migrating the database")?;
-    Ok(store)
-}
-
 async fn run(settings: &Settings) -> anyhow::Result<()> {
-    keyward_core::telemetry::metrics();
-    let store = open_store(settings).await?;
-    let health = Arc::new(Health::new(Arc::clone(&store)));
-    let (server, port) = ops::serve(settings.listen, Arc::clone(&health))?;
-    tracing::info!(port, "keyward-sync-worker health and metrics listening");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    Worker::new(settings, store, health).run(shutdown).await;
-    server.stop(true).await;
+    let app = Application::build(settings).await?;
+    tokio::spawn(cancel_on_signal(app.shutdown_token()));
+    app.run_until_stopped().await;
     Ok(())
 }
 
@@ -68,7 +50,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 }
 
 async fn retry_dead(settings: &Settings) -> anyhow::Result<()> {
-    let store = open_store(settings).await?;
+    let store = store::open(&settings.database.database_url).await?;
     let revived = store.retry_all_dead(chrono::Utc::now()).await?;
     println!("{revived} dead-lettered event(s) put back in the outbox");
     Ok(())

@@ -1,22 +1,23 @@
 //! The worker's life: connect to the broker (our own reconnect loop, with
-//! backoff), deliver the outbox and consume acks while connected, claim
+//! backoff), deliver the outbox and consume reports while connected, claim
 //! nothing while not, and on shutdown finish the batch in hand and leave.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyward_core::config::AmqpUrl;
-use keyward_core::store::{OutboxWakeups, Store, Wakeup, error::chain};
+use keyward_core::reconnect::Reconnect;
+use keyward_core::store::{IngestorStore, OutboxStore, OutboxWakeups, Wakeup, error::chain};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
 use crate::deliver::{Deliverer, Interrupted};
-use crate::ops::Health;
+use crate::health::Health;
 use crate::settings::Settings;
-use keyward_core::reconnect::Reconnect;
 
 pub struct Worker {
     deliverer: Deliverer,
+    reports: Arc<dyn IngestorStore>,
     health: Arc<Health>,
     amqp_url: AmqpUrl,
     exchange: String,
@@ -33,7 +34,12 @@ enum SessionEnd {
 }
 
 impl Worker {
-    pub fn new(settings: &Settings, store: Arc<dyn Store>, health: Arc<Health>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn OutboxStore>,
+        reports: Arc<dyn IngestorStore>,
+        health: Arc<Health>,
+    ) -> Self {
         let d = &settings.delivery;
         let sqlite = store.backend() == "sqlite";
         Self {
@@ -46,6 +52,7 @@ impl Worker {
                 liveness: d.ingestor_liveness(),
                 schedule: settings.retry.schedule(),
             },
+            reports,
             health,
             amqp_url: settings.amqp.amqp_url.clone(),
             exchange: settings.amqp.exchange.clone(),
@@ -103,7 +110,7 @@ impl Worker {
         tracing::info!("sync worker stopped");
     }
 
-    /// Delivers and consumes acks on one connection until it fails or
+    /// Delivers and consumes reports on one connection until it fails or
     /// shutdown is asked for.
     async fn session(
         &self,
@@ -111,21 +118,18 @@ impl Worker {
         wakeups: &mut Wakeups,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
-        let consumer = match broker.consume_acks(&self.deliverer.owner).await {
+        let consumer = match broker.consume_reports(&self.deliverer.owner).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot consume the acks queue");
+                tracing::warn!(error = %e, "cannot consume the reports queue");
                 return SessionEnd::Lost;
             }
         };
-        let acks = tokio::spawn(crate::acks::consume(
-            Arc::clone(&self.deliverer.store),
-            consumer,
-        ));
+        let reports = tokio::spawn(crate::reports::consume(Arc::clone(&self.reports), consumer));
         // Aborting the consumer hands its unacked messages back to the
         // broker when the channel closes: nothing is lost.
-        let _abort_acks = AbortOnDrop(acks.abort_handle());
-        let mut acks = acks;
+        let _abort_reports = AbortOnDrop(reports.abort_handle());
+        let mut reports = reports;
         loop {
             match self.deliverer.drain(broker, shutdown).await {
                 Ok(()) => {}
@@ -139,7 +143,7 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 _ = broker.lost() => return SessionEnd::Lost,
-                _ = &mut acks => return SessionEnd::Lost,
+                _ = &mut reports => return SessionEnd::Lost,
                 _ = wakeups.wait() => {}
             }
         }
@@ -158,14 +162,14 @@ impl Drop for AbortOnDrop {
 /// the poll interval, whichever comes first. A lost feed degrades to
 /// polling and is reopened at the next wait.
 struct Wakeups {
-    store: Arc<dyn Store>,
+    store: Arc<dyn OutboxStore>,
     feed: Option<Box<dyn OutboxWakeups>>,
     poll: Duration,
     listens: bool,
 }
 
 impl Wakeups {
-    fn new(store: Arc<dyn Store>, poll: Duration) -> Self {
+    fn new(store: Arc<dyn OutboxStore>, poll: Duration) -> Self {
         Self {
             store,
             feed: None,

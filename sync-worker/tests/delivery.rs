@@ -13,9 +13,9 @@ use keyward_core::events::RevocationMessage;
 use keyward_core::ids::{KeyId, TenantId};
 use keyward_core::store::{RevocationState, Store};
 use keyward_core::testing::{TestDatabase, revocations};
-use keyward_sync_worker::ops::Health;
+use keyward_sync_worker::health::Health;
 use keyward_sync_worker::settings::Cli;
-use keyward_sync_worker::worker::Worker;
+use keyward_sync_worker::startup::Application;
 use keyward_tests::amqp::{TestBroker, amqp_url, broker_addr, collect_revocations, next_delivery};
 use keyward_tests::eventually;
 use keyward_tests::proxy::{FaultProxy, Mode};
@@ -31,7 +31,8 @@ struct RunningWorker {
 }
 
 impl RunningWorker {
-    fn start(db: &TestDatabase, broker: &TestBroker, amqp: &str, extra: &[&str]) -> Self {
+    /// Starts the worker as its binary does (`startup::Application`).
+    async fn start(db: &TestDatabase, broker: &TestBroker, amqp: &str, extra: &[&str]) -> Self {
         let mut args = vec![
             "keyward-sync-worker",
             "--database-url",
@@ -46,14 +47,15 @@ impl RunningWorker {
             "20",
             "--retry-max-ms",
             "100",
+            "--listen",
+            "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
         let cli = Cli::try_parse_from(args).expect("worker settings");
-        let store = db.store();
-        let health = Arc::new(Health::new(Arc::clone(&store)));
-        let shutdown = CancellationToken::new();
-        let worker = Worker::new(&cli.settings, store, Arc::clone(&health));
-        let task = tokio::spawn(worker.run(shutdown.clone()));
+        let app = Application::build(&cli.settings).await.expect("worker");
+        let health = app.health();
+        let shutdown = app.shutdown_token();
+        let task = tokio::spawn(app.run_until_stopped());
         Self {
             health,
             shutdown,
@@ -119,7 +121,7 @@ async fn events_reach_a_bound_queue_with_the_documented_properties_and_body() {
     let mut acme_only = broker
         .bind("acme", "key.revoked.acme", FieldTable::default())
         .await;
-    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]).await;
 
     let acme = revocations(store.as_ref(), "acme", 3).await;
     let other = revocations(store.as_ref(), "other", 1).await;
@@ -191,7 +193,7 @@ async fn broker_loss_during_revokes_loses_nothing() {
     let mut queue = broker
         .bind("all", "key.revoked.#", FieldTable::default())
         .await;
-    let worker = RunningWorker::start(&db, &broker, &proxy.amqp_url(), &[]);
+    let worker = RunningWorker::start(&db, &broker, &proxy.amqp_url(), &[]).await;
 
     let before = revocations(store.as_ref(), "acme", 10).await;
     let seen = collect_revocations(&mut queue, 10, Duration::from_secs(10)).await;
@@ -241,7 +243,8 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
         &broker,
         &proxy.amqp_url(),
         &["--confirm-timeout-ms", "300"],
-    );
+    )
+    .await;
     eventually("connected", Duration::from_secs(10), || async {
         worker.health.broker_connected()
     })
@@ -292,13 +295,15 @@ async fn two_workers_deliver_everything_once_without_sharing_leases() {
         &broker,
         &amqp_url(),
         &["--batch", "25", "--worker-id", "a"],
-    );
+    )
+    .await;
     let b = RunningWorker::start(
         &db,
         &broker,
         &amqp_url(),
         &["--batch", "25", "--worker-id", "b"],
-    );
+    )
+    .await;
 
     let seen = collect_revocations(&mut queue, events.len(), Duration::from_secs(20)).await;
     let expected: HashSet<String> = events.iter().map(|(_, e)| e.to_string()).collect();
@@ -337,7 +342,8 @@ async fn refused_events_are_dead_lettered_then_retried_back() {
         &broker,
         &amqp_url(),
         &["--retry-max-attempts", "3", "--poll-interval-ms", "50"],
-    );
+    )
+    .await;
 
     let revoked = revocations(store.as_ref(), "acme", 1).await;
     let tenant = TenantId::parse("acme").unwrap();
@@ -390,7 +396,7 @@ async fn sqlite_single_worker_end_to_end_and_unrouted_events() {
     let mut acme = broker
         .bind("acme", "key.revoked.acme", FieldTable::default())
         .await;
-    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]).await;
 
     let routed = revocations(store.as_ref(), "acme", 5).await;
     // Nobody listens for this tenant: confirmed, returned, counted.
@@ -425,7 +431,7 @@ async fn acks_record_heartbeats_and_applied_events() {
     let mut queue = broker
         .bind("all", "key.revoked.#", FieldTable::default())
         .await;
-    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]).await;
 
     broker.send_ack(&serde_json::json!("not an ack")).await;
     broker
@@ -491,13 +497,13 @@ async fn shutdown_finishes_the_batch_in_hand_and_holds_no_lease() {
     // A lease far longer than the test: a lease left behind would stall
     // its events until the test times out.
     let lease = ["--batch", "20", "--lease-seconds", "600"];
-    let first = RunningWorker::start(&db, &broker, &amqp_url(), &lease);
+    let first = RunningWorker::start(&db, &broker, &amqp_url(), &lease).await;
     next_delivery(&mut queue, Duration::from_secs(10))
         .await
         .expect("delivery started");
     first.stop().await;
 
-    let second = RunningWorker::start(&db, &broker, &amqp_url(), &lease);
+    let second = RunningWorker::start(&db, &broker, &amqp_url(), &lease).await;
     eventually(
         "the successor drains the rest",
         Duration::from_secs(15),
@@ -544,7 +550,7 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
         .bind("all", "key.revoked.#", FieldTable::default())
         .await;
     let name = format!("worker-{}", KeyId::new());
-    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &["--worker-id", &name]);
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &["--worker-id", &name]).await;
     let before = revocations(store.as_ref(), "acme", 5).await;
     let seen = collect_revocations(&mut queue, 5, Duration::from_secs(10)).await;
     assert_eq!(distinct(&seen).len(), before.len());
@@ -582,7 +588,7 @@ async fn housekeeping_reports_the_outbox_and_purges_delivered_history() {
     assert!(metrics.contains("keyward_outbox_pending"), "{metrics}");
     assert!(metrics.contains("keyward_outbox_oldest_pending_age_seconds"));
 
-    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]);
+    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]).await;
     eventually("settled", Duration::from_secs(10), || {
         outbox_settled(store.as_ref())
     })
@@ -612,7 +618,8 @@ async fn the_worker_rides_out_a_database_outage_without_restarting() {
     let mut queue = broker
         .bind("all", "key.revoked.#", FieldTable::default())
         .await;
-    let worker = RunningWorker::start(&db, &broker, &amqp_url(), &["--poll-interval-ms", "200"]);
+    let worker =
+        RunningWorker::start(&db, &broker, &amqp_url(), &["--poll-interval-ms", "200"]).await;
     let before = revocations(store.as_ref(), "acme", 2).await;
     let seen = collect_revocations(&mut queue, 2, Duration::from_secs(10)).await;
     assert_eq!(distinct(&seen).len(), before.len());

@@ -1,31 +1,23 @@
-//! `/healthz` (the process is up) and `/readyz` (the database answers).
+//! `/healthz`, `/readyz` and `/metrics` (`keyward_core::ops`, shared by the
+//! three binaries): the API is ready while its database answers.
 
-use actix_web::{HttpResponse, web};
+use std::sync::Arc;
 
-use crate::state::AppState;
+use keyward_core::ops::Readiness;
+use keyward_core::store::{Store, error::chain};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz));
-}
+pub struct DatabaseReadiness(pub Arc<dyn Store>);
 
-/// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "up")))]
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
-/// The database answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "ready"), (status = 503, description = "database unreachable")))]
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    match state.store.ping().await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
-        Err(e) => {
-            tracing::warn!(error = %keyward_core::store::error::chain(&e), "readiness check failed");
-            HttpResponse::ServiceUnavailable()
-                .insert_header(("Retry-After", "1"))
-                .json(serde_json::json!({"status": "unavailable"}))
-        }
+#[async_trait::async_trait]
+impl Readiness for DatabaseReadiness {
+    async fn check(&self) -> Vec<(&'static str, bool)> {
+        let database = match self.0.ping().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "readiness: the database does not answer");
+                false
+            }
+        };
+        vec![("database", database)]
     }
 }

@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use super::{groups, health, ingestors, keys, roles, tenants, users};
+use super::{groups, ingestors, keys, roles, tenants, users};
 use crate::error::TABLE;
 use crate::extract::BODY_LIMIT;
 
@@ -41,9 +41,9 @@ use crate::extract::BODY_LIMIT;
         keys::validate,
         keys::verify,
         ingestors::list,
-        health::healthz,
-        health::readyz,
-        crate::metrics::render,
+        keyward_core::ops::healthz,
+        keyward_core::ops::readyz,
+        keyward_core::ops::metrics,
         document,
     ),
     components(schemas(crate::error::ErrorBody))

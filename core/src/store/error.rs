@@ -90,26 +90,32 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-/// The kind of constraint a database error violated, if it was one.
-pub(crate) fn violation(e: &sqlx::Error) -> Option<sqlx::error::ErrorKind> {
+/// A constraint a statement can violate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Violation {
+    Unique,
+    ForeignKey,
+}
+
+/// The constraint a database error violated, if it was one we name.
+pub(crate) fn violation(e: &sqlx::Error) -> Option<Violation> {
     match e {
         sqlx::Error::Database(db) => match db.kind() {
-            sqlx::error::ErrorKind::Other => None,
-            kind => Some(kind),
+            sqlx::error::ErrorKind::UniqueViolation => Some(Violation::Unique),
+            sqlx::error::ErrorKind::ForeignKeyViolation => Some(Violation::ForeignKey),
+            _ => None,
         },
         _ => None,
     }
 }
 
-pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(violation(e), Some(sqlx::error::ErrorKind::UniqueViolation))
-}
-
-pub(crate) fn is_fk_violation(e: &sqlx::Error) -> bool {
-    matches!(
-        violation(e),
-        Some(sqlx::error::ErrorKind::ForeignKeyViolation)
-    )
+/// Maps the error of one statement: a violated constraint becomes what it
+/// means at that statement (`meaning` answers `None` for one it does not
+/// expect); anything else is a database failure.
+pub(crate) fn on_constraint(
+    meaning: impl FnOnce(Violation) -> Option<StoreError>,
+) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| violation(&e).and_then(meaning).unwrap_or_else(|| e.into())
 }
 
 /// An error with its sources on one line, for logs.

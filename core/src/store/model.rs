@@ -159,6 +159,38 @@ pub enum RevocationState {
     Failed,
 }
 
+/// What the outbox knows of a revocation's event, from which its state
+/// follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventProgress {
+    /// The event's outbox row still exists (purging removes published rows).
+    pub in_outbox: bool,
+    pub published: bool,
+    /// Given up on (dead-lettered).
+    pub dead: bool,
+    /// Ingestors that reported `applied`.
+    pub applied_by: i64,
+    /// Ingestors live when the event was published.
+    pub live_ingestors: i64,
+}
+
+impl EventProgress {
+    /// The `applied` rule: every ingestor live at publication (at least one)
+    /// reported applying it. A dead event is failed, one still in the outbox
+    /// and unpublished is pending; a purged one was published long ago.
+    pub fn state(&self) -> RevocationState {
+        if self.dead {
+            RevocationState::Failed
+        } else if self.in_outbox && !self.published {
+            RevocationState::Pending
+        } else if self.live_ingestors > 0 && self.applied_by >= self.live_ingestors {
+            RevocationState::Applied
+        } else {
+            RevocationState::Published
+        }
+    }
+}
+
 /// Where a revoked key's event is on its way to the ingestors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -280,3 +312,50 @@ pub struct IngestorRecord {
 
 /// The kind of every event the outbox holds today.
 pub const KEY_REVOKED: &str = "key.revoked";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(published: bool, applied_by: i64, live_ingestors: i64) -> EventProgress {
+        EventProgress {
+            in_outbox: true,
+            published,
+            dead: false,
+            applied_by,
+            live_ingestors,
+        }
+    }
+
+    #[test]
+    fn a_revocation_is_applied_once_every_live_ingestor_reported() {
+        assert_eq!(progress(true, 2, 2).state(), RevocationState::Applied);
+        assert_eq!(progress(true, 3, 2).state(), RevocationState::Applied);
+        assert_eq!(progress(true, 1, 2).state(), RevocationState::Published);
+    }
+
+    #[test]
+    fn no_live_ingestor_means_published_not_applied() {
+        assert_eq!(progress(true, 0, 0).state(), RevocationState::Published);
+        assert_eq!(progress(true, 1, 0).state(), RevocationState::Published);
+    }
+
+    #[test]
+    fn unpublished_is_pending_and_dead_is_failed_whatever_the_reports() {
+        assert_eq!(progress(false, 0, 2).state(), RevocationState::Pending);
+        let dead = EventProgress {
+            dead: true,
+            ..progress(false, 2, 2)
+        };
+        assert_eq!(dead.state(), RevocationState::Failed);
+    }
+
+    #[test]
+    fn a_purged_event_reads_as_published() {
+        let purged = EventProgress {
+            in_outbox: false,
+            ..progress(false, 0, 0)
+        };
+        assert_eq!(purged.state(), RevocationState::Published);
+    }
+}

@@ -1,5 +1,5 @@
-//! The consumer of `keyward.acks`: ingestors' heartbeats and their
-//! "applied" reports, written to the store (DESIGN.md, Acks).
+//! The consumer of the reports queue (`keyward.acks` by default): the
+//! ingestors' heartbeats and `applied` reports, written to the store.
 //!
 //! A message is acknowledged to the broker only after the store has it; a
 //! database failure hands it back (requeue), a message that is not one of
@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use keyward_core::events::AckMessage;
-use keyward_core::store::{Store, StoreResult, error::chain};
+use keyward_core::events::ReportMessage;
+use keyward_core::store::{IngestorStore, StoreResult, error::chain};
 use lapin::Consumer;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -20,28 +20,28 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Consumes until the stream ends or fails (the connection is gone).
-pub async fn consume(store: Arc<dyn Store>, mut consumer: Consumer) {
+pub async fn consume(store: Arc<dyn IngestorStore>, mut consumer: Consumer) {
     while let Some(delivery) = consumer.next().await {
         let delivery = match delivery {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(error = %e, "acks consumer stopped");
+                tracing::warn!(error = %e, "reports consumer stopped");
                 return;
             }
         };
         if let Err(e) = handle(store.as_ref(), &delivery).await {
-            tracing::warn!(error = %e, "answering an ack message failed");
+            tracing::warn!(error = %e, "answering a report failed");
             return;
         }
     }
 }
 
-async fn handle(store: &dyn Store, delivery: &Delivery) -> lapin::Result<bool> {
-    let message: AckMessage = match serde_json::from_slice(&delivery.data) {
+async fn handle(store: &dyn IngestorStore, delivery: &Delivery) -> lapin::Result<bool> {
+    let message: ReportMessage = match serde_json::from_slice(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
             metrics::counter!("keyward_acks_total", "result" => "malformed").increment(1);
-            tracing::warn!(error = %e, "dropping a message on the acks queue that is not an ack");
+            tracing::warn!(error = %e, "dropping a message on the reports queue that is not a report");
             return delivery.reject(BasicRejectOptions { requeue: false }).await;
         }
     };
@@ -52,7 +52,7 @@ async fn handle(store: &dyn Store, delivery: &Delivery) -> lapin::Result<bool> {
         }
         Err(e) => {
             metrics::counter!("keyward_acks_total", "result" => "requeued").increment(1);
-            tracing::warn!(error = %chain(&e), "recording an ack failed; handed back to the broker");
+            tracing::warn!(error = %chain(&e), "recording a report failed; handed back to the broker");
             tokio::time::sleep(STORE_RETRY_PAUSE).await;
             delivery
                 .nack(BasicNackOptions {
@@ -64,10 +64,10 @@ async fn handle(store: &dyn Store, delivery: &Delivery) -> lapin::Result<bool> {
     }
 }
 
-async fn record(store: &dyn Store, message: &AckMessage) -> StoreResult<&'static str> {
+async fn record(store: &dyn IngestorStore, message: &ReportMessage) -> StoreResult<&'static str> {
     let now = Utc::now();
     match message {
-        AckMessage::Heartbeat {
+        ReportMessage::Heartbeat {
             ingestor_id,
             queue,
             at,
@@ -77,13 +77,13 @@ async fn record(store: &dyn Store, message: &AckMessage) -> StoreResult<&'static
                 .await?;
             Ok("heartbeat")
         }
-        AckMessage::Applied {
+        ReportMessage::Applied {
             event_id,
             ingestor_id,
             applied_at,
         } => {
             let new = store
-                .record_ack(*event_id, ingestor_id, not_after(*applied_at, now))
+                .record_applied(*event_id, ingestor_id, not_after(*applied_at, now))
                 .await?;
             Ok(if new { "applied" } else { "duplicate" })
         }

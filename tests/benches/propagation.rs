@@ -1,35 +1,24 @@
 //! Revoke-to-reject latency (issue #6): the DELETE is answered → both
 //! ingestors answer 401 for a key they had cached. The whole system runs
-//! in this process on the local PostgreSQL and RabbitMQ: the API, the sync
-//! worker, and two ingestor nodes (verifier, revocation consumer and the
-//! reference HTTP server), each over real connections.
+//! in this process on the local PostgreSQL and RabbitMQ — the API, the sync
+//! worker and two reference ingestors, each started by its binary's own
+//! `startup::Application` — over real connections. (`bench-verify
+//! propagation` measures the same with the release binaries as processes.)
 //!
-//! Run: `cargo bench -p keyward-ingestor --bench propagation`
+//! Run: `cargo bench -p keyward-tests --bench propagation`
 //! (`KEYWARD_BENCH_KEYS` changes the 200 keys).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{App, HttpServer, web};
 use clap::Parser;
 use keyward_api::settings::Settings as ApiSettings;
-use keyward_api::startup::Application;
 use keyward_core::ids::Password;
 use keyward_core::password::Argon2Settings;
 use keyward_core::testing::TestDatabase;
-use keyward_core::token::ApiKeyToken;
-use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
-use keyward_ingestor::consumer::{ConsumerSettings, RevocationConsumer};
-use keyward_ingestor::server::{self, IngestState};
-use keyward_ingestor::verifier::Verifier;
-use keyward_sync_worker::ops::Health;
-use keyward_sync_worker::worker::Worker;
 use keyward_tests::amqp::{TestBroker, amqp_url};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const PASSWORD: &str = "benchmark password";
 
@@ -44,10 +33,9 @@ async fn main() {
         .unwrap_or(200);
     let db = TestDatabase::postgres().await.expect("PostgreSQL");
     let broker = TestBroker::new().await.expect("RabbitMQ");
-    let shutdown = CancellationToken::new();
 
     // The API.
-    let app = Application::build(ApiSettings {
+    let app = keyward_api::startup::Application::build(ApiSettings {
         admin_password: Some(Password::parse(PASSWORD).unwrap()),
         argon2: Argon2Settings::cheap(),
         ..ApiSettings::local(db.url.clone())
@@ -75,11 +63,15 @@ async fn main() {
         &broker.exchange,
         "--acks-queue",
         &broker.acks_queue,
+        "--listen",
+        "127.0.0.1:0",
     ])
     .unwrap();
-    let store = db.store();
-    let health = Arc::new(Health::new(Arc::clone(&store)));
-    tokio::spawn(Worker::new(&cli.settings, store, health).run(shutdown.clone()));
+    let worker = keyward_sync_worker::startup::Application::build(&cli.settings)
+        .await
+        .unwrap();
+    let stop_worker = worker.shutdown_token();
+    let worker = tokio::spawn(worker.run_until_stopped());
 
     // Two ingestor nodes.
     let verifier: Value = admin(
@@ -92,17 +84,17 @@ async fn main() {
     .json()
     .await
     .unwrap();
-    let verifier_key = ApiKeyToken::parse(verifier["secret"].as_str().unwrap()).unwrap();
+    let verifier_key = verifier["secret"].as_str().unwrap();
     let prefix = broker.exchange.replace(".events", "");
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
         nodes.push(
             ingestor(
+                &http,
                 &api,
-                &verifier_key,
+                verifier_key,
                 &broker,
                 &format!("{prefix}-{name}"),
-                &shutdown,
             )
             .await,
         );
@@ -176,8 +168,8 @@ async fn main() {
         pct(0.99),
         samples[samples.len() - 1]
     );
-    shutdown.cancel();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_worker.cancel();
+    let _ = worker.await;
     for name in ["a", "b"] {
         let queue = format!("keyward.ingestor.{prefix}-{name}");
         let _ = broker
@@ -188,57 +180,52 @@ async fn main() {
     broker.cleanup().await;
 }
 
-/// One ingestor node: its verifier, consumer and HTTP server; its base URL.
+/// One reference ingestor, as its binary starts it; its base URL once it
+/// is ready (receiving revocations).
 async fn ingestor(
+    http: &reqwest::Client,
     api: &str,
-    verifier_key: &ApiKeyToken,
+    verifier_key: &str,
     broker: &TestBroker,
     id: &str,
-    shutdown: &CancellationToken,
 ) -> String {
-    let client = VerifyClient::new(
-        &url::Url::parse(api).unwrap(),
-        verifier_key.clone(),
-        VERIFY_TIMEOUT,
-    )
+    let cli = keyward_ingestor::settings::Cli::try_parse_from([
+        "keyward-ingestor",
+        "--api-url",
+        api,
+        "--verifier-key",
+        verifier_key,
+        "--amqp-url",
+        &amqp_url(),
+        "--exchange",
+        &broker.exchange,
+        "--acks-queue",
+        &broker.acks_queue,
+        "--ingestor-id",
+        id,
+        "--listen",
+        "127.0.0.1:0",
+    ])
     .unwrap();
-    let verifier = Arc::new(Verifier::new(client, 100_000));
-    let consumer = RevocationConsumer::new(
-        ConsumerSettings {
-            amqp_url: amqp_url().parse().unwrap(),
-            exchange: broker.exchange.clone(),
-            ingestor_id: id.to_owned(),
-            binding: "key.revoked.#".into(),
-            acks_queue: broker.acks_queue.clone(),
-            quorum: false,
-            prefetch: 64,
-            heartbeat_every: Duration::from_secs(5),
-        },
-        Arc::clone(&verifier),
-    );
-    let connected = consumer.connected();
-    tokio::spawn(consumer.run(shutdown.clone()));
-    while !connected.load(std::sync::atomic::Ordering::Acquire) {
+    let node = keyward_ingestor::startup::Application::build(cli.settings)
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", node.port());
+    tokio::spawn(node.run_until_stopped());
+    let ready = Instant::now();
+    while !http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "ingestor {id} never ready"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let state = web::Data::new(IngestState {
-        verifier,
-        connected,
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .configure(server::configure)
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .unwrap()
-    .run();
-    tokio::spawn(server);
-    format!("http://127.0.0.1:{port}")
+    url
 }
 
 async fn ingest(http: &reqwest::Client, node: &str, secret: &str) -> u16 {

@@ -1,0 +1,247 @@
+//! API keys: creation with their roles, reads, the verification read, the
+//! revoke (tombstone and `key.revoked` event in one transaction) and usage.
+//! SQL: `sql.rs`.
+
+use async_trait::async_trait;
+use sqlx::FromRow;
+
+use super::rows::{GrantRow, fold_grants, key_id, parse, roles, tenant};
+use super::timestamp::Ts;
+use super::{
+    ApiKey, Backend, EventProgress, KeyCredentials, KeyQuery, KeyStatus, NewApiKey, Revocation,
+    Revoked, StoreResult, Timestamp,
+};
+use crate::ids::{EventId, KeyId, KeyName, TenantId, Username};
+
+#[async_trait]
+pub trait KeyStore: Backend {
+    /// Inserts the key and its roles in one transaction (`UnknownRoles`,
+    /// `DuplicateKeyName`, `TenantNotFound`).
+    async fn create_key(&self, key: &NewApiKey, now: Timestamp) -> StoreResult<ApiKey>;
+    async fn get_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        now: Timestamp,
+    ) -> StoreResult<ApiKey>;
+    async fn list_keys(
+        &self,
+        tenant: &TenantId,
+        query: &KeyQuery,
+        now: Timestamp,
+    ) -> StoreResult<Vec<ApiKey>>;
+    /// By primary key alone, for verification; includes the key's grants.
+    async fn key_credentials(&self, key_id: KeyId) -> StoreResult<Option<KeyCredentials>>;
+    /// The same for many keys in one statement (concurrent cache misses of
+    /// different keys share it); keys that do not exist are left out.
+    async fn key_credentials_many(&self, ids: &[KeyId]) -> StoreResult<Vec<KeyCredentials>>;
+    /// Replaces a key's stored secret hash if it is still `old_hash`
+    /// (an argon2id PHC string rewritten as its SHA-256 digest after a
+    /// successful proof); `true` when it did.
+    async fn upgrade_key_hash(
+        &self,
+        key_id: KeyId,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> StoreResult<bool>;
+    /// Tombstone and `key.revoked` event in one transaction. Idempotent: a
+    /// key already revoked is returned as is, and no second event written.
+    async fn revoke_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        revoked_by: &str,
+        event_id: EventId,
+        now: Timestamp,
+    ) -> StoreResult<Revoked>;
+    /// Records last use for many keys in one transaction (the verify path
+    /// batches them in memory first). Never moves `last_used_at` backwards.
+    async fn record_key_usage(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<u64>;
+    /// A feed of cached-verification invalidations from other replicas
+    /// (PostgreSQL `LISTEN keyward_keys`); `None` where there are none to
+    /// hear (SQLite: one process owns the file).
+    async fn key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>>;
+}
+
+/// What another replica says must be dropped from verification caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyChange {
+    Key(KeyId),
+    Tenant(TenantId),
+    /// A user's roles changed or the user was deleted.
+    User(Username),
+    /// The feed lost its connection: anything may have been missed.
+    Lost,
+}
+
+impl KeyChange {
+    /// The notification payload that tells other replicas of this change:
+    /// `key:{id}`, `tenant:{id}` or `user:{name}` (`Lost` is never sent).
+    pub fn payload(&self) -> Option<String> {
+        match self {
+            Self::Key(id) => Some(format!("key:{id}")),
+            Self::Tenant(id) => Some(format!("tenant:{id}")),
+            Self::User(name) => Some(format!("user:{name}")),
+            Self::Lost => None,
+        }
+    }
+
+    /// Reads a payload back; `None` for one this version does not know.
+    pub fn parse(payload: &str) -> Option<Self> {
+        match payload.split_once(':')? {
+            ("key", id) => KeyId::parse(id).ok().map(Self::Key),
+            ("tenant", t) => TenantId::parse(t).ok().map(Self::Tenant),
+            ("user", u) => Username::parse(u).ok().map(Self::User),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+pub trait KeyChanges: Send {
+    /// The next change; `Err` only when the feed cannot go on.
+    async fn next(&mut self) -> StoreResult<KeyChange>;
+}
+
+/// A key with its revocation event, if any, as lists and reads select it.
+#[derive(FromRow)]
+pub(crate) struct KeyRow {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub start: String,
+    pub status: String,
+    pub created_by: String,
+    pub created_at: Ts,
+    pub expires_at: Option<Ts>,
+    pub last_used_at: Option<Ts>,
+    pub revoked_at: Option<Ts>,
+    pub revoked_by: Option<String>,
+    pub event_id: Option<String>,
+    pub attempts: Option<i32>,
+    pub published_at: Option<Ts>,
+    pub dead_at: Option<Ts>,
+    pub last_error: Option<String>,
+    pub live_ingestors: Option<i64>,
+    pub applied_by: Option<i64>,
+}
+
+impl KeyRow {
+    pub(crate) fn into_key(self, role_names: &[String], now: Timestamp) -> StoreResult<ApiKey> {
+        let active = self.status == "active";
+        let revocation = match (&self.event_id, active) {
+            (Some(event_id), false) => Some(revocation(&self, event_id)?),
+            _ => None,
+        };
+        Ok(ApiKey {
+            key_id: key_id(&self.key_id)?,
+            tenant_id: tenant(&self.tenant_id)?,
+            name: parse("key name", &self.name, KeyName::parse)?,
+            roles: roles(role_names)?,
+            start: self.start,
+            created_by: self.created_by,
+            created_at: self.created_at.0,
+            expires_at: self.expires_at.map(|t| t.0),
+            last_used_at: self.last_used_at.map(|t| t.0),
+            status: KeyStatus::at(active, self.expires_at.map(|t| t.0), now),
+            revoked_at: self.revoked_at.map(|t| t.0),
+            revoked_by: self.revoked_by,
+            revocation,
+        })
+    }
+}
+
+/// The revocation of a revoked key's row. After a purge the outbox row is
+/// gone (its columns read NULL): it was published long ago.
+fn revocation(r: &KeyRow, event_id: &str) -> StoreResult<Revocation> {
+    let progress = EventProgress {
+        in_outbox: r.attempts.is_some(),
+        published: r.published_at.is_some(),
+        dead: r.dead_at.is_some(),
+        applied_by: r.applied_by.unwrap_or(0),
+        live_ingestors: r.live_ingestors.unwrap_or(0),
+    };
+    Ok(Revocation {
+        state: progress.state(),
+        event_id: parse("event id", event_id, EventId::parse)?,
+        attempts: r.attempts.unwrap_or(0),
+        published_at: r.published_at.map(|t| t.0),
+        applied_by: progress.applied_by,
+        ingestors: progress.live_ingestors,
+        last_error: r.last_error.clone(),
+    })
+}
+
+/// A key as verification reads it, one row per grant privilege (the grant
+/// columns are NULL for a key without roles).
+#[derive(FromRow)]
+pub(crate) struct KeyGrantRow {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub secret_hash: String,
+    pub status: String,
+    pub expires_at: Option<Ts>,
+    pub role_name: Option<String>,
+    pub group_name: Option<String>,
+    pub privilege: Option<String>,
+    pub stream: Option<String>,
+}
+
+/// The keys of `rows` (ordered by key, role, group, position) with their
+/// folded grants.
+pub(crate) fn keys_credentials(rows: Vec<KeyGrantRow>) -> StoreResult<Vec<KeyCredentials>> {
+    let mut out: Vec<(KeyCredentials, Vec<GrantRow>)> = Vec::new();
+    for r in rows {
+        if out
+            .last()
+            .is_none_or(|(k, _)| k.key_id.to_string() != r.key_id)
+        {
+            let key = KeyCredentials {
+                key_id: key_id(&r.key_id)?,
+                tenant_id: tenant(&r.tenant_id)?,
+                secret_hash: r.secret_hash.clone(),
+                active: r.status == "active",
+                expires_at: r.expires_at.map(|t| t.0),
+                grants: Vec::new(),
+            };
+            out.push((key, Vec::new()));
+        }
+        if let (Some(role_name), Some((_, grants))) = (r.role_name, out.last_mut()) {
+            grants.push(GrantRow {
+                role_name,
+                group_name: r.group_name,
+                privilege: r.privilege,
+                stream: r.stream,
+            });
+        }
+    }
+    out.into_iter()
+        .map(|(key, grants)| {
+            Ok(KeyCredentials {
+                grants: fold_grants(grants)?,
+                ..key
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_payloads_read_back() {
+        let changes = [
+            KeyChange::Key(KeyId::new()),
+            KeyChange::Tenant(TenantId::parse("acme").unwrap()),
+            KeyChange::User(Username::parse("alice").unwrap()),
+        ];
+        for change in changes {
+            let payload = change.payload().unwrap();
+            assert_eq!(KeyChange::parse(&payload), Some(change));
+        }
+        assert_eq!(KeyChange::Lost.payload(), None);
+        assert_eq!(KeyChange::parse("group:x"), None);
+        assert_eq!(KeyChange::parse("key:not-an-id"), None);
+    }
+}

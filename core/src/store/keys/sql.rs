@@ -1,0 +1,312 @@
+//! API key SQL, compiled once per backend (see `store/mod.rs`).
+
+use super::rbac::{link_error, require_roles};
+use super::{Conn, SqlStore, sql};
+use crate::ids::{EventId, KeyId, TenantId};
+use crate::store::error::{Violation, on_constraint};
+use crate::store::keys::{KeyChange, KeyChanges, KeyGrantRow, KeyRow, KeyStore, keys_credentials};
+use crate::store::rows::{NameLinkRow, links_by_owner};
+use crate::store::timestamp::{Ts, truncate_micros};
+use crate::store::{
+    ApiKey, Dialect, KEY_REVOKED, KeyCredentials, KeyQuery, NewApiKey, Revoked, StoreError,
+    StoreResult, Timestamp,
+};
+
+/// The key columns every key read selects, with its revocation event.
+macro_rules! key_select {
+    ($($tail:literal),*) => {
+        concat!(
+            "SELECT k.key_id, k.tenant_id, k.name, k.start, k.status, k.created_by, k.created_at, \
+                    k.expires_at, k.last_used_at, k.revoked_at, k.revoked_by, \
+                    k.revocation_event_id AS event_id, o.attempts, o.published_at, o.dead_at, \
+                    o.last_error, o.live_ingestors, \
+                    (SELECT COUNT(*) FROM event_acks a WHERE a.event_id = k.revocation_event_id) \
+                      AS applied_by \
+             FROM api_keys k LEFT JOIN outbox o ON o.event_id = k.revocation_event_id ",
+            $($tail),*
+        )
+    };
+}
+
+/// Keys with their grants, as verification reads them: one row per grant
+/// privilege (NULL grant columns for a key without roles), ordered by key,
+/// role, group and position. The three arguments are each backend's "key id
+/// among the list bound as `$1`" test, on `kr`, `gk` and `k`.
+macro_rules! key_grants_select {
+    ($kr:literal, $gk:literal, $k:literal) => {
+        concat!(
+            "SELECT k.key_id, k.tenant_id, k.secret_hash, k.status, k.expires_at, \
+                    g.role_name, g.group_name, g.privilege, g.stream, g.position \
+             FROM api_keys k LEFT JOIN ( \
+               SELECT kr.key_id AS owner, kr.role_name, NULL AS group_name, \
+                      p.privilege, p.stream, p.position \
+               FROM api_key_roles kr LEFT JOIN role_privileges p \
+                 ON p.tenant_id = kr.tenant_id AND p.role_name = kr.role_name \
+               WHERE ", $kr, " \
+               UNION ALL \
+               SELECT gk.key_id, gr.role_name, gk.group_name, p.privilege, p.stream, p.position \
+               FROM group_keys gk \
+               JOIN group_roles gr ON gr.tenant_id = gk.tenant_id AND gr.group_name = gk.group_name \
+               LEFT JOIN role_privileges p \
+                 ON p.tenant_id = gr.tenant_id AND p.role_name = gr.role_name \
+               WHERE ", $gk, ") g ON g.owner = k.key_id \
+             WHERE ", $k, " \
+             ORDER BY k.key_id, g.role_name, g.group_name, g.position"
+        )
+    };
+}
+
+/// Many keys with their grants; `$1` is the list of key ids.
+const KEY_GRANTS: Dialect = Dialect {
+    sqlite: key_grants_select!(
+        "kr.key_id IN (SELECT value FROM json_each($1))",
+        "gk.key_id IN (SELECT value FROM json_each($1))",
+        "k.key_id IN (SELECT value FROM json_each($1))"
+    ),
+    postgres: key_grants_select!(
+        "kr.key_id = ANY($1)",
+        "gk.key_id = ANY($1)",
+        "k.key_id = ANY($1)"
+    ),
+};
+
+async fn keys_in(conn: &mut Conn, rows: Vec<KeyRow>, now: Timestamp) -> StoreResult<Vec<ApiKey>> {
+    // Rows come newest first: the page spans [last, first] by id.
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Ok(Vec::new());
+    };
+    let links: Vec<NameLinkRow> = sqlx::query_as(
+        "SELECT key_id AS owner, role_name AS name FROM api_key_roles \
+         WHERE tenant_id = $1 AND key_id >= $2 AND key_id <= $3 \
+         ORDER BY key_id, role_name",
+    )
+    .bind(&first.tenant_id)
+    .bind(&last.key_id)
+    .bind(&first.key_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let roles = links_by_owner(links);
+    rows.into_iter()
+        .map(|k| {
+            let r = roles.get(&k.key_id).map(Vec::as_slice).unwrap_or_default();
+            k.into_key(r, now)
+        })
+        .collect()
+}
+
+pub(super) async fn key_in(
+    conn: &mut Conn,
+    tenant: &TenantId,
+    key_id: KeyId,
+    now: Timestamp,
+) -> StoreResult<ApiKey> {
+    let row: Option<KeyRow> =
+        sqlx::query_as(key_select!("WHERE k.tenant_id = $1 AND k.key_id = $2"))
+            .bind(tenant.as_str())
+            .bind(key_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let row = row.ok_or(StoreError::KeyNotFound)?;
+    keys_in(conn, vec![row], now)
+        .await?
+        .pop()
+        .ok_or(StoreError::KeyNotFound)
+}
+
+#[async_trait::async_trait]
+impl KeyStore for SqlStore {
+    #[tracing::instrument(skip(self, key), fields(key_id = %key.key_id))]
+    async fn create_key(&self, key: &NewApiKey, now: Timestamp) -> StoreResult<ApiKey> {
+        let mut tx = self.begin_write().await?;
+        require_roles(&mut tx, &key.tenant_id, &key.roles).await?;
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, tenant_id, name, secret_hash, start, status, \
+                               created_by, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8)",
+        )
+        .bind(key.key_id.to_string())
+        .bind(key.tenant_id.as_str())
+        .bind(key.name.as_str())
+        .bind(&key.secret_hash)
+        .bind(&key.start)
+        .bind(&key.created_by)
+        .bind(Ts(truncate_micros(key.created_at)))
+        .bind(key.expires_at.map(|t| Ts(truncate_micros(t))))
+        .execute(&mut *tx)
+        .await
+        .map_err(on_constraint(|v| match v {
+            Violation::Unique => Some(StoreError::DuplicateKeyName),
+            Violation::ForeignKey => Some(StoreError::TenantNotFound),
+        }))?;
+        for role in &key.roles {
+            let inserted = sqlx::query(
+                "INSERT INTO api_key_roles (tenant_id, key_id, role_name) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+            )
+            .bind(key.tenant_id.as_str())
+            .bind(key.key_id.to_string())
+            .bind(role.as_str())
+            .execute(&mut *tx)
+            .await;
+            if let Err(e) = inserted {
+                return Err(link_error(&self.pool, e, &key.tenant_id, &key.roles).await);
+            }
+        }
+        let created = key_in(&mut tx, &key.tenant_id, key.key_id, now).await?;
+        tx.commit().await?;
+        Ok(created)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn get_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        now: Timestamp,
+    ) -> StoreResult<ApiKey> {
+        let mut conn = self.pool.acquire().await?;
+        key_in(&mut conn, tenant, key_id, now).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn list_keys(
+        &self,
+        tenant: &TenantId,
+        query: &KeyQuery,
+        now: Timestamp,
+    ) -> StoreResult<Vec<ApiKey>> {
+        let mut conn = self.pool.acquire().await?;
+        let rows: Vec<KeyRow> = sqlx::query_as(key_select!(
+            "WHERE k.tenant_id = $1 \
+               AND ($2 = 'all' \
+                    OR ($2 = 'revoked' AND k.status = 'revoked') \
+                    OR ($2 = 'active' AND k.status = 'active' \
+                        AND (k.expires_at IS NULL OR k.expires_at > $3)) \
+                    OR ($2 = 'expired' AND k.status = 'active' AND k.expires_at <= $3)) \
+               AND ($4 IS NULL OR k.key_id < $4) \
+             ORDER BY k.key_id DESC LIMIT $5"
+        ))
+        .bind(tenant.as_str())
+        .bind(query.status.as_str())
+        .bind(Ts(now))
+        .bind(query.before.map(|k| k.to_string()))
+        .bind(i64::from(query.limit))
+        .fetch_all(&mut *conn)
+        .await?;
+        keys_in(&mut conn, rows, now).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn key_credentials(&self, key_id: KeyId) -> StoreResult<Option<KeyCredentials>> {
+        Ok(self.key_credentials_many(&[key_id]).await?.pop())
+    }
+
+    #[tracing::instrument(skip(self, old_hash, new_hash))]
+    async fn upgrade_key_hash(
+        &self,
+        key_id: KeyId,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> StoreResult<bool> {
+        // Compare-and-set: a concurrent upgrade (the same digest)
+        // or anything else that rewrote the hash wins.
+        let done = sqlx::query(
+            "UPDATE api_keys SET secret_hash = $3 WHERE key_id = $1 AND secret_hash = $2",
+        )
+        .bind(key_id.to_string())
+        .bind(old_hash)
+        .bind(new_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn revoke_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        revoked_by: &str,
+        event_id: EventId,
+        now: Timestamp,
+    ) -> StoreResult<Revoked> {
+        let now = truncate_micros(now);
+        let ts = Ts(now);
+        let mut tx = self.begin_write().await?;
+        // Only the call that flips the row writes the event: a second
+        // or concurrent revoke changes nothing and writes nothing.
+        let flipped = sqlx::query(
+            "UPDATE api_keys SET status = 'revoked', revoked_at = $3, revoked_by = $4, \
+                             revocation_event_id = $5 \
+         WHERE tenant_id = $1 AND key_id = $2 AND status = 'active'",
+        )
+        .bind(tenant.as_str())
+        .bind(key_id.to_string())
+        .bind(ts)
+        .bind(revoked_by)
+        .bind(event_id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if flipped {
+            sqlx::query(
+                "INSERT INTO outbox (event_id, kind, tenant_id, key_id, created_at, \
+                                 next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+            )
+            .bind(event_id.to_string())
+            .bind(KEY_REVOKED)
+            .bind(tenant.as_str())
+            .bind(key_id.to_string())
+            .bind(ts)
+            .execute(&mut *tx)
+            .await?;
+            self.notify_outbox(&mut tx).await?;
+            self.notify_keys(&mut tx, &KeyChange::Key(key_id)).await?;
+        }
+        let key = key_in(&mut tx, tenant, key_id, now).await?;
+        tx.commit().await?;
+        Ok(Revoked {
+            key,
+            newly_revoked: flipped,
+        })
+    }
+
+    #[tracing::instrument(skip(self, used), fields(keys = used.len()))]
+    async fn record_key_usage(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<u64> {
+        if used.is_empty() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut updated = 0;
+        for (key_id, at) in used {
+            updated += sqlx::query(
+                "UPDATE api_keys SET last_used_at = $2 \
+             WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)",
+            )
+            .bind(key_id.to_string())
+            .bind(Ts(*at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(updated)
+    }
+
+    #[tracing::instrument(skip(self, ids), fields(n = ids.len()))]
+    async fn key_credentials_many(&self, ids: &[KeyId]) -> StoreResult<Vec<KeyCredentials>> {
+        let found: Vec<KeyGrantRow> = sqlx::query_as(sql(&KEY_GRANTS))
+            .bind(super::text_list(
+                ids.iter().map(ToString::to_string).collect(),
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+        keys_credentials(found)
+    }
+
+    async fn key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>> {
+        self.listen_key_changes().await
+    }
+}

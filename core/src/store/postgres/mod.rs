@@ -1,0 +1,156 @@
+//! PostgreSQL: the production store. Several API replicas and workers share
+//! one database; claiming uses `FOR UPDATE SKIP LOCKED` and wake-ups ride on
+//! `LISTEN/NOTIFY` (`keyward_outbox` for workers, `keyward_keys` for caches).
+
+#[path = "../ingestors/sql.rs"]
+mod ingestors;
+#[path = "../keys/sql.rs"]
+mod keys;
+#[path = "../outbox/sql.rs"]
+mod outbox;
+#[path = "../rbac/sql.rs"]
+mod rbac;
+#[path = "../tenants/sql.rs"]
+mod tenants;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::keys::{KeyChange, KeyChanges};
+use super::outbox::{OutboxWakeups, Wakeup};
+use super::{Backend, Dialect, StoreResult};
+
+/// Channel the transactions that write an event notify; sync workers listen.
+pub const OUTBOX_CHANNEL: &str = "keyward_outbox";
+/// Channel telling API replicas which cached verifications to drop.
+pub const KEYS_CHANNEL: &str = "keyward_keys";
+
+/// What the aggregates' `sql.rs` files compile against.
+type SqlStore = PgStore;
+type Conn = PgConnection;
+type Pool = PgPool;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            // A request waits this long for a connection before it is told
+            // `unavailable`, rather than hanging on a dead database.
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin_write(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Delivered at commit, so a worker never wakes for a rolled-back event.
+    async fn notify_outbox(&self, conn: &mut Conn) -> StoreResult<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Delivered at commit: other replicas drop what `change` names.
+    async fn notify_keys(&self, conn: &mut Conn, change: &KeyChange) -> StoreResult<()> {
+        let Some(payload) = change.payload() else {
+            return Ok(());
+        };
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(KEYS_CHANNEL)
+            .bind(payload)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen_key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(KEYS_CHANNEL).await?;
+        Ok(Some(Box::new(PgKeyChanges(listener))))
+    }
+
+    async fn listen_outbox_wakeups(&self) -> StoreResult<Option<Box<dyn OutboxWakeups>>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(OUTBOX_CHANNEL).await?;
+        Ok(Some(Box::new(PgOutboxWakeups(listener))))
+    }
+}
+
+/// This backend's text of a statement that differs by backend.
+fn sql(statement: &Dialect) -> &'static str {
+    statement.postgres
+}
+
+/// A list bound as one parameter: a PostgreSQL array.
+fn id_list(ids: &[i64]) -> Vec<i64> {
+    ids.to_vec()
+}
+
+fn text_list(items: Vec<String>) -> Vec<String> {
+    items
+}
+
+#[async_trait]
+impl Backend for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// `LISTEN keyward_keys`: payloads as `KeyChange::payload` writes them.
+struct PgKeyChanges(PgListener);
+
+#[async_trait]
+impl KeyChanges for PgKeyChanges {
+    async fn next(&mut self) -> StoreResult<KeyChange> {
+        loop {
+            // `try_recv` reports a lost connection (then reconnects on the
+            // next call): notifications sent meanwhile are gone.
+            let Some(n) = self.0.try_recv().await? else {
+                return Ok(KeyChange::Lost);
+            };
+            if let Some(change) = KeyChange::parse(n.payload()) {
+                return Ok(change);
+            }
+        }
+    }
+}
+
+/// `LISTEN keyward_outbox`: every notification is a wake-up.
+struct PgOutboxWakeups(PgListener);
+
+#[async_trait]
+impl OutboxWakeups for PgOutboxWakeups {
+    async fn next(&mut self) -> StoreResult<Wakeup> {
+        Ok(match self.0.try_recv().await? {
+            Some(_) => Wakeup::Committed,
+            None => Wakeup::Lost,
+        })
+    }
+}

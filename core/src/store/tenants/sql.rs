@@ -1,0 +1,52 @@
+//! Tenant SQL, compiled once per backend (see `store/mod.rs`).
+
+use super::SqlStore;
+use crate::ids::TenantId;
+use crate::store::error::{Violation, on_constraint};
+use crate::store::tenants::{TenantRow, TenantStore};
+use crate::store::timestamp::{Ts, truncate_micros};
+use crate::store::{StoreError, StoreResult, Tenant, Timestamp};
+
+#[async_trait::async_trait]
+impl TenantStore for SqlStore {
+    #[tracing::instrument(skip(self))]
+    async fn create_tenant(
+        &self,
+        id: &TenantId,
+        name: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<Tenant> {
+        let now = truncate_micros(now);
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(id.as_str())
+            .bind(name)
+            .bind(Ts(now))
+            .execute(&self.pool)
+            .await
+            .map_err(on_constraint(|v| {
+                (v == Violation::Unique).then_some(StoreError::TenantExists)
+            }))?;
+        Ok(Tenant {
+            id: id.clone(),
+            name: name.map(str::to_owned),
+            created_at: now,
+        })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn list_tenants(&self) -> StoreResult<Vec<Tenant>> {
+        let rows: Vec<TenantRow> =
+            sqlx::query_as("SELECT id, name, created_at FROM tenants ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(TryInto::try_into).collect()
+    }
+
+    async fn tenant_exists(&self, id: &TenantId) -> StoreResult<bool> {
+        let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM tenants WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+}
