@@ -17,7 +17,8 @@ async fn main() -> ExitCode {
     keyward_core::telemetry::init(cli.settings.log.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Openapi => {
-            println!("{}", keyward_api::routes::openapi::spec());
+            // Pretty: the committed docs/openapi.json diffs readably.
+            println!("{:#}", keyward_api::routes::openapi::spec());
             Ok(())
         }
         Command::Migrate => keyward_core::store::open(&cli.settings.database.database_url)

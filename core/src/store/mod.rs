@@ -18,7 +18,7 @@
 //! include them with `#[path]` and define `SqlStore`, `Conn` and `Pool`.
 //! SQLite accepts `$1`-style parameters and `Ts` maps timestamps on both, so
 //! most SQL text is shared; a statement whose text differs (claiming with
-//! `SKIP LOCKED`, id lists) is a [`Dialect`], both texts side by side.
+//! `SKIP LOCKED`, id lists) is a `Dialect`, both texts side by side.
 
 pub mod error;
 pub mod ingestors;
