@@ -23,7 +23,7 @@ use keyward_api::fill_gate::FillGates;
 use keyward_api::generations::Generations;
 use keyward_api::settings::Settings;
 use keyward_api::startup::Application;
-use keyward_api::verify::{Verdict, Verifier};
+use keyward_api::verify::{Outcome, VerifyService};
 use keyward_api::verify_cache::KeyCache;
 use keyward_core::digest::KeyDigest;
 use keyward_core::ids::{KeyId, KeyName, Password, RoleName, TenantId};
@@ -94,7 +94,7 @@ fn in_process() {
         let token = insert_key(store.as_ref(), &tenant).await;
         let verifier_with = |ttl: u64| {
             let generations = Arc::new(Generations::default());
-            Verifier::new(
+            VerifyService::new(
                 store.clone(),
                 PasswordHasher::new(Argon2Settings::default()).unwrap(),
                 KeyCache::new(100_000, Duration::from_secs(ttl), Arc::clone(&generations)),
@@ -111,7 +111,7 @@ fn in_process() {
         for _ in 0..misses {
             assert!(matches!(
                 uncached.verify(token.expose_secret()).await.unwrap(),
-                Verdict::Valid(_)
+                Outcome::Valid(_)
             ));
         }
         let miss = started.elapsed() / misses;

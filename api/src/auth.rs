@@ -20,7 +20,7 @@ use keyward_core::rbac::Permissions;
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
-use crate::verify::{InvalidReason, Verdict};
+use crate::verify::{InvalidReason, Outcome};
 use crate::verify_cache::{Filled, ProvenUser};
 
 /// Who a principal is.
@@ -259,15 +259,15 @@ fn proof_digest(key: &[u8; 32], username: &str, password: &str) -> blake3::Hash 
 /// proof); what the key may do is read from the store at this request.
 async fn bearer(state: &AppState, credentials: &str, cached: bool) -> ApiResult<Principal> {
     let verified = match state.verifier.verify(credentials).await? {
-        Verdict::Valid(v) => v,
+        Outcome::Valid(v) => v,
         // Revoked/expired are told only after the secret was proven.
-        Verdict::Invalid(InvalidReason::Revoked) => {
+        Outcome::Invalid(InvalidReason::Revoked) => {
             return Err(unauthenticated("The API key is revoked."));
         }
-        Verdict::Invalid(InvalidReason::Expired) => {
+        Outcome::Invalid(InvalidReason::Expired) => {
             return Err(unauthenticated("The API key is expired."));
         }
-        Verdict::Invalid(_) => return Err(unauthenticated("Invalid API key.")),
+        Outcome::Invalid(_) => return Err(unauthenticated("Invalid API key.")),
     };
     if cached {
         return Ok(Principal {

@@ -16,154 +16,65 @@ use serde_json::{Value, json};
 
 use crate::request_id;
 
-/// Every error code the API answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
-    InvalidRequest,
-    Unauthenticated,
-    Forbidden,
-    NotFound,
-    TenantNotFound,
-    KeyNotFound,
-    RoleNotFound,
-    UserNotFound,
-    GroupNotFound,
-    MethodNotAllowed,
-    DuplicateKeyName,
-    DuplicateUsername,
-    RoleInUse,
-    TenantExists,
-    InvalidState,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    UnknownRoles,
-    RateLimited,
-    Internal,
-    Unavailable,
+/// Declares `Code` and its table at once: each row is a variant with its
+/// code string, HTTP status and fixed client message. The accessors are
+/// exhaustive `match`es, so a variant without a row does not compile, and
+/// `Code::ALL` lists every code for the OpenAPI document.
+macro_rules! error_codes {
+    ($($variant:ident => ($code:literal, $status:ident, $message:literal),)+) => {
+        /// Every error code the API answers with.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($variant,)+
+        }
+
+        impl Code {
+            /// Every code, in table order.
+            pub const ALL: &[Code] = &[$(Code::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $code,)+
+                }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Code::$variant => StatusCode::$status,)+
+                }
+            }
+
+            pub fn default_message(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $message,)+
+                }
+            }
+        }
+    };
 }
 
-/// (code, string, status, fixed client message): the table itself.
-pub const TABLE: &[(Code, &str, u16, &str)] = &[
-    (
-        Code::InvalidRequest,
-        "invalid_request",
-        400,
-        "The request is invalid.",
-    ),
-    (
-        Code::Unauthenticated,
-        "unauthenticated",
-        401,
-        "Missing or invalid credentials.",
-    ),
-    (Code::Forbidden, "forbidden", 403, "You may not do this."),
-    (Code::NotFound, "not_found", 404, "No such endpoint."),
-    (
-        Code::TenantNotFound,
-        "tenant_not_found",
-        404,
-        "Tenant not found.",
-    ),
-    (
-        Code::KeyNotFound,
-        "key_not_found",
-        404,
-        "API key not found.",
-    ),
-    (Code::RoleNotFound, "role_not_found", 404, "Role not found."),
-    (Code::UserNotFound, "user_not_found", 404, "User not found."),
-    (
-        Code::GroupNotFound,
-        "group_not_found",
-        404,
-        "Group not found.",
-    ),
-    (
-        Code::MethodNotAllowed,
-        "method_not_allowed",
-        405,
-        "Method not allowed on this endpoint.",
-    ),
-    (
-        Code::DuplicateKeyName,
-        "duplicate_key_name",
-        409,
-        "An active API key with this name exists.",
-    ),
-    (
-        Code::DuplicateUsername,
-        "duplicate_username",
-        409,
-        "This username is taken.",
-    ),
-    (
-        Code::RoleInUse,
-        "role_in_use",
-        409,
-        "The role is still held by a user, key or group.",
-    ),
-    (
-        Code::TenantExists,
-        "tenant_exists",
-        409,
-        "A tenant with this id exists.",
-    ),
-    (
-        Code::InvalidState,
-        "invalid_state",
-        409,
-        "Not possible in the current state.",
-    ),
-    (
-        Code::PayloadTooLarge,
-        "payload_too_large",
-        413,
-        "The request body is over 64 KiB.",
-    ),
-    (
-        Code::UnsupportedMediaType,
-        "unsupported_media_type",
-        415,
-        "Send Content-Type: application/json.",
-    ),
-    (
-        Code::UnknownRoles,
-        "unknown_roles",
-        422,
-        "Some roles do not exist in this tenant.",
-    ),
-    (
-        Code::RateLimited,
-        "rate_limited",
-        429,
-        "Too many failed attempts; retry later.",
-    ),
-    (Code::Internal, "internal", 500, "Internal error."),
-    (
-        Code::Unavailable,
-        "unavailable",
-        503,
-        "The service is unavailable; retry later.",
-    ),
-];
-
-impl Code {
-    fn row(self) -> &'static (Code, &'static str, u16, &'static str) {
-        // Every variant has a row; the unit test below keeps it so.
-        TABLE.iter().find(|row| row.0 == self).unwrap_or(&TABLE[19])
-    }
-
-    pub fn as_str(self) -> &'static str {
-        self.row().1
-    }
-
-    pub fn status(self) -> StatusCode {
-        StatusCode::from_u16(self.row().2).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-    }
-
-    pub fn default_message(self) -> &'static str {
-        self.row().3
-    }
+error_codes! {
+    InvalidRequest => ("invalid_request", BAD_REQUEST, "The request is invalid."),
+    Unauthenticated => ("unauthenticated", UNAUTHORIZED, "Missing or invalid credentials."),
+    Forbidden => ("forbidden", FORBIDDEN, "You may not do this."),
+    NotFound => ("not_found", NOT_FOUND, "No such endpoint."),
+    TenantNotFound => ("tenant_not_found", NOT_FOUND, "Tenant not found."),
+    KeyNotFound => ("key_not_found", NOT_FOUND, "API key not found."),
+    RoleNotFound => ("role_not_found", NOT_FOUND, "Role not found."),
+    UserNotFound => ("user_not_found", NOT_FOUND, "User not found."),
+    GroupNotFound => ("group_not_found", NOT_FOUND, "Group not found."),
+    MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, "Method not allowed on this endpoint."),
+    DuplicateKeyName => ("duplicate_key_name", CONFLICT, "An active API key with this name exists."),
+    DuplicateUsername => ("duplicate_username", CONFLICT, "This username is taken."),
+    RoleInUse => ("role_in_use", CONFLICT, "The role is still held by a user, key or group."),
+    TenantExists => ("tenant_exists", CONFLICT, "A tenant with this id exists."),
+    InvalidState => ("invalid_state", CONFLICT, "Not possible in the current state."),
+    PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE, "The request body is over 64 KiB."),
+    UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Send Content-Type: application/json."),
+    UnknownRoles => ("unknown_roles", UNPROCESSABLE_ENTITY, "Some roles do not exist in this tenant."),
+    RateLimited => ("rate_limited", TOO_MANY_REQUESTS, "Too many failed attempts; retry later."),
+    Internal => ("internal", INTERNAL_SERVER_ERROR, "Internal error."),
+    Unavailable => ("unavailable", SERVICE_UNAVAILABLE, "The service is unavailable; retry later."),
 }
 
 /// An error on its way to becoming a response.
@@ -346,35 +257,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_code_has_exactly_one_row() {
-        let all = [
-            Code::InvalidRequest,
-            Code::Unauthenticated,
-            Code::Forbidden,
-            Code::NotFound,
-            Code::TenantNotFound,
-            Code::KeyNotFound,
-            Code::RoleNotFound,
-            Code::UserNotFound,
-            Code::GroupNotFound,
-            Code::MethodNotAllowed,
-            Code::DuplicateKeyName,
-            Code::DuplicateUsername,
-            Code::RoleInUse,
-            Code::TenantExists,
-            Code::InvalidState,
-            Code::PayloadTooLarge,
-            Code::UnsupportedMediaType,
-            Code::UnknownRoles,
-            Code::RateLimited,
-            Code::Internal,
-            Code::Unavailable,
-        ];
-        assert_eq!(all.len(), TABLE.len());
-        for code in all {
-            assert_eq!(TABLE.iter().filter(|r| r.0 == code).count(), 1, "{code:?}");
+    fn codes_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            assert!(seen.insert(code.as_str()), "{code:?}");
         }
-        assert_eq!(TABLE[19].0, Code::Internal, "the fallback row");
     }
 
     #[test]

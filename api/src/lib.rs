@@ -15,5 +15,6 @@ pub mod routes;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod usage;
 pub mod verify;
 pub mod verify_cache;

@@ -16,11 +16,10 @@ use crate::bootstrap::bootstrap_admin;
 use crate::fill_gate::FillGates;
 use crate::generations::Generations;
 use crate::routes::health::DatabaseReadiness;
-use crate::verify::Verifier;
-use crate::verify_cache::{KeyCache, ProvenPasswords};
-
 use crate::settings::Settings;
 use crate::state::AppState;
+use crate::verify::VerifyService;
+use crate::verify_cache::{KeyCache, ProvenPasswords};
 use crate::{extract, observe, routes};
 
 /// The longest a proven Basic password is remembered.
@@ -50,7 +49,7 @@ impl Application {
         let gates = Arc::new(FillGates::default());
         let ttl = Duration::from_secs(settings.verify_cache_ttl_seconds);
         let capacity = settings.verify_cache_capacity;
-        let verifier = Arc::new(Verifier::new(
+        let verifier = Arc::new(VerifyService::new(
             Arc::clone(&store),
             hasher.clone(),
             KeyCache::new(capacity, ttl, Arc::clone(&generations)),

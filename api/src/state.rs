@@ -7,7 +7,7 @@ use keyward_core::store::Store;
 use keyward_core::token::KeyPrefix;
 
 use crate::generations::Generations;
-use crate::verify::Verifier;
+use crate::verify::VerifyService;
 use crate::verify_cache::ProvenPasswords;
 
 pub struct AppState {
@@ -25,7 +25,7 @@ pub struct AppState {
     /// A hash of a random secret, verified against when a username is
     /// unknown, so a wrong username costs the same time as a wrong password.
     pub dummy_hash: String,
-    pub verifier: Arc<Verifier>,
+    pub verifier: Arc<VerifyService>,
     /// An ingestor whose last heartbeat is newer is live.
     pub ingestor_liveness: std::time::Duration,
 }

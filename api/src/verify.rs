@@ -22,9 +22,8 @@ use crate::error::{ApiError, ApiResult, Code};
 use crate::fill_gate::FillGates;
 use crate::generations::{Generations, Scope};
 use crate::key_loader::{KeyLoader, ReadFailed};
-use crate::verify_cache::{
-    DependsOn, Filled, KeyCache, KeyEntry, KeyState, UsageRecorder, is_current,
-};
+use crate::usage::UsageRecorder;
+use crate::verify_cache::{DependsOn, Filled, KeyCache, KeyEntry, KeyState, is_current};
 
 /// How often remembered uses are written. `lastUsedAt` is at most this
 /// stale; each flush costs one UPDATE per key used since the last one.
@@ -48,7 +47,7 @@ pub struct VerifiedKey {
 }
 
 #[derive(Debug, Clone)]
-pub enum Verdict {
+pub enum Outcome {
     Valid(VerifiedKey),
     Invalid(InvalidReason),
 }
@@ -81,7 +80,7 @@ impl From<ReadFailed> for ApiError {
     }
 }
 
-pub struct Verifier {
+pub struct VerifyService {
     reader: Reader,
     /// Only for keys still stored as argon2id by an earlier version.
     passwords: PasswordHasher,
@@ -90,7 +89,7 @@ pub struct Verifier {
     usage: UsageRecorder,
 }
 
-impl Verifier {
+impl VerifyService {
     pub fn new(
         store: Arc<dyn Store>,
         passwords: PasswordHasher,
@@ -112,9 +111,9 @@ impl Verifier {
         }
     }
 
-    pub async fn verify(&self, raw: &str) -> ApiResult<Verdict> {
+    pub async fn verify(&self, raw: &str) -> ApiResult<Outcome> {
         let Ok(token) = ApiKeyToken::parse(raw) else {
-            return Ok(count(Verdict::Invalid(InvalidReason::Malformed), "none"));
+            return Ok(count(Outcome::Invalid(InvalidReason::Malformed), "none"));
         };
         let key_id = token.key_id();
         let offered = KeyDigest::of(token.expose_secret());
@@ -134,7 +133,7 @@ impl Verifier {
             read = self.reader.clone().read(key_id).await?;
         }
         let Some(row) = &read.value else {
-            return Ok(count(Verdict::Invalid(InvalidReason::Unknown), "miss"));
+            return Ok(count(Outcome::Invalid(InvalidReason::Unknown), "miss"));
         };
         let verdict = match StoredSecret::classify(&row.secret_hash) {
             StoredSecret::Sha256(stored) => {
@@ -146,12 +145,12 @@ impl Verifier {
                     self.remember(key_id, offered, &read);
                     self.judge(key_id, &offered, &row.state, &offered)
                 } else {
-                    Verdict::Invalid(InvalidReason::Unknown)
+                    Outcome::Invalid(InvalidReason::Unknown)
                 }
             }
             StoredSecret::Unreadable => {
                 tracing::error!(key_id = %key_id, "stored secret hash is unreadable");
-                Verdict::Invalid(InvalidReason::Unknown)
+                Outcome::Invalid(InvalidReason::Unknown)
             }
         };
         Ok(count(verdict, "miss"))
@@ -209,21 +208,21 @@ impl Verifier {
         stored: &KeyDigest,
         state: &KeyState,
         offered: &KeyDigest,
-    ) -> Verdict {
+    ) -> Outcome {
         // One key has one secret: another digest is a wrong secret, and
         // a wrong secret learns nothing about the key's state.
         if !stored.matches(offered) {
-            return Verdict::Invalid(InvalidReason::Unknown);
+            return Outcome::Invalid(InvalidReason::Unknown);
         }
         let now = Utc::now();
         if !state.active {
-            return Verdict::Invalid(InvalidReason::Revoked);
+            return Outcome::Invalid(InvalidReason::Revoked);
         }
         if state.expires_at.is_some_and(|exp| exp <= now) {
-            return Verdict::Invalid(InvalidReason::Expired);
+            return Outcome::Invalid(InvalidReason::Expired);
         }
         self.usage.record(key_id, now);
-        Verdict::Valid(VerifiedKey {
+        Outcome::Valid(VerifiedKey {
             key_id,
             permissions: Arc::clone(&state.permissions),
             expires_at: state.expires_at,
@@ -293,13 +292,13 @@ pub fn apply_change(generations: &Generations, change: &KeyChange) {
     }
 }
 
-fn count(verdict: Verdict, cache: &'static str) -> Verdict {
+fn count(verdict: Outcome, cache: &'static str) -> Outcome {
     let result = match &verdict {
-        Verdict::Valid(_) => "valid",
-        Verdict::Invalid(InvalidReason::Unknown) => "unknown",
-        Verdict::Invalid(InvalidReason::Revoked) => "revoked",
-        Verdict::Invalid(InvalidReason::Expired) => "expired",
-        Verdict::Invalid(InvalidReason::Malformed) => "malformed",
+        Outcome::Valid(_) => "valid",
+        Outcome::Invalid(InvalidReason::Unknown) => "unknown",
+        Outcome::Invalid(InvalidReason::Revoked) => "revoked",
+        Outcome::Invalid(InvalidReason::Expired) => "expired",
+        Outcome::Invalid(InvalidReason::Malformed) => "malformed",
     };
     keyward_core::telemetry::counter(
         "keyward_verify_total",
@@ -315,7 +314,7 @@ fn count(verdict: Verdict, cache: &'static str) -> Verdict {
 /// set: a `PgListener` must be dropped inside a tokio context when the
 /// server stops.
 pub fn spawn_background(
-    verifier: Arc<Verifier>,
+    verifier: Arc<VerifyService>,
     generations: Arc<Generations>,
     store: Arc<dyn Store>,
 ) {

@@ -6,7 +6,6 @@
 //! began ([`Generations`]): a fill racing a revoke, an RBAC change or a user
 //! change can never leave its pre-change answer behind.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +25,7 @@ pub trait DependsOn<K> {
 /// The generation check, in one place: whether nothing `filled` depends on
 /// changed since its fill's snapshot. Every cache insert, every hit and
 /// every answer shared by a single flight passes here; the concurrency
-/// tests (`api/tests/cache_races.rs`) fail when it always says `true`.
+/// tests (`api/tests/it/cache_races.rs`) fail when it always says `true`.
 pub fn is_current<K, V: DependsOn<K>>(
     generations: &Generations,
     key: &K,
@@ -157,63 +156,6 @@ impl DependsOn<blake3::Hash> for ProvenUser {
 
 pub type ProvenPasswords = GuardedCache<blake3::Hash, ProvenUser>;
 
-/// `lastUsedAt` kept in memory and written in batches by a background task:
-/// the hot path never waits for a write. Sharded by key id so that worker
-/// threads recording different keys rarely meet on one lock; and a key
-/// already recorded in the same second (an ingestor's own verifier key, on
-/// every call) skips the lock: `lastUsedAt` is kept to the second.
-pub struct UsageRecorder {
-    shards: Vec<UsageShard>,
-    hasher: std::hash::RandomState,
-}
-
-#[derive(Default)]
-struct UsageShard {
-    pending: std::sync::Mutex<HashMap<KeyId, DateTime<Utc>>>,
-    /// Fingerprint of the latest (key, second) recorded here.
-    latest: std::sync::atomic::AtomicU64,
-}
-
-const USAGE_SHARDS: usize = 16;
-
-impl Default for UsageRecorder {
-    fn default() -> Self {
-        Self {
-            shards: (0..USAGE_SHARDS).map(|_| UsageShard::default()).collect(),
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-}
-
-impl UsageRecorder {
-    pub fn record(&self, key_id: KeyId, at: DateTime<Utc>) {
-        use std::hash::BuildHasher;
-        use std::sync::atomic::Ordering::Relaxed;
-        let hash = self.hasher.hash_one(key_id);
-        let shard = &self.shards[(hash as usize) % USAGE_SHARDS];
-        let second = at.timestamp() as u64;
-        let fingerprint = hash ^ second.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        if shard.latest.load(Relaxed) == fingerprint {
-            return;
-        }
-        let mut pending = shard.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = pending.entry(key_id).or_insert(at);
-        if *slot < at {
-            *slot = at;
-        }
-        shard.latest.store(fingerprint, Relaxed);
-    }
-
-    pub fn take(&self) -> Vec<(KeyId, DateTime<Utc>)> {
-        let mut all = Vec::new();
-        for shard in &self.shards {
-            let mut pending = shard.pending.lock().unwrap_or_else(|p| p.into_inner());
-            all.extend(pending.drain());
-        }
-        all
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,18 +203,5 @@ mod tests {
         let k = KeyId::new();
         assert!(!off.insert(k, entry("t", g.snapshot())));
         assert!(off.get(&k).is_none());
-    }
-
-    #[test]
-    fn usage_keeps_the_latest_second() {
-        let u = UsageRecorder::default();
-        let k = KeyId::new();
-        let t = Utc::now();
-        u.record(k, t);
-        u.record(k, t - chrono::Duration::seconds(5));
-        assert_eq!(u.take(), vec![(k, t)]);
-        assert!(u.take().is_empty());
-        u.record(k, t + chrono::Duration::seconds(2));
-        assert_eq!(u.take(), vec![(k, t + chrono::Duration::seconds(2))]);
     }
 }

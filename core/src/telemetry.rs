@@ -1,5 +1,6 @@
-//! Logging set-up shared by the binaries: `RUST_LOG` picks the levels,
-//! `KEYWARD_LOG_FORMAT` (`pretty` or `json`) the shape.
+//! Logs and metrics, set up alike by the three binaries. Logs: `RUST_LOG`
+//! picks the levels, `KEYWARD_LOG_FORMAT` (`pretty` or `json`) the shape.
+//! Metrics: one Prometheus recorder per process, rendered by `/metrics`.
 
 use std::sync::OnceLock;
 

@@ -13,7 +13,7 @@ use keyward_core::store::{OutboxEvent, OutboxStore, StoreError, error::chain};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, Outcome};
-use crate::retry::{RetrySchedule, Verdict};
+use crate::retry::{AfterFailure, RetrySchedule};
 
 /// Why draining stopped before the outbox ran dry.
 #[derive(Debug, PartialEq, Eq)]
@@ -109,13 +109,13 @@ impl Deliverer {
         let failures = u32::try_from(event.attempts).unwrap_or(0).saturating_add(1);
         let now = Utc::now();
         let result = match self.schedule.after_failure(failures, event.created_at, now) {
-            Verdict::RetryAt(at) => {
+            AfterFailure::RetryAt(at) => {
                 metrics::counter!("keyward_event_publish_retries_total").increment(1);
                 self.store
                     .schedule_retry(&self.owner, event.id, at, reason)
                     .await
             }
-            Verdict::Dead => {
+            AfterFailure::Dead => {
                 metrics::counter!("keyward_events_dead_total").increment(1);
                 tracing::error!(
                     event_id = %event.event_id, attempts = failures, reason,

@@ -28,7 +28,7 @@ pub struct RetrySchedule {
 
 /// What becomes of an event whose attempt failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum AfterFailure {
     RetryAt(DateTime<Utc>),
     Dead,
 }
@@ -64,14 +64,14 @@ impl RetrySchedule {
         failures: u32,
         written_at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Verdict {
+    ) -> AfterFailure {
         let age = (now - written_at).to_std().unwrap_or_default();
         if failures >= self.max_attempts || age >= self.max_age {
-            return Verdict::Dead;
+            return AfterFailure::Dead;
         }
         let delay =
             chrono::Duration::from_std(self.delay(failures)).unwrap_or(chrono::Duration::MAX);
-        Verdict::RetryAt(now + delay)
+        AfterFailure::RetryAt(now + delay)
     }
 }
 
@@ -127,9 +127,9 @@ mod tests {
     fn dead_after_max_attempts_or_age() {
         let s = schedule();
         let now = Utc::now();
-        assert!(matches!(s.after_failure(1, now, now), Verdict::RetryAt(t) if t > now));
-        assert_eq!(s.after_failure(10, now, now), Verdict::Dead);
+        assert!(matches!(s.after_failure(1, now, now), AfterFailure::RetryAt(t) if t > now));
+        assert_eq!(s.after_failure(10, now, now), AfterFailure::Dead);
         let old = now - chrono::Duration::hours(2);
-        assert_eq!(s.after_failure(1, old, now), Verdict::Dead);
+        assert_eq!(s.after_failure(1, old, now), AfterFailure::Dead);
     }
 }

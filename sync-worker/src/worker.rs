@@ -41,7 +41,7 @@ impl Worker {
         health: Arc<Health>,
     ) -> Self {
         let d = &settings.delivery;
-        let sqlite = store.backend() == "sqlite";
+        let sqlite = settings.database.database_url.is_sqlite();
         Self {
             deliverer: Deliverer {
                 store,

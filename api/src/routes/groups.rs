@@ -2,16 +2,14 @@
 
 use actix_web::{HttpResponse, web};
 use keyward_core::ids::{GroupName, KeyId, Username};
-use keyward_core::store::GroupSpec;
+use keyward_core::store::{Group, GroupSpec};
 use serde::Deserialize;
 
-use super::Items;
-use super::{created_or_replaced, items, parse_list, parse_roles, resource};
+use super::{Items, created_or_replaced, items, parse_list, parse_roles, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
-use keyward_core::store::Group;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

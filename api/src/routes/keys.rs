@@ -20,7 +20,7 @@ use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::extract::{Json, read_json};
 use crate::generations::Scope;
 use crate::state::AppState;
-use crate::verify::{InvalidReason, Verdict};
+use crate::verify::{InvalidReason, Outcome};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -257,9 +257,9 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(state.store.get_key(&tenant, key_id, Utc::now()).await?))
 }
 
-/// Tombstone + outbox event in one transaction; the broker is the sync
-/// worker's business. A failed transaction wrote nothing: 503, retry.
 /// Revoke: tombstone and `key.revoked` event in one transaction; idempotent.
+///
+/// A failed transaction wrote nothing: 503, and a retry is safe.
 #[utoipa::path(delete, path = "/api/v1/tenants/{t}/apikeys/{keyId}", tag = "apikeys",
     params(("t" = String, Path, description = "tenant id"), ("keyId" = String, Path, description = "key id (ULID)")),
     responses((status = 202, body = ApiKey), (status = 404, description = "`key_not_found`", body = ErrorBody)),
@@ -304,7 +304,6 @@ pub async fn retry(
     ))
 }
 
-/// Admin check of a secret: the gate comes before the body is read.
 /// Admin check of a secret; 403 before the body is read for anyone else.
 #[utoipa::path(post, path = "/api/v1/tenants/{t}/apikeys/validate", tag = "apikeys", request_body = ApiKeyBody,
     params(("t" = String, Path, description = "tenant id")),
@@ -318,7 +317,7 @@ pub async fn validate(
     let tenant = scope.tenant;
     let body: ApiKeyBody = read_json(&req, payload).await?;
     let answer = match state.verifier.verify(&body.api_key).await? {
-        Verdict::Valid(v) if v.permissions.tenant == tenant => Validation {
+        Outcome::Valid(v) if v.permissions.tenant == tenant => Validation {
             valid: true,
             key_id: Some(v.key_id),
             roles: Some(v.permissions.role_names()),
@@ -332,8 +331,7 @@ pub async fn validate(
     Ok(HttpResponse::Ok().json(answer))
 }
 
-/// Ingestors' check (`verifier` or `superadmin`): the hot path.
-/// Ingestors' verification (`verifier` or `superadmin`).
+/// Ingestors' verification (`verifier` or `superadmin`): the hot path.
 #[utoipa::path(post, path = "/api/v1/verify", tag = "apikeys", request_body = ApiKeyBody,
     responses((status = 200, body = Verification)), security(("basic" = []), ("bearer" = [])))]
 pub async fn verify(
@@ -347,7 +345,7 @@ pub async fn verify(
     }
     let body: ApiKeyBody = read_json(&req, payload).await?;
     let answer = match state.verifier.verify(&body.api_key).await? {
-        Verdict::Valid(v) => Verification {
+        Outcome::Valid(v) => Verification {
             valid: true,
             tenant_id: Some(v.permissions.tenant.clone()),
             key_id: Some(v.key_id),
@@ -357,7 +355,7 @@ pub async fn verify(
             cache_ttl_seconds: Some(state.verifier.cache.ttl().as_secs()),
             reason: None,
         },
-        Verdict::Invalid(reason) => Verification {
+        Outcome::Invalid(reason) => Verification {
             valid: false,
             tenant_id: None,
             key_id: None,

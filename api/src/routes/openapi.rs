@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::{groups, ingestors, keys, roles, tenants, users};
-use crate::error::TABLE;
+use crate::error::Code;
 use crate::extract::BODY_LIMIT;
 
 #[derive(OpenApi)]
@@ -69,10 +69,13 @@ pub fn spec() -> &'static Value {
 
 fn build() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
-    let codes: Vec<&str> = TABLE.iter().map(|row| row.1).collect();
-    let table: String = TABLE
+    let codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+    let table: String = Code::ALL
         .iter()
-        .map(|(_, code, status, message)| format!("| `{code}` | {status} | {message} |\n"))
+        .map(|c| {
+            let (code, status, message) = (c.as_str(), c.status().as_u16(), c.default_message());
+            format!("| `{code}` | {status} | {message} |\n")
+        })
         .collect();
     doc["info"]["description"] = json!(format!(
         "Every non-2xx answer is `{{\"error\": {{code, message, requestId, details?}}}}`; \
@@ -174,7 +177,7 @@ mod tests {
     #[test]
     fn every_error_code_is_documented() {
         let text = spec().to_string();
-        for (_, code, _, _) in TABLE {
+        for code in Code::ALL.iter().map(|c| c.as_str()) {
             assert!(text.contains(&format!("`{code}`")), "{code}");
         }
     }

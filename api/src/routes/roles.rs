@@ -5,15 +5,14 @@ use std::str::FromStr;
 use actix_web::{HttpResponse, web};
 use keyward_core::ids::RoleName;
 use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
+use keyward_core::store::Role;
 use serde::Deserialize;
 
-use super::Items;
-use super::{created_or_replaced, items, resource};
+use super::{Items, created_or_replaced, items, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
-use keyward_core::store::Role;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -2,15 +2,14 @@
 
 use actix_web::{HttpResponse, web};
 use keyward_core::ids::TenantId;
+use keyward_core::store::Tenant;
 use serde::Deserialize;
 
-use super::Items;
-use super::{items, resource};
+use super::{Items, items, resource};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
 use crate::state::AppState;
-use keyward_core::store::Tenant;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -2,19 +2,13 @@
 //! a hash in any answer: `User` has no field for either.
 
 use actix_web::{HttpResponse, web};
-use keyward_core::ids::TenantId;
-use keyward_core::ids::{Password, Username};
+use keyward_core::ids::{Password, TenantId, Username};
 use keyward_core::privilege::Privilege;
-use keyward_core::rbac::EffectiveRole;
-use keyward_core::rbac::Permissions;
-use keyward_core::store::NewUser;
-use keyward_core::store::User;
-use serde::Deserialize;
-use serde::Serialize;
+use keyward_core::rbac::{EffectiveRole, Permissions};
+use keyward_core::store::{NewUser, User};
+use serde::{Deserialize, Serialize};
 
-use super::Items;
-
-use super::{items, parse_roles, resource};
+use super::{Items, items, parse_roles, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;

@@ -26,7 +26,6 @@ use keyward_core::store::{NewApiKey, Store};
 use keyward_core::testing::TestDatabase;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use keyward_tests::{Running, start};
-
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "benchmark admin password";
