@@ -1,15 +1,11 @@
 //! The admin API (API.md §1–3, §9) in-process, on SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
 use keyward_core::ids::{EventId, KeyId, KeyName, RoleName, TenantId};
 use keyward_core::store::NewApiKey;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use reqwest::Method;
 use serde_json::json;
-use support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
 
 // ------------------------------------------------------------- authentication
 

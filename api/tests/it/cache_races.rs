@@ -8,19 +8,15 @@
 //! Also: single flight of misses, SHA-256 rewrite of argon2id key hashes
 //! from earlier versions, remembered Basic proofs, the bounded argon2 pool.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, metric_value};
 use keyward_api::generations::Scope;
 use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
 use keyward_core::password::{Argon2Settings, PasswordHasher};
 use keyward_core::store::NewApiKey;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use serde_json::{Value, json};
-use support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, metric_value};
 
 const ACME_ADMIN: As<'static> = As::User("acme-admin", ADMIN_PASSWORD);
 
@@ -87,7 +83,7 @@ fn verify_in_background(
             .send()
             .await
             .unwrap();
-        support::read(res).await
+        crate::support::read(res).await
     })
 }
 
@@ -371,7 +367,7 @@ async fn a_revoke_on_another_replica_during_a_miss_is_not_cached() {
 #[actix_web::test]
 async fn a_full_password_queue_answers_503_and_nothing_else_degrades() {
     let db = keyward_core::testing::TestDatabase::sqlite().await;
-    let mut settings = support::test_settings(&db.url);
+    let mut settings = crate::support::test_settings(&db.url);
     settings.argon2 = Argon2Settings {
         threads: 1,
         queue: 1,
@@ -402,7 +398,7 @@ async fn a_full_password_queue_answers_503_and_nothing_else_degrades() {
                     .await
                     .unwrap();
                 let retry_after = res.headers().get("retry-after").cloned();
-                let (s, body) = support::read(res).await;
+                let (s, body) = crate::support::read(res).await;
                 (s, body, retry_after)
             })
         })

@@ -1,12 +1,8 @@
 //! API keys (API.md §4–8) in-process, on SQLite and PostgreSQL.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod support;
-
+use crate::support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
 
 const ACME_ADMIN: As<'static> = As::User("acme-admin", ADMIN_PASSWORD);
 

@@ -1,7 +1,5 @@
 //! The real binaries start, parse their settings and fail cleanly.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::Duration;
 
 use keyward_core::testing::TestDatabase;

@@ -5,8 +5,6 @@
 //! must win over it. Run with the epoch check in `Verifier::store` removed
 //! (or the tombstone check after the call), these tests fail.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::sync::Arc;
 
 use keyward_api::settings::Settings;

@@ -2,8 +2,6 @@
 //! and `keyward-ingestor` nodes on one PostgreSQL database and the real
 //! RabbitMQ (an exchange and acks queue of the test's own).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::time::{Duration, Instant};
 
 use keyward_core::testing::TestDatabase;

@@ -2,8 +2,6 @@
 //! RabbitMQ: a revoke travels to a bound queue; a worker killed mid-batch
 //! leaves nothing undelivered; SIGTERM exits 0; no broker means not ready.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 

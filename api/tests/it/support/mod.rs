@@ -1,7 +1,5 @@
 //! Starts the real application in-process on port 0 with a fresh database.
 
-#![allow(dead_code)]
-
 use keyward_api::fill_gate::FillGates;
 use keyward_api::generations::Generations;
 use keyward_api::settings::Settings;
@@ -66,21 +64,6 @@ impl TestApp {
     /// A replica whose fills can be held.
     pub async fn replica_spawned(&self) -> Spawned {
         spawn_with(test_settings(&self.db.url)).await
-    }
-
-    /// The value of one unlabelled counter or gauge in `/metrics` at
-    /// `base` (0 when absent).
-    pub async fn metric_at(&self, base: &str, name: &str) -> f64 {
-        let text = self
-            .client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_value(&text, name)
     }
 
     /// The Prometheus text of `/metrics`.
