@@ -8,11 +8,11 @@ use futures_util::StreamExt;
 use keyward_core::events::RevocationMessage;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 
 /// `KEYWARD_TEST_AMQP_URL`, or the local broker.
 pub fn amqp_url() -> String {
@@ -68,17 +68,7 @@ impl TestBroker {
         };
         // Declared as the worker declares it, so queues can be bound
         // before the worker first connects.
-        broker
-            .channel
-            .exchange_declare(
-                broker.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+        keyward_core::amqp::declare_exchange(&broker.channel, &broker.exchange)
             .await
             .expect("declare exchange");
         Some(broker)
@@ -130,14 +120,9 @@ impl TestBroker {
 
     /// Publishes `body` to the acks queue, as an ingestor would.
     pub async fn send_ack(&self, body: &serde_json::Value) {
-        self.channel
-            .queue_declare(
-                self.acks_queue.as_str().into(),
-                QueueDeclareOptions::durable(),
-                FieldTable::default(),
-            )
+        keyward_core::amqp::declare_reports_queue(&self.channel, &self.acks_queue)
             .await
-            .expect("declare acks queue");
+            .expect("declare the reports queue");
         self.channel
             .basic_publish(
                 "".into(),

@@ -15,7 +15,8 @@
 //! queries (every bound type needs its own higher-ranked bound, and those
 //! bounds are not implied), so each backend module compiles every `sql.rs`
 //! once with its own concrete types: `sqlite/mod.rs` and `postgres/mod.rs`
-//! include them with `#[path]` and define `SqlStore`, `Conn` and `Pool`.
+//! include them with `#[path]` (and `backend.rs`, the `Backend` impl) and
+//! define `SqlStore`, `Conn` and `Pool`.
 //! SQLite accepts `$1`-style parameters and `Ts` maps timestamps on both, so
 //! most SQL text is shared; a statement whose text differs (claiming with
 //! `SKIP LOCKED`, id lists) is a `Dialect`, both texts side by side.

@@ -2,6 +2,8 @@
 //! one database; claiming uses `FOR UPDATE SKIP LOCKED` and wake-ups ride on
 //! `LISTEN/NOTIFY` (`keyward_outbox` for workers, `keyward_keys` for caches).
 
+#[path = "../backend.rs"]
+mod backend;
 #[path = "../ingestors/sql.rs"]
 mod ingestors;
 #[path = "../keys/sql.rs"]
@@ -21,7 +23,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::keys::{KeyChange, KeyChanges};
 use super::outbox::{OutboxWakeups, Wakeup};
-use super::{Backend, Dialect, StoreResult};
+use super::{Dialect, StoreResult};
 
 /// Channel the transactions that write an event notify; sync workers listen.
 pub const OUTBOX_CHANNEL: &str = "keyward_outbox";
@@ -32,6 +34,9 @@ pub const KEYS_CHANNEL: &str = "keyward_keys";
 type SqlStore = PgStore;
 type Conn = PgConnection;
 type Pool = PgPool;
+
+/// `Backend::backend`: for logs and `/readyz`.
+const NAME: &str = "postgres";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -104,23 +109,6 @@ fn id_list(ids: &[i64]) -> Vec<i64> {
 
 fn text_list(items: Vec<String>) -> Vec<String> {
     items
-}
-
-#[async_trait]
-impl Backend for PgStore {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
 }
 
 /// `LISTEN keyward_keys`: payloads as `KeyChange::payload` writes them.

@@ -4,6 +4,8 @@
 //! upgrade a read lock. SQLite has no NOTIFY: workers poll, and one process
 //! owns the file, so there is nobody else to tell of a change.
 
+#[path = "../backend.rs"]
+mod backend;
 #[path = "../ingestors/sql.rs"]
 mod ingestors;
 #[path = "../keys/sql.rs"]
@@ -18,7 +20,6 @@ mod tenants;
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -26,12 +27,15 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::keys::{KeyChange, KeyChanges};
 use super::outbox::OutboxWakeups;
-use super::{Backend, Dialect, StoreResult};
+use super::{Dialect, StoreResult};
 
 /// What the aggregates' `sql.rs` files compile against.
 type SqlStore = SqliteStore;
 type Conn = SqliteConnection;
 type Pool = SqlitePool;
+
+/// `Backend::backend`: for logs and `/readyz`.
+const NAME: &str = "sqlite";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -91,21 +95,4 @@ fn id_list(ids: &[i64]) -> String {
 
 fn text_list(items: Vec<String>) -> String {
     serde_json::Value::from(items).to_string()
-}
-
-#[async_trait]
-impl Backend for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn migrate(&self) -> StoreResult<()> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
 }

@@ -1,0 +1,23 @@
+//! What every store is (`Backend`), compiled once per backend like the
+//! aggregates' `sql.rs` (see `store/mod.rs`): `NAME` and `MIGRATOR` come
+//! from the including backend module.
+
+use super::{MIGRATOR, NAME, SqlStore};
+use crate::store::{Backend, StoreResult};
+
+#[async_trait::async_trait]
+impl Backend for SqlStore {
+    fn backend(&self) -> &'static str {
+        NAME
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
