@@ -254,17 +254,38 @@ fn one_connection() -> reqwest::Client {
         .unwrap()
 }
 
-/// wrk's figures: (requests/s, p50, p99, non-2xx answers).
+/// wrk's figures, and what the run cost the server.
 struct Wrk {
     rps: f64,
     p50: String,
     p99: String,
+    /// The server process's CPU time (user + system) per answered request,
+    /// in µs: what one request costs whatever shares the cores with it.
+    cpu_us: f64,
 }
 
-/// `wrk` with 2 threads and 64 connections for `seconds`; with `keys`,
-/// `POST /api/v1/verify` cycling through them (requests formatted once in
-/// each thread's `init`), else `GET` of `url`.
-fn wrk(url: &str, seconds: u64, keys: Option<(&[String], &str)>) -> Wrk {
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, in clock ticks (100 per s).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: Vec<f64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    ticks.iter().sum::<f64>() / 100.0
+}
+
+/// `wrk` with 2 threads and 64 connections for `seconds` against `node`;
+/// with `keys`, `POST /api/v1/verify` cycling through them (requests
+/// formatted once in each thread's `init`), else `GET path`.
+fn wrk(node: &Running, path: &str, seconds: u64, keys: Option<(&[String], &str)>) -> Wrk {
+    let url = node.url(path);
+    let pid = node.child.id().unwrap_or(0);
+    let cpu_before = cpu_seconds(pid);
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new("wrk");
     cmd.args([
@@ -308,9 +329,10 @@ end
         cmd.arg("-s").arg(&script);
     }
     let out = cmd
-        .arg(url)
+        .arg(&url)
         .output()
         .expect("wrk runs (apt-get install wrk)");
+    let cpu = cpu_seconds(pid) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let field = |prefix: &str| {
         text.lines()
@@ -321,10 +343,22 @@ end
             .to_owned()
     };
     assert!(!text.contains("Non-2xx"), "wrk saw error answers: {text}");
+    // "  123456 requests in 10.00s, …"
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
     Wrk {
         rps: field("Requests/sec:").parse().unwrap_or(0.0),
         p50: field("50%"),
         p99: field("99%"),
+        cpu_us: if requests > 0.0 {
+            cpu * 1e6 / requests
+        } else {
+            0.0
+        },
     }
 }
 
@@ -337,7 +371,7 @@ async fn measured_verify(
     verifier: &str,
 ) -> (Wrk, f64, f64) {
     let before = metrics(node).await;
-    let run = wrk(&node.url("/api/v1/verify"), seconds, Some((keys, verifier)));
+    let run = wrk(node, "/api/v1/verify", seconds, Some((keys, verifier)));
     let (valid, hits) = verify_mix(&before, &metrics(node).await);
     (run, valid, hits)
 }
@@ -360,22 +394,26 @@ async fn hit_and_healthz() {
     let db = TestDatabase::sqlite().await;
     let seeded = seed(&db.store(), n).await;
     let node = api(&db, &[]).await;
-    let health = wrk(&node.url("/healthz"), 10, None);
+    let health = wrk(&node, "/healthz", 10, None);
     let (verify, valid, hits) =
         measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
     println!(
-        "| wrk `GET /healthz`, {CONNECTIONS} connections, 10 s | {:.0} req/s, p50 {}, p99 {} |",
-        health.rps, health.p50, health.p99
+        "| wrk `GET /healthz`, {CONNECTIONS} connections, 10 s | {:.0} req/s, p50 {}, p99 {}; \
+         server CPU {:.1} µs/request |",
+        health.rps, health.p50, health.p99, health.cpu_us
     );
     println!(
         "| wrk `POST /api/v1/verify`, {n} keys, TTL 60 s, {seconds} s from a cold start | \
-         {:.0} req/s, p50 {}, p99 {}; {:.1} % valid, {:.2} % from the cache; **{:.0} % of healthz** |",
+         {:.0} req/s, p50 {}, p99 {}; {:.1} % valid, {:.2} % from the cache; **{:.0} % of healthz**; \
+         server CPU {:.1} µs/request = {:.0} % of healthz's cost per request |",
         verify.rps,
         verify.p50,
         verify.p99,
         valid * 100.0,
         hits * 100.0,
-        100.0 * verify.rps / health.rps
+        100.0 * verify.rps / health.rps,
+        verify.cpu_us,
+        100.0 * verify.cpu_us / health.cpu_us
     );
 }
 
@@ -387,13 +425,10 @@ async fn rotating() {
     let seeded = seed(&db.store(), 100_000).await;
     let hot = &seeded.keys[..10_000];
     let node = api(&db, &[]).await;
-    let _ = wrk(
-        &node.url("/api/v1/verify"),
-        3,
-        Some((hot, &seeded.verifier)),
-    );
+    let _ = wrk(&node, "/api/v1/verify", 3, Some((hot, &seeded.verifier)));
     let all_hit = wrk(
-        &node.url("/api/v1/verify"),
+        &node,
+        "/api/v1/verify",
         seconds,
         Some((hot, &seeded.verifier)),
     );
@@ -401,18 +436,20 @@ async fn rotating() {
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "5")]).await;
     let (rot, valid, hits) = measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
     println!(
-        "| all hits: 10,000 keys, TTL 60 s, warm, {seconds} s | {:.0} req/s, p50 {}, p99 {} |",
-        all_hit.rps, all_hit.p50, all_hit.p99
+        "| all hits: 10,000 keys, TTL 60 s, warm, {seconds} s | {:.0} req/s, p50 {}, p99 {}; \
+         server CPU {:.1} µs/request |",
+        all_hit.rps, all_hit.p50, all_hit.p99, all_hit.cpu_us
     );
     println!(
         "| rotating: 100,000 keys, TTL 5 s, cold, {seconds} s | {:.0} req/s, p50 {}, p99 {}; \
-         {:.1} % valid, {:.1} % from the cache; **{:.0} % of all hits** |",
+         {:.1} % valid, {:.1} % from the cache; **{:.0} % of all hits**; server CPU {:.1} µs/request |",
         rot.rps,
         rot.p50,
         rot.p99,
         valid * 100.0,
         hits * 100.0,
-        100.0 * rot.rps / all_hit.rps
+        100.0 * rot.rps / all_hit.rps,
+        rot.cpu_us
     );
 }
 
@@ -423,21 +460,23 @@ async fn miss_sqlite() {
     let db = TestDatabase::sqlite().await;
     let seeded = seed(&db.store(), 100_000).await;
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
-    let health = wrk(&node.url("/healthz"), 10, None);
+    let health = wrk(&node, "/healthz", 10, None);
     let (miss, valid, hits) = measured_verify(&node, 20, &seeded.keys, &seeded.verifier).await;
     println!(
-        "| SQLite: wrk `GET /healthz` | {:.0} req/s, p50 {}, p99 {} |",
-        health.rps, health.p50, health.p99
+        "| SQLite: wrk `GET /healthz` | {:.0} req/s, p50 {}, p99 {}; server CPU {:.1} µs/request |",
+        health.rps, health.p50, health.p99, health.cpu_us
     );
     println!(
         "| SQLite: wrk verify, every key a miss (100,000 keys, TTL 1 s), 20 s | {:.0} req/s, p50 {}, \
-         p99 **{}**; {:.1} % valid, {:.1} % from the cache; **{:.0} % of healthz** |",
+         p99 **{}**; {:.1} % valid, {:.1} % from the cache; **{:.0} % of healthz**; \
+         server CPU {:.1} µs/request |",
         miss.rps,
         miss.p50,
         miss.p99,
         valid * 100.0,
         hits * 100.0,
-        100.0 * miss.rps / health.rps
+        100.0 * miss.rps / health.rps,
+        miss.cpu_us
     );
 }
 
