@@ -12,11 +12,26 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use async_trait::async_trait;
 
+use crate::store::Backend;
+use crate::store::error::chain;
+
 /// What a binary's readiness depends on.
 #[async_trait]
 pub trait Readiness: Send + Sync + 'static {
     /// Each dependency's name and whether it answers now.
     async fn check(&self) -> Vec<(&'static str, bool)>;
+}
+
+/// The database check every binary's readiness includes: one round trip;
+/// a failure is logged (the cause never reaches the answer).
+pub async fn database_answers(store: &dyn Backend) -> bool {
+    match store.ping().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "readiness: the database does not answer");
+            false
+        }
+    }
 }
 
 /// Registers the three routes; `readiness` decides `/readyz`.

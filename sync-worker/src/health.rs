@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use keyward_core::ops::Readiness;
-use keyward_core::store::{OutboxStore, error::chain};
+use keyward_core::ops::{Readiness, database_answers};
+use keyward_core::store::OutboxStore;
 
 /// What `/readyz` reports, shared with the delivery loop.
 pub struct Health {
@@ -36,13 +36,7 @@ impl Health {
 #[async_trait]
 impl Readiness for Health {
     async fn check(&self) -> Vec<(&'static str, bool)> {
-        let database = match self.store.ping().await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %chain(&e), "readiness: the database does not answer");
-                false
-            }
-        };
+        let database = database_answers(self.store.as_ref()).await;
         vec![("database", database), ("broker", self.broker_connected())]
     }
 }

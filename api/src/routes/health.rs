@@ -3,21 +3,14 @@
 
 use std::sync::Arc;
 
-use keyward_core::ops::Readiness;
-use keyward_core::store::{Store, error::chain};
+use keyward_core::ops::{Readiness, database_answers};
+use keyward_core::store::Store;
 
 pub struct DatabaseReadiness(pub Arc<dyn Store>);
 
 #[async_trait::async_trait]
 impl Readiness for DatabaseReadiness {
     async fn check(&self) -> Vec<(&'static str, bool)> {
-        let database = match self.0.ping().await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %chain(&e), "readiness: the database does not answer");
-                false
-            }
-        };
-        vec![("database", database)]
+        vec![("database", database_answers(self.0.as_ref()).await)]
     }
 }
