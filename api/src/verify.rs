@@ -5,9 +5,10 @@
 //! SHA-256 digest compared in constant time, and the answer cached unless
 //! the key or its tenant changed while it was read.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
 use keyward_core::digest::{KeyDigest, StoredSecret};
 use keyward_core::ids::KeyId;
@@ -44,6 +45,8 @@ pub struct VerifiedKey {
     pub key_id: KeyId,
     pub permissions: Arc<Permissions>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The key's `verify` answer once made (`KeyState::answer`).
+    pub answer: Arc<OnceLock<Bytes>>,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +229,7 @@ impl VerifyService {
             key_id,
             permissions: Arc::clone(&state.permissions),
             expires_at: state.expires_at,
+            answer: Arc::clone(&state.answer),
         })
     }
 
@@ -263,11 +267,11 @@ impl Reader {
         self.gates.key.pass().await;
         Ok(Arc::new(Filled {
             value: creds.map(|c| KeyRow {
-                state: KeyState {
-                    active: c.active,
-                    expires_at: c.expires_at,
-                    permissions: Arc::new(Permissions::from_grants(c.tenant_id, c.grants)),
-                },
+                state: KeyState::new(
+                    c.active,
+                    c.expires_at,
+                    Arc::new(Permissions::from_grants(c.tenant_id, c.grants)),
+                ),
                 secret_hash: c.secret_hash,
             }),
             filled,

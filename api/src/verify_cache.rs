@@ -7,9 +7,10 @@
 //! change can never leave its pre-change answer behind.
 
 use std::hash::Hash;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
 use keyward_core::digest::KeyDigest;
 use keyward_core::ids::{KeyId, TenantId, Username};
@@ -114,9 +115,26 @@ pub struct KeyState {
     pub active: bool,
     pub expires_at: Option<DateTime<Utc>>,
     pub permissions: Arc<Permissions>,
+    /// `POST /api/v1/verify`'s body for a valid use of this key, made on
+    /// the first such answer: it depends only on what this entry holds, and
+    /// serialising it on every hit was a tenth of a cached verify's work.
+    pub answer: Arc<OnceLock<Bytes>>,
 }
 
 impl KeyState {
+    pub fn new(
+        active: bool,
+        expires_at: Option<DateTime<Utc>>,
+        permissions: Arc<Permissions>,
+    ) -> Self {
+        Self {
+            active,
+            expires_at,
+            permissions,
+            answer: Arc::default(),
+        }
+    }
+
     pub fn tenant(&self) -> &TenantId {
         &self.permissions.tenant
     }
@@ -165,11 +183,7 @@ mod tests {
         Arc::new(Filled {
             value: KeyEntry {
                 digest: KeyDigest::of("s"),
-                state: KeyState {
-                    active: true,
-                    expires_at: None,
-                    permissions: Arc::new(perms),
-                },
+                state: KeyState::new(true, None, Arc::new(perms)),
             },
             filled,
         })

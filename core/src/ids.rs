@@ -186,16 +186,22 @@ impl RoleName {
 /// the `ulid` crate prints them. Lower case or ambiguous letters are refused
 /// so that one id has exactly one spelling (it is a map key and a path).
 fn parse_ulid(field: &'static str, value: &str) -> Result<Ulid, InvalidValue> {
-    let bad = InvalidValue::new(
-        field,
-        "must be a ULID (26 upper-case Crockford base32 characters)",
-    );
-    if value.len() != 26 {
-        return Err(bad);
+    let bad = || {
+        InvalidValue::new(
+            field,
+            "must be a ULID (26 upper-case Crockford base32 characters)",
+        )
+    };
+    if value.len() != ulid::ULID_LEN {
+        return Err(bad());
     }
-    let id = Ulid::from_string(value).map_err(|_| bad.clone())?;
-    if id.to_string() != value {
-        return Err(bad);
+    let id = Ulid::from_string(value).map_err(|_| bad())?;
+    // Only the canonical spelling: one id, one string (no lower case, no
+    // I/L/O read as 1/1/0). Compared on the stack: key ids are parsed on
+    // every verify.
+    let mut canonical = [0u8; ulid::ULID_LEN];
+    if id.array_to_str(&mut canonical) != value {
+        return Err(bad());
     }
     Ok(id)
 }
@@ -346,6 +352,11 @@ mod tests {
         let id = KeyId::new();
         assert_eq!(KeyId::parse(&id.to_string()).unwrap(), id);
         assert!(KeyId::parse(&id.to_string().to_lowercase()).is_err());
+        // Crockford reads O as 0 and I/L as 1: one id, one spelling.
+        let zero = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        assert!(KeyId::parse(zero).is_ok());
+        assert!(KeyId::parse(&zero.replacen('0', "O", 1)).is_err());
+        assert!(KeyId::parse(&zero.replacen('1', "L", 1)).is_err());
         assert!(
             KeyId::parse("8ZZZZZZZZZZZZZZZZZZZZZZZZZ").is_err(),
             "overflow"

@@ -24,7 +24,7 @@ pub struct KeyPrefix(String);
 
 impl KeyPrefix {
     pub fn parse(value: &str) -> Result<Self, InvalidValue> {
-        if (1..=8).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_lowercase()) {
+        if Self::is_valid(value) {
             Ok(Self(value.to_owned()))
         } else {
             Err(InvalidValue::new("keyPrefix", "must be 1 to 8 letters a-z"))
@@ -33,6 +33,10 @@ impl KeyPrefix {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    fn is_valid(value: &str) -> bool {
+        (1..=8).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_lowercase())
     }
 }
 
@@ -89,8 +93,9 @@ impl ApiKeyToken {
                 random.push(BASE62[usize::from(b % 62)] as char);
             }
         }
-        let body = format!("{prefix}_{key_id}_{random}");
-        let full = format!("{body}{}", checksum(&body));
+        let mut full = format!("{prefix}_{key_id}_{random}");
+        let sum = checksum(&full);
+        full.extend(sum.iter().map(|&b| char::from(b)));
         Ok(Self {
             full,
             prefix_len: prefix.as_str().len(),
@@ -101,7 +106,9 @@ impl ApiKeyToken {
     /// Parses and checks a token without I/O.
     pub fn parse(value: &str) -> Result<Self, TokenError> {
         let (prefix, rest) = value.split_once('_').ok_or(TokenError::Malformed)?;
-        KeyPrefix::parse(prefix).map_err(|_| TokenError::Malformed)?;
+        if !KeyPrefix::is_valid(prefix) {
+            return Err(TokenError::Malformed);
+        }
         let (id, tail) = rest.split_once('_').ok_or(TokenError::Malformed)?;
         let key_id = KeyId::parse(id).map_err(|_| TokenError::Malformed)?;
         if tail.len() != RANDOM_LEN + CHECKSUM_LEN
@@ -110,7 +117,7 @@ impl ApiKeyToken {
             return Err(TokenError::Malformed);
         }
         let (body, sum) = value.split_at(value.len() - CHECKSUM_LEN);
-        if checksum(body) != sum {
+        if checksum(body) != sum.as_bytes() {
             return Err(TokenError::BadChecksum);
         }
         Ok(Self {
@@ -144,7 +151,8 @@ impl fmt::Debug for ApiKeyToken {
 }
 
 /// CRC32 of `body` as 6 base62 digits, most significant first.
-fn checksum(body: &str) -> String {
+/// An array, not a String: tokens are parsed on every verify.
+fn checksum(body: &str) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(body.as_bytes());
     let mut digits = [b'0'; CHECKSUM_LEN];
     for d in digits.iter_mut().rev() {
@@ -152,7 +160,7 @@ fn checksum(body: &str) -> String {
         n /= 62;
     }
     // 62^6 > 2^32, so nothing is left over; digits are ASCII by construction.
-    digits.iter().map(|&b| b as char).collect()
+    digits
 }
 
 #[cfg(test)]
@@ -218,7 +226,7 @@ mod tests {
         for body in ["", "a", "kw_x", &"z".repeat(100)] {
             let c = checksum(body);
             assert_eq!(c.len(), CHECKSUM_LEN);
-            assert!(c.bytes().all(|b| b.is_ascii_alphanumeric()));
+            assert!(c.iter().all(|b| b.is_ascii_alphanumeric()));
         }
     }
 

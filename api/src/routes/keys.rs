@@ -4,6 +4,8 @@
 //! Every `/api/v1/tenants/{t}/apikeys…` route also answers at
 //! `/api/v1/apikeys…` for the caller's own tenant.
 
+use actix_web::http::header::ContentType;
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -331,6 +333,13 @@ pub async fn validate(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+/// A JSON body already serialised.
+fn json_body(body: Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(ContentType::json())
+        .body(body)
+}
+
 /// Ingestors' verification (`verifier` or `superadmin`): the hot path.
 #[utoipa::path(post, path = "/api/v1/verify", tag = "apikeys", request_body = ApiKeyBody,
     responses((status = 200, body = Verification)), security(("basic" = []), ("bearer" = [])))]
@@ -345,16 +354,27 @@ pub async fn verify(
     }
     let body: ApiKeyBody = read_json(&req, payload).await?;
     let answer = match state.verifier.verify(&body.api_key).await? {
-        Outcome::Valid(v) => Verification {
-            valid: true,
-            tenant_id: Some(v.permissions.tenant.clone()),
-            key_id: Some(v.key_id),
-            roles: Some(v.permissions.role_names()),
-            privileges: Some(v.permissions.privileges()),
-            expires_at: Some(v.expires_at),
-            cache_ttl_seconds: Some(state.verifier.cache.ttl().as_secs()),
-            reason: None,
-        },
+        Outcome::Valid(v) => {
+            // Made once per cached key, then shared (`KeyState::answer`).
+            if let Some(made) = v.answer.get() {
+                return Ok(json_body(made.clone()));
+            }
+            let made = Bytes::from(
+                serde_json::to_vec(&Verification {
+                    valid: true,
+                    tenant_id: Some(v.permissions.tenant.clone()),
+                    key_id: Some(v.key_id),
+                    roles: Some(v.permissions.role_names()),
+                    privileges: Some(v.permissions.privileges()),
+                    expires_at: Some(v.expires_at),
+                    cache_ttl_seconds: Some(state.verifier.cache.ttl().as_secs()),
+                    reason: None,
+                })
+                .map_err(ApiError::internal)?,
+            );
+            let _ = v.answer.set(made.clone());
+            return Ok(json_body(made));
+        }
         Outcome::Invalid(reason) => Verification {
             valid: false,
             tenant_id: None,
