@@ -8,18 +8,38 @@
 //! of the API's time was thread switches. One statement for the misses that
 //! arrived together pays that once. At low load a batch is one key and
 //! nothing waits: a loader takes a key as soon as it is queued.
+//!
+//! Each actix worker (a single-threaded runtime) gets loaders of its own,
+//! started on its first miss: a request and the loader reading for it then
+//! share a thread, so queueing the key and answering the request wake
+//! nobody elsewhere. Elsewhere (a multi-threaded runtime) the loaders
+//! started with the `KeyLoader` serve.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyward_core::ids::KeyId;
 use keyward_core::store::{KeyCredentials, Store, StoreError};
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Most keys in one statement.
 const MAX_BATCH: usize = 128;
-/// Statements in flight at once.
+/// Statements in flight at once: shared loaders, and per worker thread.
 const LOADERS: usize = 4;
+const LOADERS_PER_WORKER: usize = 2;
+
+type Sender = mpsc::UnboundedSender<(KeyId, Reply)>;
+
+thread_local! {
+    /// This thread's loaders, by the `KeyLoader` they belong to (tests run
+    /// several APIs in one process).
+    static WORKER_QUEUES: RefCell<HashMap<u64, Sender>> = RefCell::new(HashMap::new());
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A failed read as every waiter sees it; the loader logged the cause.
 #[derive(Debug, Clone, Copy)]
@@ -31,29 +51,62 @@ pub enum ReadFailed {
 type Reply = oneshot::Sender<Result<Option<KeyCredentials>, ReadFailed>>;
 
 pub struct KeyLoader {
-    queue: mpsc::UnboundedSender<(KeyId, Reply)>,
+    id: u64,
+    store: Arc<dyn Store>,
+    queue: Sender,
 }
 
 impl KeyLoader {
-    /// Starts the loader tasks on the current tokio runtime; they end when
-    /// the loader is dropped.
+    /// Starts the shared loader tasks on the current tokio runtime; they
+    /// end when the loader is dropped. Per-worker loaders end with their
+    /// worker's runtime.
     pub fn spawn(store: Arc<dyn Store>) -> Self {
-        let (queue, rx) = mpsc::unbounded_channel();
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..LOADERS {
-            tokio::spawn(load(Arc::clone(&store), Arc::clone(&rx)));
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            queue: start(&store, LOADERS),
+            store,
         }
-        Self { queue }
     }
 
     /// The key's row and grants, read together with whatever else is queued.
     pub async fn load(&self, key_id: KeyId) -> Result<Option<KeyCredentials>, ReadFailed> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send((key_id, reply))
-            .map_err(|_| ReadFailed::Internal)?;
+        let queued = match self.worker_queue() {
+            Some(queue) => queue.send((key_id, reply)),
+            None => self.queue.send((key_id, reply)),
+        };
+        queued.map_err(|_| ReadFailed::Internal)?;
         answer.await.map_err(|_| ReadFailed::Internal)?
     }
+
+    /// This thread's loaders, started on first use, when this thread runs
+    /// a single-threaded runtime (an actix worker).
+    fn worker_queue(&self) -> Option<Sender> {
+        let handle = Handle::try_current().ok()?;
+        if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        WORKER_QUEUES.with(|queues| {
+            let mut queues = queues.borrow_mut();
+            // A runtime that ended took its loaders with it.
+            if let Some(queue) = queues.get(&self.id).filter(|q| !q.is_closed()) {
+                return Some(queue.clone());
+            }
+            let queue = start(&self.store, LOADERS_PER_WORKER);
+            queues.insert(self.id, queue.clone());
+            Some(queue)
+        })
+    }
+}
+
+/// `n` loader tasks on the current runtime, sharing one queue.
+fn start(store: &Arc<dyn Store>, n: usize) -> Sender {
+    let (queue, rx) = mpsc::unbounded_channel();
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..n {
+        tokio::spawn(load(Arc::clone(store), Arc::clone(&rx)));
+    }
+    queue
 }
 
 type Queue = Arc<Mutex<mpsc::UnboundedReceiver<(KeyId, Reply)>>>;
