@@ -30,6 +30,8 @@ use serde_json::{Value, json};
 
 const PASSWORD: &str = "benchmark admin password";
 const CONNECTIONS: usize = 64;
+/// wrk's threads.
+const THREADS: usize = 2;
 const READY: Duration = Duration::from_secs(60);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +291,7 @@ fn wrk(node: &Running, path: &str, seconds: u64, keys: Option<(&[String], &str)>
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new("wrk");
     cmd.args([
-        "-t2",
+        &format!("-t{THREADS}"),
         &format!("-c{CONNECTIONS}"),
         &format!("-d{seconds}s"),
         "--latency",
@@ -309,13 +311,20 @@ local keys = {{}}
 for line in io.lines("{list}") do keys[#keys + 1] = line end
 local requests = {{}}
 local i = 0
+local threads = 0
+-- Each thread starts its own share of the list away from the others, so
+-- that no thread trails another over keys it has just put in the cache.
+function setup(thread)
+  thread:set("start", threads)
+  threads = threads + 1
+end
 function init(args)
   for k = 1, #keys do
     requests[k] = wrk.format('POST', '/api/v1/verify',
       {{['Content-Type'] = 'application/json', ['Authorization'] = 'Bearer {verifier}'}},
       '{{"apiKey":"' .. keys[k] .. '"}}')
   end
-  i = math.random(#keys)
+  i = math.floor(start * #keys / {THREADS})
 end
 function request()
   i = i % #requests + 1

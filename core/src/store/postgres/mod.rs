@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::keys::{KeyChange, KeyChanges};
+use super::keys::{KeyChange, KeyChanges, KeyGrantRow};
 use super::outbox::{OutboxWakeups, Wakeup};
 use super::{Dialect, StoreResult};
 
@@ -72,6 +72,12 @@ impl PgStore {
     }
 
     /// Delivered at commit: other replicas drop what `change` names.
+    /// Every PostgreSQL read is a round trip: there is nothing to read
+    /// on this thread.
+    fn inline_key_grants(&self, _ids: &[String]) -> Option<Vec<KeyGrantRow>> {
+        None
+    }
+
     async fn notify_keys(&self, conn: &mut Conn, change: &KeyChange) -> StoreResult<()> {
         let Some(payload) = change.payload() else {
             return Ok(());

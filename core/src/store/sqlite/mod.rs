@@ -8,6 +8,7 @@
 mod backend;
 #[path = "../ingestors/sql.rs"]
 mod ingestors;
+mod inline_reads;
 #[path = "../keys/sql.rs"]
 mod keys;
 #[path = "../outbox/sql.rs"]
@@ -25,7 +26,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::keys::{KeyChange, KeyChanges};
+use self::inline_reads::InlineReader;
+use super::keys::{KeyChange, KeyChanges, KeyGrantRow};
 use super::outbox::OutboxWakeups;
 use super::{Dialect, StoreResult};
 
@@ -42,6 +44,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Verification's key reads on the asking thread (`inline_reads`);
+    /// none for an in-memory database.
+    reader: Option<InlineReader>,
 }
 
 impl SqliteStore {
@@ -53,12 +58,16 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let path = options.get_filename().to_owned();
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        // After the pool: it created the file and set WAL mode.
+        let reader = InlineReader::for_file(&path, in_memory);
+        Ok(Self { pool, reader })
     }
 
     async fn begin_write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
@@ -75,6 +84,12 @@ impl SqliteStore {
 
     async fn listen_key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>> {
         Ok(None)
+    }
+
+    /// `KEY_GRANTS` on this thread when it can run here, else `None`
+    /// (the caller reads through the pool).
+    fn inline_key_grants(&self, ids: &[String]) -> Option<Vec<KeyGrantRow>> {
+        self.reader.as_ref()?.key_grants(ids)
     }
 
     async fn listen_outbox_wakeups(&self) -> StoreResult<Option<Box<dyn OutboxWakeups>>> {

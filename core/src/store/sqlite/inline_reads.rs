@@ -1,0 +1,222 @@
+//! Verification's key reads, run on the thread that asks, against a
+//! read-only connection of that thread's own.
+//!
+//! Why: sqlx runs every SQLite connection on a thread of its own, so each
+//! read is two hand-offs between threads (the statement there, the rows
+//! back), and under a stream of cache misses those hand-offs cost more than
+//! the read itself: profiled, a miss cost the API 2.3 times a cache hit,
+//! most of it in waking threads. The read this replaces is a lookup by
+//! primary key in a file of which one process is the owner; in WAL mode a
+//! reader never waits for the writer, and the pages are in memory after the
+//! first reads, so it takes microseconds: less than the hand-offs did.
+//!
+//! A read that cannot run here (the connection can't be opened, the file
+//! is busy in a checkpoint, any SQLite error) returns `None` and the caller
+//! reads through the pool as before, where errors are reported: so this
+//! path can only be faster, never less available. The busy timeout is zero
+//! for that reason: a thread that serves requests must never sleep in
+//! SQLite.
+//!
+//! Each connection sees what was committed when its statement started, as
+//! a pooled connection does; what a reader may cache is decided by the
+//! generation rule above the store, which this doesn't change.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use rusqlite::{Connection, OpenFlags};
+
+use super::keys::KEY_GRANTS_OF_ONE;
+use crate::store::keys::KeyGrantRow;
+use crate::store::timestamp::Ts;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's connections, by the reader they belong to (tests open
+    /// many stores in one process); each dies with its reader.
+    static CONNECTIONS: RefCell<HashMap<u64, (Weak<()>, Connection)>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Reads of one database file by whichever thread asks.
+#[derive(Debug, Clone)]
+pub(super) struct InlineReader {
+    id: u64,
+    path: PathBuf,
+    /// Held by every clone of the store: when the last one goes, the
+    /// threads' connections to this file are closed on their next use.
+    alive: Arc<()>,
+}
+
+impl InlineReader {
+    /// A reader of the database file at `path`, or none when there is no
+    /// file to open a second connection to (an in-memory database).
+    pub(super) fn for_file(path: &Path, in_memory: bool) -> Option<Self> {
+        if in_memory {
+            return None;
+        }
+        let path = std::fs::canonicalize(path).ok()?;
+        path.is_file().then(|| Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            path,
+            alive: Arc::new(()),
+        })
+    }
+
+    /// Keys with their grants (the rows `KEY_GRANTS` reads); `None` when
+    /// the read could not run here.
+    pub(super) fn key_grants(&self, ids: &[String]) -> Option<Vec<KeyGrantRow>> {
+        CONNECTIONS.with(|connections| {
+            let mut connections = connections.borrow_mut();
+            if !connections.contains_key(&self.id) {
+                // Close what belonged to stores that are gone, then open.
+                connections.retain(|_, (alive, _)| alive.strong_count() > 0);
+                let conn = self.open().map_err(|e| note(&e)).ok()?;
+                connections.insert(self.id, (Arc::downgrade(&self.alive), conn));
+            }
+            let (_, conn) = connections.get(&self.id)?;
+            let read = key_grants(conn, ids).map_err(|e| note(&e)).ok();
+            if read.is_none() {
+                // Start afresh next time rather than keep a connection
+                // in an unknown state.
+                connections.remove(&self.id);
+            }
+            read
+        })
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Read-write only so that it may use the WAL's shared memory like
+        // the pool's connections; it never writes.
+        conn.pragma_update(None, "query_only", true)?;
+        conn.busy_timeout(Duration::ZERO)?;
+        Ok(conn)
+    }
+}
+
+/// Why a read went to the pool instead (the pool reports real errors).
+fn note(e: &rusqlite::Error) {
+    tracing::debug!(error = %e, "inline SQLite read not taken; reading through the pool");
+}
+
+/// Each key on its own: a batch read here waits for nobody, and the
+/// statement for one key costs less than the list's (see `KEY_GRANTS_OF_ONE`).
+fn key_grants(conn: &Connection, ids: &[String]) -> rusqlite::Result<Vec<KeyGrantRow>> {
+    let mut statement = conn.prepare_cached(KEY_GRANTS_OF_ONE.sqlite)?;
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        let rows = statement.query_map([id], grant_row)?;
+        for row in rows {
+            found.push(row?);
+        }
+    }
+    Ok(found)
+}
+
+fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyGrantRow> {
+    Ok(KeyGrantRow {
+        key_id: r.get("key_id")?,
+        tenant_id: r.get("tenant_id")?,
+        secret_hash: r.get("secret_hash")?,
+        status: r.get("status")?,
+        expires_at: r
+            .get::<_, Option<i64>>("expires_at")?
+            .map(|micros| {
+                Utc.timestamp_micros(micros)
+                    .single()
+                    .map(Ts)
+                    .ok_or(rusqlite::Error::IntegralValueOutOfRange(4, micros))
+            })
+            .transpose()?,
+        role_name: r.get("role_name")?,
+        group_name: r.get("group_name")?,
+        privilege: r.get("privilege")?,
+        stream: r.get("stream")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{KeyId, RoleName, TenantId};
+    use crate::privilege::{Privilege, PrivilegeKind};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{KeyStore, RbacStore, TenantStore};
+
+    fn list(ids: &[KeyId]) -> Vec<String> {
+        ids.iter().map(ToString::to_string).collect()
+    }
+
+    async fn store(dir: &tempfile::TempDir) -> SqliteStore {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        crate::store::Backend::migrate(&store).await.unwrap();
+        store
+    }
+
+    /// A file database is read on this thread, with the rows the pool
+    /// reads: if the inline path fell back every time, this would fail.
+    #[tokio::test]
+    async fn reads_on_this_thread_what_the_pool_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir).await;
+        let now = chrono::Utc::now();
+        let acme = TenantId::parse("acme").unwrap();
+        s.create_tenant(&acme, None, now).await.unwrap();
+        let role = RoleName::parse("admin").unwrap();
+        let admin = vec![Privilege::new(PrivilegeKind::Admin, None)];
+        s.put_role(&acme, &role, &admin, now).await.unwrap();
+        let nk = crate::testing::placeholder_new_key(&acme, "ci", &[role]);
+        s.create_key(&nk, now).await.unwrap();
+
+        let ids = list(&[nk.key_id, KeyId::new()]);
+        let inline = s.inline_key_grants(&ids).expect("read on this thread");
+        let pooled: Vec<KeyGrantRow> = sqlx::query_as(super::super::keys::KEY_GRANTS.sqlite)
+            .bind(super::super::text_list(ids.clone()))
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+        let fields = |rows: &[KeyGrantRow]| -> Vec<String> {
+            rows.iter()
+                .map(|r| {
+                    format!(
+                        "{} {} {} {} {:?} {:?} {:?} {:?} {:?}",
+                        r.key_id,
+                        r.tenant_id,
+                        r.secret_hash,
+                        r.status,
+                        r.expires_at,
+                        r.role_name,
+                        r.group_name,
+                        r.privilege,
+                        r.stream
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(inline.len(), 1);
+        assert_eq!(fields(&inline), fields(&pooled));
+    }
+
+    /// What can't be read here is left to the pool, which reports errors.
+    #[test]
+    fn a_read_that_cannot_run_here_is_left_to_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("not-a-database");
+        std::fs::write(&path, b"plain text, no SQLite header here at all").unwrap();
+        let reader = InlineReader::for_file(&path, false).unwrap();
+        assert!(reader.key_grants(&["01".to_owned()]).is_none());
+        assert!(InlineReader::for_file(&dir.path().join("absent"), false).is_none());
+        assert!(InlineReader::for_file(&path, true).is_none(), "in memory");
+    }
+}
