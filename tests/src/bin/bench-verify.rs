@@ -256,14 +256,77 @@ fn one_connection() -> reqwest::Client {
         .unwrap()
 }
 
-/// wrk's figures, and what the run cost the server.
+/// wrk's figures, and what the run cost the server: one run, or several
+/// merged (`Wrk::merged`).
+#[derive(Clone, Copy)]
 struct Wrk {
-    rps: f64,
-    p50: String,
-    p99: String,
-    /// The server process's CPU time (user + system) per answered request,
-    /// in µs: what one request costs whatever shares the cores with it.
-    cpu_us: f64,
+    requests: f64,
+    seconds: f64,
+    /// Median, and for merged runs the median of the runs' medians.
+    p50_us: f64,
+    /// For merged runs the worst of the runs'.
+    p99_us: f64,
+    /// The server process's CPU time (user + system) over the run, in s.
+    cpu: f64,
+}
+
+impl Wrk {
+    fn rps(&self) -> f64 {
+        self.requests / self.seconds
+    }
+
+    /// Server CPU per answered request, in µs: what one request costs
+    /// whatever shares the cores with it.
+    fn cpu_us(&self) -> f64 {
+        self.cpu * 1e6 / self.requests.max(1.0)
+    }
+
+    /// Runs taken in turns with a baseline's, as one: totals over totals.
+    fn merged(runs: &[Wrk]) -> Wrk {
+        let mut p50: Vec<f64> = runs.iter().map(|r| r.p50_us).collect();
+        p50.sort_by(f64::total_cmp);
+        Wrk {
+            requests: runs.iter().map(|r| r.requests).sum(),
+            seconds: runs.iter().map(|r| r.seconds).sum(),
+            p50_us: p50.get(p50.len() / 2).copied().unwrap_or(0.0),
+            p99_us: runs.iter().map(|r| r.p99_us).fold(0.0, f64::max),
+            cpu: runs.iter().map(|r| r.cpu).sum(),
+        }
+    }
+
+    /// "N req/s, p50 …, p99 …"
+    fn summary(&self) -> String {
+        format!(
+            "{:.0} req/s, p50 {}, p99 {}",
+            self.rps(),
+            latency(self.p50_us),
+            latency(self.p99_us)
+        )
+    }
+}
+
+fn latency(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+/// wrk's latency ("372.00us", "1.95ms", "1.02s") in µs.
+fn wrk_latency_us(text: &str) -> f64 {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60e6)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(f64::NAN) * scale
 }
 
 /// CPU time (user + system) a process has used so far, in seconds.
@@ -337,10 +400,12 @@ end
         .unwrap();
         cmd.arg("-s").arg(&script);
     }
+    let began = Instant::now();
     let out = cmd
         .arg(&url)
         .output()
         .expect("wrk runs (apt-get install wrk)");
+    let seconds = began.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let field = |prefix: &str| {
@@ -353,139 +418,206 @@ end
     };
     assert!(!text.contains("Non-2xx"), "wrk saw error answers: {text}");
     // "  123456 requests in 10.00s, …"
-    let requests: f64 = text
+    let (requests, wrk_seconds) = text
         .lines()
         .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let n = words.next().and_then(|n| n.parse().ok());
+            let s = words
+                .nth(2)
+                .map(|s| wrk_latency_us(s.trim_end_matches(',')) / 1e6);
+            (n.unwrap_or(0.0), s.unwrap_or(seconds))
+        })
+        .unwrap_or((0.0, seconds));
     Wrk {
-        rps: field("Requests/sec:").parse().unwrap_or(0.0),
-        p50: field("50%"),
-        p99: field("99%"),
-        cpu_us: if requests > 0.0 {
-            cpu * 1e6 / requests
-        } else {
-            0.0
-        },
+        requests,
+        seconds: wrk_seconds,
+        p50_us: wrk_latency_us(&field("50%")),
+        p99_us: wrk_latency_us(&field("99%")),
+        cpu,
     }
 }
 
-/// wrk on `POST /api/v1/verify` over `keys`, with the share of valid
-/// answers and of answers from the cache that `node` counted meanwhile.
+/// Verify answers that `node` counted: all, valid, from the cache.
+#[derive(Default, Clone, Copy)]
+struct Mix {
+    all: f64,
+    valid: f64,
+    hits: f64,
+}
+
+impl Mix {
+    fn add(&mut self, other: Mix) {
+        self.all += other.all;
+        self.valid += other.valid;
+        self.hits += other.hits;
+    }
+
+    /// "x % valid, y % from the cache"
+    fn summary(&self) -> String {
+        format!(
+            "{:.1} % valid, {:.1} % from the cache",
+            100.0 * self.valid / self.all,
+            100.0 * self.hits / self.all
+        )
+    }
+}
+
+/// wrk on `POST /api/v1/verify` over `keys`, with the answers `node`
+/// counted meanwhile.
 async fn measured_verify(
     node: &Running,
     seconds: u64,
     keys: &[String],
     verifier: &str,
-) -> (Wrk, f64, f64) {
+) -> (Wrk, Mix) {
     let before = metrics(node).await;
     let run = wrk(node, "/api/v1/verify", seconds, Some((keys, verifier)));
-    let (valid, hits) = verify_mix(&before, &metrics(node).await);
-    (run, valid, hits)
+    let after = metrics(node).await;
+    let d = |with: &[&str]| {
+        metric(&after, "keyward_verify_total", with) - metric(&before, "keyward_verify_total", with)
+    };
+    let mix = Mix {
+        all: d(&[]),
+        valid: d(&["result=\"valid\""]),
+        hits: d(&["cache=\"hit\""]),
+    };
+    (run, mix)
 }
 
-/// Share of verify answers that were valid, and of those from the cache,
-/// over what `node` counted between two `/metrics` texts.
-fn verify_mix(before: &str, after: &str) -> (f64, f64) {
-    let d = |name: &str, with: &[&str]| metric(after, name, with) - metric(before, name, with);
-    let all = d("keyward_verify_total", &[]);
-    let valid = d("keyward_verify_total", &["result=\"valid\""]);
-    let hits = d("keyward_verify_total", &["cache=\"hit\""]);
-    (valid / all, hits / all)
-}
+/// Turns of 10 s: a baseline run, then a verify run. This machine's speed
+/// drifts (seen: healthz from 79k to 100k req/s in consecutive 10 s runs);
+/// in turns, the drift weighs on both alike, where one long run after the
+/// other credits or charges it to whichever came second.
+const TURNS: usize = 3;
+const TURN_SECONDS: u64 = 10;
 
-/// (2) Cache hits under wrk next to healthz on the same server, over a run
-/// longer than the 60 s TTL (entries expire and are filled again).
+/// (2) Cache hits under wrk next to healthz on the same server: first a
+/// run longer than the 60 s TTL from a cold start (entries expire and are
+/// filled again), with healthz before and after it; then verify and
+/// healthz in turns, warm.
 async fn hit_and_healthz() {
     let n: usize = env_or("KEYWARD_BENCH_KEYS", 10_000);
     let seconds: u64 = env_or("KEYWARD_BENCH_SECONDS", 70);
     let db = TestDatabase::sqlite().await;
     let seeded = seed(&db.store(), n).await;
     let node = api(&db, &[]).await;
-    let health = wrk(&node, "/healthz", 10, None);
-    let (verify, valid, hits) =
-        measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
+    let before = wrk(&node, "/healthz", TURN_SECONDS, None);
+    let (cold, cold_mix) = measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
+    let after = wrk(&node, "/healthz", TURN_SECONDS, None);
+    let around = Wrk::merged(&[before, after]);
+    let (mut health, mut verify, mut mix) = (Vec::new(), Vec::new(), Mix::default());
+    for _ in 0..TURNS {
+        health.push(wrk(&node, "/healthz", TURN_SECONDS, None));
+        let (run, m) = measured_verify(&node, TURN_SECONDS, &seeded.keys, &seeded.verifier).await;
+        verify.push(run);
+        mix.add(m);
+    }
+    let (health, verify) = (Wrk::merged(&health), Wrk::merged(&verify));
     println!(
-        "| wrk `GET /healthz`, {CONNECTIONS} connections, 10 s | {:.0} req/s, p50 {}, p99 {}; \
+        "| wrk `GET /healthz`, {CONNECTIONS} connections, 10 s before and 10 s after the cold run | {}; \
          server CPU {:.1} µs/request |",
-        health.rps, health.p50, health.p99, health.cpu_us
+        around.summary(),
+        around.cpu_us()
     );
     println!(
-        "| wrk `POST /api/v1/verify`, {n} keys, TTL 60 s, {seconds} s from a cold start | \
-         {:.0} req/s, p50 {}, p99 {}; {:.1} % valid, {:.2} % from the cache; **{:.0} % of healthz**; \
-         server CPU {:.1} µs/request = {:.0} % of healthz's cost per request |",
-        verify.rps,
-        verify.p50,
-        verify.p99,
-        valid * 100.0,
-        hits * 100.0,
-        100.0 * verify.rps / health.rps,
-        verify.cpu_us,
-        100.0 * verify.cpu_us / health.cpu_us
+        "| wrk `POST /api/v1/verify`, {n} keys, TTL 60 s, {seconds} s from a cold start | {}; {}; \
+         **{:.0} % of healthz**; server CPU {:.1} µs/request |",
+        cold.summary(),
+        cold_mix.summary(),
+        100.0 * cold.rps() / around.rps(),
+        cold.cpu_us()
+    );
+    println!(
+        "| in turns, warm: healthz {TURNS} × {TURN_SECONDS} s | {}; server CPU {:.1} µs/request |",
+        health.summary(),
+        health.cpu_us()
+    );
+    println!(
+        "| in turns, warm: verify {TURNS} × {TURN_SECONDS} s | {}; {}; **{:.0} % of healthz**; \
+         server CPU {:.1} µs/request = {:.0} % of healthz's |",
+        verify.summary(),
+        mix.summary(),
+        100.0 * verify.rps() / health.rps(),
+        verify.cpu_us(),
+        100.0 * verify.cpu_us() / health.cpu_us()
     );
 }
 
-/// (3) A rotating set: 100,000 keys with a 5 s TTL for 30 s, next to the
-/// all-hit figure of 10,000 keys (TTL 60 s) on the same kind of server.
+/// (3) A rotating set: 100,000 keys with a 5 s TTL, from a cold start,
+/// in turns with the all-hit figure of 10,000 keys (TTL 60 s, warm) on a
+/// second server with a database of its own (one process owns a SQLite
+/// file).
 async fn rotating() {
-    let seconds: u64 = env_or("KEYWARD_BENCH_SECONDS", 30);
+    let hot_db = TestDatabase::sqlite().await;
+    let hot = seed(&hot_db.store(), 10_000).await;
     let db = TestDatabase::sqlite().await;
     let seeded = seed(&db.store(), 100_000).await;
-    let hot = &seeded.keys[..10_000];
-    let node = api(&db, &[]).await;
-    let _ = wrk(&node, "/api/v1/verify", 3, Some((hot, &seeded.verifier)));
-    let all_hit = wrk(
-        &node,
+    let hot_node = api(&hot_db, &[]).await;
+    let _ = wrk(
+        &hot_node,
         "/api/v1/verify",
-        seconds,
-        Some((hot, &seeded.verifier)),
+        3,
+        Some((&hot.keys, &hot.verifier)),
     );
-    drop(node);
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "5")]).await;
-    let (rot, valid, hits) = measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
+    let (mut all_hit, mut rot, mut mix) = (Vec::new(), Vec::new(), Mix::default());
+    for _ in 0..TURNS {
+        all_hit.push(wrk(
+            &hot_node,
+            "/api/v1/verify",
+            TURN_SECONDS,
+            Some((&hot.keys, &hot.verifier)),
+        ));
+        let (run, m) = measured_verify(&node, TURN_SECONDS, &seeded.keys, &seeded.verifier).await;
+        rot.push(run);
+        mix.add(m);
+    }
+    let (all_hit, rot) = (Wrk::merged(&all_hit), Wrk::merged(&rot));
     println!(
-        "| all hits: 10,000 keys, TTL 60 s, warm, {seconds} s | {:.0} req/s, p50 {}, p99 {}; \
+        "| all hits: 10,000 keys, TTL 60 s, warm, {TURNS} × {TURN_SECONDS} s in turns | {}; \
          server CPU {:.1} µs/request |",
-        all_hit.rps, all_hit.p50, all_hit.p99, all_hit.cpu_us
+        all_hit.summary(),
+        all_hit.cpu_us()
     );
     println!(
-        "| rotating: 100,000 keys, TTL 5 s, cold, {seconds} s | {:.0} req/s, p50 {}, p99 {}; \
-         {:.1} % valid, {:.1} % from the cache; **{:.0} % of all hits**; server CPU {:.1} µs/request |",
-        rot.rps,
-        rot.p50,
-        rot.p99,
-        valid * 100.0,
-        hits * 100.0,
-        100.0 * rot.rps / all_hit.rps,
-        rot.cpu_us
+        "| rotating: 100,000 keys, TTL 5 s, from cold, {TURNS} × {TURN_SECONDS} s in turns | {}; {}; \
+         **{:.0} % of all hits**; server CPU {:.1} µs/request |",
+        rot.summary(),
+        mix.summary(),
+        100.0 * rot.rps() / all_hit.rps(),
+        rot.cpu_us()
     );
 }
 
 /// (4) Misses on SQLite: 100,000 keys and a 1 s TTL, so every key is gone
 /// from the cache before wrk asks for it again (the verifier's own key,
-/// asked on every request, stays cached), next to healthz.
+/// asked on every request, stays cached), in turns with healthz.
 async fn miss_sqlite() {
     let db = TestDatabase::sqlite().await;
     let seeded = seed(&db.store(), 100_000).await;
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
-    let health = wrk(&node, "/healthz", 10, None);
-    let (miss, valid, hits) = measured_verify(&node, 20, &seeded.keys, &seeded.verifier).await;
+    let (mut health, mut miss, mut mix) = (Vec::new(), Vec::new(), Mix::default());
+    for _ in 0..TURNS {
+        health.push(wrk(&node, "/healthz", TURN_SECONDS, None));
+        let (run, m) = measured_verify(&node, TURN_SECONDS, &seeded.keys, &seeded.verifier).await;
+        miss.push(run);
+        mix.add(m);
+    }
+    let (health, miss) = (Wrk::merged(&health), Wrk::merged(&miss));
     println!(
-        "| SQLite: wrk `GET /healthz` | {:.0} req/s, p50 {}, p99 {}; server CPU {:.1} µs/request |",
-        health.rps, health.p50, health.p99, health.cpu_us
+        "| SQLite: wrk `GET /healthz`, {TURNS} × {TURN_SECONDS} s in turns | {}; server CPU {:.1} µs/request |",
+        health.summary(),
+        health.cpu_us()
     );
     println!(
-        "| SQLite: wrk verify, every key a miss (100,000 keys, TTL 1 s), 20 s | {:.0} req/s, p50 {}, \
-         p99 **{}**; {:.1} % valid, {:.1} % from the cache; **{:.0} % of healthz**; \
-         server CPU {:.1} µs/request |",
-        miss.rps,
-        miss.p50,
-        miss.p99,
-        valid * 100.0,
-        hits * 100.0,
-        100.0 * miss.rps / health.rps,
-        miss.cpu_us
+        "| SQLite: wrk verify, every key a miss (100,000 keys, TTL 1 s), {TURNS} × {TURN_SECONDS} s in turns | \
+         {}; {}; **{:.0} % of healthz**; server CPU {:.1} µs/request |",
+        miss.summary(),
+        mix.summary(),
+        100.0 * miss.rps() / health.rps(),
+        miss.cpu_us()
     );
 }
 
@@ -499,7 +631,7 @@ async fn miss_postgres() {
     let n: usize = env_or("KEYWARD_BENCH_KEYS", 100_000);
     let seeded = seed(&db.store(), n).await;
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
-    let (miss, valid, hits) = measured_verify(&node, 20, &seeded.keys, &seeded.verifier).await;
+    let (miss, mix) = measured_verify(&node, 20, &seeded.keys, &seeded.verifier).await;
     drop(node);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
@@ -537,13 +669,9 @@ async fn miss_postgres() {
         ms(quantile(&lat, 0.99)),
     );
     println!(
-        "| PostgreSQL: wrk verify, every key a miss ({n} keys, TTL 1 s), 20 s | {:.0} req/s, p50 {}, \
-         p99 {}; {:.1} % valid, {:.1} % from the cache |",
-        miss.rps,
-        miss.p50,
-        miss.p99,
-        valid * 100.0,
-        hits * 100.0
+        "| PostgreSQL: wrk verify, every key a miss ({n} keys, TTL 1 s), 20 s | {}; {} |",
+        miss.summary(),
+        mix.summary()
     );
 }
 
