@@ -63,6 +63,7 @@ error_codes! {
     RoleNotFound => ("role_not_found", NOT_FOUND, "Role not found."),
     UserNotFound => ("user_not_found", NOT_FOUND, "User not found."),
     GroupNotFound => ("group_not_found", NOT_FOUND, "Group not found."),
+    EventNotFound => ("event_not_found", NOT_FOUND, "Event not found."),
     MethodNotAllowed => ("method_not_allowed", METHOD_NOT_ALLOWED, "Method not allowed on this endpoint."),
     DuplicateKeyName => ("duplicate_key_name", CONFLICT, "An active API key with this name exists."),
     DuplicateUsername => ("duplicate_username", CONFLICT, "This username is taken."),

@@ -94,6 +94,7 @@ impl Application {
                 .configure(routes::users::configure)
                 .configure(routes::groups::configure)
                 .configure(routes::keys::configure)
+                .configure(routes::events::configure)
                 .configure(routes::ingestors::configure)
                 .configure(routes::openapi::configure)
                 .default_service(web::to(routes::not_found))

@@ -1159,6 +1159,60 @@ impl Micros for Timestamp {
 
 // ---------------------------------------------------------------- runner
 
+/// An event's status follows its outbox row (pending, published,
+/// applied); an unknown or purged event has none.
+async fn event_status_follows_the_outbox(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let k = key(&s, &acme, "ci", &[]).await;
+    let ev = EventId::new();
+    let t0 = now();
+    s.revoke_key(&acme, k.key_id, "admin", ev, t0)
+        .await
+        .unwrap();
+    let st = s.event_status(ev).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            st.kind.as_str(),
+            &st.tenant_id,
+            st.key_id,
+            st.state,
+            st.attempts
+        ),
+        (
+            "key.revoked",
+            &acme,
+            Some(k.key_id),
+            RevocationState::Pending,
+            0
+        )
+    );
+    assert!(st.published_at.is_none());
+
+    s.ingestor_heartbeat("i1", "keyward.ingestor.i1", t0)
+        .await
+        .unwrap();
+    let claimed = s.claim_events("w", LEASE, 10, t0).await.unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    s.mark_published(&ids, t0, t0 - chrono::Duration::seconds(30))
+        .await
+        .unwrap();
+    let st = s.event_status(ev).await.unwrap().unwrap();
+    assert_eq!(
+        (st.state, st.attempts, st.ingestors, st.applied_by),
+        (RevocationState::Published, 0, 1, 0),
+        "attempts counts failed ones"
+    );
+    assert!(st.published_at.is_some());
+
+    s.record_applied(ev, "i1", t0).await.unwrap();
+    let st = s.event_status(ev).await.unwrap().unwrap();
+    assert_eq!((st.state, st.applied_by), (RevocationState::Applied, 1));
+
+    assert!(s.event_status(EventId::new()).await.unwrap().is_none());
+    s.purge(t0 + chrono::Duration::seconds(1)).await.unwrap();
+    assert!(s.event_status(ev).await.unwrap().is_none(), "purged");
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1186,6 +1240,7 @@ macro_rules! conformance {
 
 conformance!(
     migrations_are_idempotent,
+    event_status_follows_the_outbox,
     tenants,
     roles_put_get_list_delete,
     roles_are_per_tenant,

@@ -16,6 +16,7 @@ use keyward_core::store::{ApiKey, KeyQuery, NewApiKey, StatusFilter};
 use keyward_core::token::ApiKeyToken;
 use serde::{Deserialize, Serialize};
 
+use super::events::EVENT_ID_HEADER;
 use super::{parse_roles, resource};
 use crate::auth::{CachedPrincipal, TenantScope};
 use crate::error::{ApiError, ApiResult, Code, ErrorBody};
@@ -264,7 +265,9 @@ pub async fn get(
 /// A failed transaction wrote nothing: 503, and a retry is safe.
 #[utoipa::path(delete, path = "/api/v1/tenants/{t}/apikeys/{keyId}", tag = "apikeys",
     params(("t" = String, Path, description = "tenant id"), ("keyId" = String, Path, description = "key id (ULID)")),
-    responses((status = 202, body = ApiKey), (status = 404, description = "`key_not_found`", body = ErrorBody)),
+    responses((status = 202, body = ApiKey,
+                headers(("Keyward-Event-Id" = String, description = "the revocation's event (`GET /api/v1/events/{eventId}`)"))),
+              (status = 404, description = "`key_not_found`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn revoke(
     req: HttpRequest,
@@ -282,13 +285,15 @@ pub async fn revoke(
     if revoked.newly_revoked {
         tracing::info!(key_id = %key_id, "API key revoked");
     }
-    Ok(HttpResponse::Accepted().json(revoked.key))
+    Ok(with_event(HttpResponse::Accepted(), &revoked.key))
 }
 
 /// Put a `failed` revocation back in the outbox.
 #[utoipa::path(post, path = "/api/v1/tenants/{t}/apikeys/{keyId}/revocation/retry", tag = "apikeys",
     params(("t" = String, Path, description = "tenant id"), ("keyId" = String, Path, description = "key id (ULID)")),
-    responses((status = 202, body = ApiKey), (status = 404, description = "`key_not_found`", body = ErrorBody),
+    responses((status = 202, body = ApiKey,
+                headers(("Keyward-Event-Id" = String, description = "the revocation's event, back in the outbox"))),
+              (status = 404, description = "`key_not_found`", body = ErrorBody),
               (status = 409, description = "`invalid_state`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn retry(
@@ -298,12 +303,21 @@ pub async fn retry(
 ) -> ApiResult<HttpResponse> {
     let tenant = scope.tenant;
     let key_id = key_id_param(&req)?;
-    Ok(HttpResponse::Accepted().json(
-        state
-            .store
-            .retry_revocation(&tenant, key_id, Utc::now())
-            .await?,
-    ))
+    let key = state
+        .store
+        .retry_revocation(&tenant, key_id, Utc::now())
+        .await?;
+    Ok(with_event(HttpResponse::Accepted(), &key))
+}
+
+/// `answer` with the key as its body and, when the key was revoked, its
+/// revocation's event id in `Keyward-Event-Id` (the same id on a repeated
+/// DELETE: the one revocation there is).
+fn with_event(mut answer: actix_web::HttpResponseBuilder, key: &ApiKey) -> HttpResponse {
+    if let Some(revocation) = &key.revocation {
+        answer.insert_header((EVENT_ID_HEADER, revocation.event_id.to_string()));
+    }
+    answer.json(key)
 }
 
 /// Admin check of a secret; 403 before the body is read for anyone else.

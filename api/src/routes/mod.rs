@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource, and the parsing they share.
 
+pub mod events;
 pub mod groups;
 pub mod health;
 pub mod ingestors;

@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use super::{groups, ingestors, keys, roles, tenants, users};
+use super::{events, groups, ingestors, keys, roles, tenants, users};
 use crate::error::Code;
 use crate::extract::BODY_LIMIT;
 
@@ -40,6 +40,7 @@ use crate::extract::BODY_LIMIT;
         keys::retry,
         keys::validate,
         keys::verify,
+        events::get,
         ingestors::list,
         keyward_core::ops::healthz,
         keyward_core::ops::readyz,

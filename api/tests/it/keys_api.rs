@@ -423,7 +423,92 @@ async fn bearer_key_admin_and_role_changes_evict(app: TestApp) {
     assert!(text.contains("keyward_verify_total"), "{text}");
 }
 
+/// A revoke's answer names its event in `Keyward-Event-Id` (the same on a
+/// repeated DELETE), and `GET /api/v1/events/{id}` reports where it is, to
+/// its tenant's admins and superadmins only.
+async fn revocation_events_are_named_and_reported(app: TestApp) {
+    setup(&app).await;
+    app.tenant_with_admin("other").await;
+    let key = create_key(&app, "ci").await;
+    let id = key["keyId"].as_str().unwrap();
+    let path = format!("/api/v1/tenants/acme/apikeys/{id}");
+    let header = |res: &reqwest::Response| {
+        res.headers()
+            .get("keyward-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let res = app
+        .request(Method::DELETE, &path, ACME_ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let event = header(&res).expect("Keyward-Event-Id on a revoke");
+    let (s, revoked) = read(res).await;
+    assert_eq!(
+        (s, revoked["revocation"]["eventId"].as_str()),
+        (202, Some(event.as_str()))
+    );
+    let res = app
+        .request(Method::DELETE, &path, ACME_ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&res).as_deref(),
+        Some(event.as_str()),
+        "the one revocation"
+    );
+    let res = app
+        .request(Method::GET, &path, ACME_ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&res), None, "a read changes nothing");
+
+    let events = format!("/api/v1/events/{event}");
+    for who in [ACME_ADMIN, ADMIN] {
+        let (s, e) = app.get(&events, who).await;
+        assert_eq!(s, 200, "{e}");
+        assert_eq!(
+            (
+                &e["eventId"],
+                &e["type"],
+                &e["tenantId"],
+                &e["keyId"],
+                &e["state"]
+            ),
+            (
+                &json!(event),
+                &json!("key.revoked"),
+                &json!("acme"),
+                &json!(id),
+                &json!("pending")
+            )
+        );
+        assert_eq!(
+            (&e["attempts"], &e["appliedBy"], &e["publishedAt"]),
+            (&json!(0), &json!(0), &Value::Null)
+        );
+        assert!(e["createdAt"].is_string());
+    }
+    let other = As::User("other-admin", ADMIN_PASSWORD);
+    let (s, body) = app.get(&events, other).await;
+    assert_error(s, &body, 404, "event_not_found");
+    let unknown = format!("/api/v1/events/{}", keyward_core::ids::EventId::new());
+    let (s, body) = app.get(&unknown, ADMIN).await;
+    assert_error(s, &body, 404, "event_not_found");
+    let (s, body) = app.get("/api/v1/events/not-a-ulid", ADMIN).await;
+    assert_eq!(
+        assert_error(s, &body, 400, "invalid_request")["details"]["field"],
+        "eventId"
+    );
+    let (s, body) = app.get(&events, As::Nobody).await;
+    assert_error(s, &body, 401, "unauthenticated");
+}
+
 on_both_stores!(
+    revocation_events_are_named_and_reported,
     create_shows_the_secret_once,
     list_pages_and_filters,
     revoke_is_idempotent_and_rejected_at_once,

@@ -191,6 +191,29 @@ impl EventProgress {
     }
 }
 
+/// An outbox event and where it is on its way to the ingestors
+/// (`GET /api/v1/events/{eventId}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct EventStatus {
+    pub event_id: EventId,
+    /// `key.revoked`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub tenant_id: TenantId,
+    pub key_id: Option<KeyId>,
+    pub created_at: DateTime<Utc>,
+    pub state: RevocationState,
+    pub attempts: i32,
+    pub published_at: Option<DateTime<Utc>>,
+    /// Ingestors that reported applying it.
+    pub applied_by: i64,
+    /// Ingestors live when it was published.
+    pub ingestors: i64,
+    pub last_error: Option<String>,
+}
+
 /// Where a revoked key's event is on its way to the ingestors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

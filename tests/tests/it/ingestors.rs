@@ -114,7 +114,8 @@ impl System {
         )
     }
 
-    async fn revoke(&self, key_id: &str) {
+    /// Revokes `key_id`; the event id its answer names (`Keyward-Event-Id`).
+    async fn revoke(&self, key_id: &str) -> String {
         let res = self
             .http
             .delete(
@@ -126,6 +127,11 @@ impl System {
             .await
             .unwrap();
         assert_eq!(res.status(), 202);
+        res.headers()
+            .get("keyward-event-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("Keyward-Event-Id on a revoke")
+            .to_owned()
     }
 
     async fn revocation(&self, key_id: &str) -> Value {
@@ -231,7 +237,7 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
     })
     .await;
 
-    sys.revoke(&key_id).await;
+    let event = sys.revoke(&key_id).await;
     let revoked_at = Instant::now();
     eventually("both reject", Duration::from_secs(5), || async {
         ingest(http, &a, "clicks-eu", &secret).await == 401
@@ -244,6 +250,19 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
         sys.revocation(&key_id).await["state"] == "applied"
     })
     .await;
+    let e = sys
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/v1/events/{event}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (&e["state"], &e["appliedBy"], &e["ingestors"], &e["keyId"]),
+        (&json!("applied"), &json!(2), &json!(2), &json!(key_id)),
+        "the event's own view agrees: {e}"
+    );
+    assert!(e["publishedAt"].is_string());
     let r = sys.revocation(&key_id).await;
     assert_eq!(
         (r["appliedBy"].as_i64(), r["ingestors"].as_i64()),

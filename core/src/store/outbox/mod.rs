@@ -11,7 +11,8 @@ use sqlx::FromRow;
 use super::rows::{key_id, parse, tenant};
 use super::timestamp::Ts;
 use super::{
-    ApiKey, Backend, OutboxEvent, OutboxStats, Purged, StoreError, StoreResult, Timestamp,
+    ApiKey, Backend, EventProgress, EventStatus, OutboxEvent, OutboxStats, Purged, StoreError,
+    StoreResult, Timestamp,
 };
 use crate::ids::{EventId, KeyId, TenantId};
 
@@ -69,6 +70,9 @@ pub trait OutboxStore: Backend {
     /// before `before`. Undelivered and dead rows are kept whatever their age.
     async fn purge(&self, before: Timestamp) -> StoreResult<Purged>;
     async fn outbox_stats(&self) -> StoreResult<OutboxStats>;
+    /// One event with its delivery state; `None` if there is none by that
+    /// id, or it was purged (published before the retention).
+    async fn event_status(&self, event_id: EventId) -> StoreResult<Option<EventStatus>>;
 }
 
 /// What wakes a sync worker before its poll interval is up.
@@ -108,6 +112,48 @@ impl TryFrom<OutboxRow> for OutboxEvent {
             key_id: key_id(&r.key_id)?,
             created_at: r.created_at.0,
             attempts: r.attempts,
+        })
+    }
+}
+
+/// An event's row with its `applied` reports counted.
+#[derive(FromRow)]
+pub(crate) struct EventStatusRow {
+    pub event_id: String,
+    pub kind: String,
+    pub tenant_id: String,
+    pub key_id: String,
+    pub created_at: Ts,
+    pub attempts: i32,
+    pub published_at: Option<Ts>,
+    pub dead_at: Option<Ts>,
+    pub last_error: Option<String>,
+    pub live_ingestors: Option<i64>,
+    pub applied_by: i64,
+}
+
+impl TryFrom<EventStatusRow> for EventStatus {
+    type Error = StoreError;
+    fn try_from(r: EventStatusRow) -> StoreResult<Self> {
+        let progress = EventProgress {
+            in_outbox: true,
+            published: r.published_at.is_some(),
+            dead: r.dead_at.is_some(),
+            applied_by: r.applied_by,
+            live_ingestors: r.live_ingestors.unwrap_or(0),
+        };
+        Ok(EventStatus {
+            event_id: parse("event id", &r.event_id, EventId::parse)?,
+            kind: r.kind,
+            tenant_id: tenant(&r.tenant_id)?,
+            key_id: Some(key_id(&r.key_id)?),
+            created_at: r.created_at.0,
+            state: progress.state(),
+            attempts: r.attempts,
+            published_at: r.published_at.map(|t| t.0),
+            applied_by: r.applied_by,
+            ingestors: progress.live_ingestors,
+            last_error: r.last_error,
         })
     }
 }

@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use super::keys::key_in;
 use super::{SqlStore, id_list, sql};
-use crate::ids::{KeyId, TenantId};
-use crate::store::outbox::{OutboxRow, OutboxStore, OutboxWakeups};
+use crate::ids::{EventId, KeyId, TenantId};
+use crate::store::outbox::{EventStatusRow, OutboxRow, OutboxStore, OutboxWakeups};
 use crate::store::timestamp::Ts;
 use crate::store::{
-    ApiKey, Dialect, OutboxEvent, OutboxStats, Purged, StoreError, StoreResult, Timestamp,
+    ApiKey, Dialect, EventStatus, OutboxEvent, OutboxStats, Purged, StoreError, StoreResult,
+    Timestamp,
 };
 
 /// Leases due events: `$1` owner, `$2` lease end, `$3` now, `$4` batch.
@@ -190,6 +191,19 @@ impl OutboxStore for SqlStore {
             oldest_pending_at: oldest.map(|t| t.0),
             dead,
         })
+    }
+
+    async fn event_status(&self, event_id: EventId) -> StoreResult<Option<EventStatus>> {
+        let row: Option<EventStatusRow> = sqlx::query_as(
+            "SELECT o.event_id, o.kind, o.tenant_id, o.key_id, o.created_at, o.attempts, \
+                    o.published_at, o.dead_at, o.last_error, o.live_ingestors, \
+                    (SELECT COUNT(*) FROM event_acks a WHERE a.event_id = o.event_id) AS applied_by \
+             FROM outbox o WHERE o.event_id = $1",
+        )
+        .bind(event_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(EventStatus::try_from).transpose()
     }
 
     async fn outbox_wakeups(&self) -> StoreResult<Option<Box<dyn OutboxWakeups>>> {
