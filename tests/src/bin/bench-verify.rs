@@ -493,6 +493,19 @@ async fn measured_verify(
 const TURNS: usize = 3;
 const TURN_SECONDS: u64 = 10;
 
+/// `TURNS` turns of healthz then verify over `seeded` on `node`, each kind
+/// merged, with the verify answers' mix.
+async fn healthz_and_verify_in_turns(node: &Running, seeded: &Seeded) -> (Wrk, Wrk, Mix) {
+    let (mut health, mut verify, mut mix) = (Vec::new(), Vec::new(), Mix::default());
+    for _ in 0..TURNS {
+        health.push(wrk(node, "/healthz", TURN_SECONDS, None));
+        let (run, m) = measured_verify(node, TURN_SECONDS, &seeded.keys, &seeded.verifier).await;
+        verify.push(run);
+        mix.add(m);
+    }
+    (Wrk::merged(&health), Wrk::merged(&verify), mix)
+}
+
 /// (2) Cache hits under wrk next to healthz on the same server: first a
 /// run longer than the 60 s TTL from a cold start (entries expire and are
 /// filled again), with healthz before and after it; then verify and
@@ -507,14 +520,7 @@ async fn hit_and_healthz() {
     let (cold, cold_mix) = measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
     let after = wrk(&node, "/healthz", TURN_SECONDS, None);
     let around = Wrk::merged(&[before, after]);
-    let (mut health, mut verify, mut mix) = (Vec::new(), Vec::new(), Mix::default());
-    for _ in 0..TURNS {
-        health.push(wrk(&node, "/healthz", TURN_SECONDS, None));
-        let (run, m) = measured_verify(&node, TURN_SECONDS, &seeded.keys, &seeded.verifier).await;
-        verify.push(run);
-        mix.add(m);
-    }
-    let (health, verify) = (Wrk::merged(&health), Wrk::merged(&verify));
+    let (health, verify, mix) = healthz_and_verify_in_turns(&node, &seeded).await;
     println!(
         "| wrk `GET /healthz`, {CONNECTIONS} connections, 10 s before and 10 s after the cold run | {}; \
          server CPU {:.1} µs/request |",
@@ -598,14 +604,7 @@ async fn miss_sqlite() {
     let db = TestDatabase::sqlite().await;
     let seeded = seed(&db.store(), 100_000).await;
     let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
-    let (mut health, mut miss, mut mix) = (Vec::new(), Vec::new(), Mix::default());
-    for _ in 0..TURNS {
-        health.push(wrk(&node, "/healthz", TURN_SECONDS, None));
-        let (run, m) = measured_verify(&node, TURN_SECONDS, &seeded.keys, &seeded.verifier).await;
-        miss.push(run);
-        mix.add(m);
-    }
-    let (health, miss) = (Wrk::merged(&health), Wrk::merged(&miss));
+    let (health, miss, mix) = healthz_and_verify_in_turns(&node, &seeded).await;
     println!(
         "| SQLite: wrk `GET /healthz`, {TURNS} × {TURN_SECONDS} s in turns | {}; server CPU {:.1} µs/request |",
         health.summary(),
