@@ -12,8 +12,21 @@ use crate::store::{KEY_REVOKED, OutboxEvent};
 pub const DEFAULT_EXCHANGE: &str = "keyward.events";
 /// Default name of the durable queue ingestors report to.
 pub const DEFAULT_ACKS_QUEUE: &str = "keyward.acks";
-/// Binding that receives every tenant's revocations.
+/// Binding that receives every event of every tenant: each type has two
+/// words, so routing keys are `{type}.{tenantId}` (API.md §10).
+pub const ALL_EVENTS: &str = "#";
+/// The binding of earlier versions: revocations only. A queue still bound
+/// with it keeps receiving revocations, and nothing else.
 pub const ALL_REVOCATIONS: &str = "key.revoked.#";
+/// `key.updated`: a key's roles, name or expiry changed.
+pub const KEY_UPDATED: &str = "key.updated";
+/// `rbac.changed`: a role, group or membership of the tenant changed.
+pub const RBAC_CHANGED: &str = "rbac.changed";
+
+/// `*.*.{tenantId}`: every event of one tenant.
+pub fn tenant_binding(tenant: &TenantId) -> String {
+    format!("*.*.{tenant}")
+}
 /// `content_type` of every message.
 pub const CONTENT_TYPE: &str = "application/json";
 
@@ -52,6 +65,67 @@ impl From<&OutboxEvent> for RevocationMessage {
             // with one clock reading: the event's time is the revocation's.
             revoked_at: e.created_at,
             sequence: e.id,
+        }
+    }
+}
+
+/// An event as an ingestor receives it, by its `type` (API.md §10).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type")]
+pub enum EventMessage {
+    /// The key is dead: refuse it from now on without asking the API.
+    #[serde(rename = "key.revoked", rename_all = "camelCase")]
+    KeyRevoked {
+        event_id: EventId,
+        tenant_id: TenantId,
+        key_id: KeyId,
+        revoked_at: DateTime<Utc>,
+        sequence: i64,
+    },
+    /// The key changed: drop what is cached of it.
+    #[serde(rename = "key.updated", rename_all = "camelCase")]
+    KeyUpdated {
+        event_id: EventId,
+        tenant_id: TenantId,
+        key_id: KeyId,
+        updated_at: DateTime<Utc>,
+        sequence: i64,
+    },
+    /// Roles, groups or memberships of the tenant changed: drop every
+    /// cached key of the tenant.
+    #[serde(rename = "rbac.changed", rename_all = "camelCase")]
+    RbacChanged {
+        event_id: EventId,
+        tenant_id: TenantId,
+        changed_at: DateTime<Utc>,
+        sequence: i64,
+    },
+}
+
+impl EventMessage {
+    pub fn event_id(&self) -> EventId {
+        match self {
+            Self::KeyRevoked { event_id, .. }
+            | Self::KeyUpdated { event_id, .. }
+            | Self::RbacChanged { event_id, .. } => *event_id,
+        }
+    }
+
+    /// The event's type, as in its `type` field.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::KeyRevoked { .. } => KEY_REVOKED,
+            Self::KeyUpdated { .. } => KEY_UPDATED,
+            Self::RbacChanged { .. } => RBAC_CHANGED,
+        }
+    }
+
+    /// When the change was committed.
+    pub fn at(&self) -> DateTime<Utc> {
+        match self {
+            Self::KeyRevoked { revoked_at: at, .. }
+            | Self::KeyUpdated { updated_at: at, .. }
+            | Self::RbacChanged { changed_at: at, .. } => *at,
         }
     }
 }
@@ -113,6 +187,48 @@ mod tests {
         assert_eq!(json["type"], "key.revoked");
         assert_eq!(json["sequence"], 42);
         assert_eq!(routing_key(&event.tenant_id), "key.revoked.acme");
+    }
+
+    #[test]
+    fn the_three_event_types_parse_as_documented() {
+        let id = EventId::new();
+        let key = KeyId::new();
+        let revoked = RevocationMessage {
+            event_id: id,
+            kind: KEY_REVOKED.into(),
+            tenant_id: TenantId::parse("acme").unwrap(),
+            key_id: key,
+            revoked_at: Utc::now(),
+            sequence: 7,
+        };
+        let parsed: EventMessage =
+            serde_json::from_slice(&serde_json::to_vec(&revoked).unwrap()).unwrap();
+        assert!(
+            matches!(parsed, EventMessage::KeyRevoked { key_id, sequence: 7, .. } if key_id == key)
+        );
+        let updated: EventMessage = serde_json::from_str(&format!(
+            r#"{{"eventId":"{id}","type":"key.updated","tenantId":"acme","keyId":"{key}","updatedAt":"2026-11-27T10:00:00Z","sequence":43}}"#
+        ))
+        .unwrap();
+        assert_eq!((updated.kind(), updated.event_id()), ("key.updated", id));
+        let rbac: EventMessage = serde_json::from_str(&format!(
+            r#"{{"eventId":"{id}","type":"rbac.changed","tenantId":"acme","changedAt":"2026-11-27T10:00:00Z","sequence":44}}"#
+        ))
+        .unwrap();
+        assert!(
+            matches!(rbac, EventMessage::RbacChanged { ref tenant_id, .. } if tenant_id.as_str() == "acme")
+        );
+        assert!(
+            serde_json::from_str::<EventMessage>(&format!(
+                r#"{{"eventId":"{id}","type":"key.exploded","tenantId":"acme","sequence":1}}"#
+            ))
+            .is_err(),
+            "an unknown type is not guessed at"
+        );
+        assert_eq!(
+            tenant_binding(&TenantId::parse("acme").unwrap()),
+            "*.*.acme"
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?,
             exchange: "keyward.events".into(),
             ingestor_id: format!("example-{}", std::process::id()),
-            binding: "key.revoked.#".into(),
+            binding: "#".into(),
             acks_queue: "keyward.acks".into(),
             quorum: false,
             prefetch: 64,

@@ -1,6 +1,8 @@
-//! The revocation consumer: this ingestor's own durable queue
+//! The event consumer: this ingestor's own durable queue
 //! `keyward.ingestor.{id}`, bound to the events exchange. For each event:
-//! apply it (the key gets a tombstone: refused from memory from now on) →
+//! apply it (`key.revoked`: the key gets a tombstone, refused from memory
+//! from now on; `key.updated`: the key's cached answer is dropped;
+//! `rbac.changed`: every cached key of the tenant is dropped) →
 //! report `applied` to the reports queue (`keyward.acks`) and wait for the broker's confirm →
 //! only then ack the event message. A connection lost in between
 //! redelivers the event (applying it again is harmless) instead of losing
@@ -19,7 +21,7 @@ use chrono::Utc;
 use futures_util::StreamExt;
 use keyward_core::amqp::{self, QueueType};
 use keyward_core::config::AmqpUrl;
-use keyward_core::events::{ReportMessage, RevocationMessage, ingestor_queue};
+use keyward_core::events::{EventMessage, ReportMessage, ingestor_queue};
 use keyward_core::reconnect::Reconnect;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -40,8 +42,8 @@ pub struct ConsumerSettings {
     pub amqp_url: AmqpUrl,
     pub exchange: String,
     pub ingestor_id: String,
-    /// Routing pattern of the binding: `key.revoked.#` for every tenant,
-    /// `key.revoked.acme` for one.
+    /// Routing pattern of the binding: `#` for every event of every
+    /// tenant, `*.*.acme` for one tenant's.
     pub binding: String,
     pub acks_queue: String,
     /// Declare the queue as a quorum queue (replicated; RabbitMQ cluster).
@@ -163,7 +165,7 @@ impl RevocationConsumer {
 
     async fn serve(&self, mut session: Session, shutdown: &CancellationToken) {
         self.set_connected(true);
-        tracing::info!(queue = %self.settings.queue(), "receiving revocations");
+        tracing::info!(queue = %self.settings.queue(), "receiving events");
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat_every);
         loop {
             let outcome = tokio::select! {
@@ -189,30 +191,52 @@ impl RevocationConsumer {
     }
 
     /// Apply → report (confirmed) → ack. Applying twice is harmless: a
-    /// tombstone stays a tombstone, and the worker counts one ack per
-    /// ingestor and event.
+    /// tombstone stays a tombstone, an eviction of what is gone changes
+    /// nothing, and the worker counts one ack per ingestor and event.
     async fn apply(&self, channel: &Channel, delivery: Delivery) -> Result<(), Lost> {
-        let event: RevocationMessage = match serde_json::from_slice(&delivery.data) {
+        let event: EventMessage = match serde_json::from_slice(&delivery.data) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(error = %e, "dropping a message that is not a revocation");
+                // Not requeued: it would come back for ever. An event type
+                // newer than this node is logged here, not guessed at.
+                tracing::warn!(error = %e, "dropping a message that is not a known event");
                 delivery
                     .reject(BasicRejectOptions { requeue: false })
                     .await?;
                 return Ok(());
             }
         };
-        self.verifier.bury(event.key_id);
+        match &event {
+            EventMessage::KeyRevoked { key_id, .. } => self.verifier.bury(*key_id),
+            EventMessage::KeyUpdated { key_id, .. } => self.verifier.evict(*key_id),
+            EventMessage::RbacChanged { tenant_id, .. } => self.verifier.evict_tenant(tenant_id),
+        }
         let now = Utc::now();
-        let lag = (now - event.revoked_at).to_std().unwrap_or_default();
-        metrics::histogram!("keyward_revocation_propagation_seconds").record(lag);
-        metrics::counter!("keyward_revocations_applied_total", "redelivered" => if delivery.redelivered { "true" } else { "false" })
+        let lag = (now - event.at()).to_std().unwrap_or_default();
+        let redelivered = if delivery.redelivered {
+            "true"
+        } else {
+            "false"
+        };
+        if let EventMessage::KeyRevoked { .. } = event {
+            metrics::histogram!("keyward_revocation_propagation_seconds").record(lag);
+            metrics::counter!("keyward_revocations_applied_total", "redelivered" => redelivered)
+                .increment(1);
+        }
+        metrics::counter!("keyward_events_applied_total", "type" => event.kind(), "redelivered" => redelivered)
             .increment(1);
-        tracing::info!(key_id = %event.key_id, event_id = %event.event_id, "revocation applied");
+        match &event {
+            EventMessage::KeyRevoked { key_id, .. } | EventMessage::KeyUpdated { key_id, .. } => {
+                tracing::info!(key_id = %key_id, event_id = %event.event_id(), kind = event.kind(), "event applied");
+            }
+            EventMessage::RbacChanged { tenant_id, .. } => {
+                tracing::info!(tenant_id = %tenant_id, event_id = %event.event_id(), kind = event.kind(), "event applied");
+            }
+        }
         self.report(
             channel,
             &ReportMessage::Applied {
-                event_id: event.event_id,
+                event_id: event.event_id(),
                 ingestor_id: self.settings.ingestor_id.clone(),
                 applied_at: now,
             },

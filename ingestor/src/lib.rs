@@ -9,10 +9,20 @@
 //!   unreachable on a miss gives [`Verdict::Unavailable`](verifier::Verdict)
 //!   (answer 503), never "valid".
 //! * [`RevocationConsumer`](consumer::RevocationConsumer): the node's own
-//!   durable queue `keyward.ingestor.{id}`; applies each revocation (a
-//!   tombstone), reports `applied` and waits for the broker's confirm, only
-//!   then acks; heartbeats; reconnects on its own and empties the cache on
-//!   every (re)connection.
+//!   durable queue `keyward.ingestor.{id}` (bound `#`, or `*.*.{tenant}`
+//!   for one tenant); applies each event, reports `applied` and waits for
+//!   the broker's confirm, only then acks; heartbeats; reconnects on its own
+//!   and empties the cache on every (re)connection. The three event types:
+//!
+//!   | event | what the node does |
+//!   | --- | --- |
+//!   | `key.revoked` | [`Verifier::bury`](verifier::Verifier::bury): a tombstone, the key refused from memory from now on, API up or not |
+//!   | `key.updated` | [`Verifier::evict`](verifier::Verifier::evict): the key's cached answer dropped; the next request asks the API |
+//!   | `rbac.changed` | [`Verifier::evict_tenant`](verifier::Verifier::evict_tenant): every cached key of the tenant dropped |
+//!
+//!   An embedding node that keeps its own state per key or tenant does the
+//!   same to it before the report goes out. A message of an unknown type
+//!   is logged and dropped, never guessed at.
 //! * [`Verdict::may_ingest`](verifier::Verdict::may_ingest): "may this key
 //!   ingest into stream S".
 //!
@@ -39,7 +49,7 @@
 //!         amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".parse().map_err(anyhow::Error::msg)?,
 //!         exchange: "keyward.events".into(),
 //!         ingestor_id: "node-1".into(),
-//!         binding: "key.revoked.#".into(),
+//!         binding: "#".into(),
 //!         acks_queue: "keyward.acks".into(),
 //!         quorum: false,
 //!         prefetch: 64,

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use keyward_core::config::{AmqpSettings, LogSettings, parse_amqp_name};
-use keyward_core::events::{ALL_REVOCATIONS, DEFAULT_ACKS_QUEUE};
+use keyward_core::events::{ALL_EVENTS, DEFAULT_ACKS_QUEUE};
 use keyward_core::token::ApiKeyToken;
 
 #[derive(Debug, clap::Parser)]
@@ -43,9 +43,11 @@ pub struct Settings {
     #[arg(long = "acks-queue", env = "KEYWARD_ACKS_QUEUE", default_value = DEFAULT_ACKS_QUEUE,
           value_parser = parse_amqp_name)]
     pub acks_queue: String,
-    /// Which revocations this node receives: `key.revoked.#` (all tenants)
-    /// or a narrower pattern such as `key.revoked.acme`.
-    #[arg(long = "binding", env = "KEYWARD_BINDING", default_value = ALL_REVOCATIONS,
+    /// Which events this node receives: `#` (every event of every tenant)
+    /// or `*.*.{tenant}` (one tenant's). The revocations-only patterns of
+    /// earlier versions (`key.revoked.#`, `key.revoked.{tenant}`) are still
+    /// accepted; such a node gets no `key.updated` or `rbac.changed`.
+    #[arg(long = "binding", env = "KEYWARD_BINDING", default_value = ALL_EVENTS,
           value_parser = parse_binding)]
     pub binding: String,
     /// Declare this node's queue as a quorum queue (RabbitMQ cluster).
@@ -70,14 +72,22 @@ impl Settings {
     }
 }
 
-/// `key.revoked.` followed by a tenant id, `*` or `#`.
+/// `#`, `*.*.{tenant}`, or the revocations-only `key.revoked.#`,
+/// `key.revoked.*` and `key.revoked.{tenant}` of earlier versions.
 fn parse_binding(value: &str) -> Result<String, String> {
-    let tail = value.strip_prefix("key.revoked.").unwrap_or_default();
-    let ok = tail == "#" || tail == "*" || keyward_core::ids::TenantId::parse(tail).is_ok();
+    let tenant = |t: &str| keyward_core::ids::TenantId::parse(t).is_ok();
+    let ok = value == "#"
+        || value.strip_prefix("*.*.").is_some_and(tenant)
+        || value
+            .strip_prefix("key.revoked.")
+            .is_some_and(|t| t == "#" || t == "*" || tenant(t));
     if ok {
         Ok(value.to_owned())
     } else {
-        Err("must be key.revoked.# or key.revoked.<tenant>".into())
+        Err(
+            "must be # or *.*.<tenant> (or key.revoked.# / key.revoked.<tenant>: revocations only)"
+                .into(),
+        )
     }
 }
 
@@ -133,7 +143,7 @@ mod tests {
         assert_eq!(s.api_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(s.listen.to_string(), "127.0.0.1:8081");
         assert!(parse_ingestor_id(&s.ingestor_id()).is_ok());
-        assert_eq!(s.binding, "key.revoked.#");
+        assert_eq!(s.binding, "#");
         assert_eq!(s.acks_queue, "keyward.acks");
         assert!(!s.quorum_queue);
     }
@@ -149,8 +159,14 @@ mod tests {
             "no TLS in this build"
         );
         assert!(parse(&["--ingestor-id", "a b"]).is_err());
-        assert!(parse(&["--binding", "key.revoked.acme"]).is_ok());
+        assert!(parse(&["--binding", "*.*.acme"]).is_ok());
+        assert!(
+            parse(&["--binding", "key.revoked.acme"]).is_ok(),
+            "as before"
+        );
+        assert!(parse(&["--binding", "key.revoked.#"]).is_ok(), "as before");
         assert!(parse(&["--binding", "key.#"]).is_err());
+        assert!(parse(&["--binding", "*.*.a b"]).is_err());
         assert!(parse(&["--heartbeat-seconds", "0"]).is_err());
     }
 }

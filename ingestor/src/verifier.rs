@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use keyward_core::ids::KeyId;
+use keyward_core::ids::{KeyId, TenantId};
 use keyward_core::single_flight::SingleFlight;
 use keyward_core::token::ApiKeyToken;
 
@@ -233,6 +233,20 @@ impl Verifier {
         let _guard = self.eviction_lock();
         self.evictions.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate(&key_id);
+    }
+
+    /// Drops every cached answer for keys of `tenant`: its roles, groups or
+    /// memberships changed (`rbac.changed`). Refusals (`expired`) stay: no
+    /// role change can revive an expired key. Under the eviction lock, like
+    /// every eviction: an answer fetched before it is not cached after it.
+    pub fn evict_tenant(&self, tenant: &TenantId) {
+        let _guard = self.eviction_lock();
+        self.evictions.fetch_add(1, Ordering::AcqRel);
+        for (key_id, entry) in &self.cache {
+            if matches!(&entry.answer, Cached::Valid(k) if k.tenant_id == *tenant) {
+                self.cache.invalidate(&*key_id);
+            }
+        }
     }
 
     /// A key's `key.revoked` event arrived: it is refused from memory from
