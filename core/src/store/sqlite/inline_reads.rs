@@ -114,7 +114,11 @@ fn note(e: &rusqlite::Error) {
 fn key_grants(conn: &Connection, ids: &[String]) -> rusqlite::Result<Vec<KeyGrantRow>> {
     let mut statement = conn.prepare_cached(KEY_GRANTS_OF_ONE.sqlite)?;
     let mut found = Vec::with_capacity(ids.len());
-    for id in ids {
+    for (i, id) in ids.iter().enumerate() {
+        // An id asked twice is read once, as the list statement would.
+        if ids[..i].contains(id) {
+            continue;
+        }
         let rows = statement.query_map([id], grant_row)?;
         for row in rows {
             found.push(row?);
@@ -179,7 +183,7 @@ mod tests {
         let nk = crate::testing::placeholder_new_key(&acme, "ci", &[role]);
         s.create_key(&nk, now).await.unwrap();
 
-        let ids = list(&[nk.key_id, KeyId::new()]);
+        let ids = list(&[nk.key_id, KeyId::new(), nk.key_id]);
         let inline = s.inline_key_grants(&ids).expect("read on this thread");
         let pooled: Vec<KeyGrantRow> = sqlx::query_as(super::super::keys::KEY_GRANTS.sqlite)
             .bind(super::super::text_list(ids.clone()))
