@@ -2,9 +2,14 @@
 //! and `keyward-ingestor` nodes on one PostgreSQL database and the real
 //! RabbitMQ (an exchange and acks queue of the test's own).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keyward_core::testing::TestDatabase;
+use keyward_core::token::ApiKeyToken;
+use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
+use keyward_ingestor::consumer::{ConsumerSettings, RevocationConsumer};
+use keyward_ingestor::verifier::Verifier;
 use keyward_tests::amqp::TestBroker;
 use keyward_tests::proxy::{FaultProxy, Mode};
 use keyward_tests::{Running, eventually, start, start_api};
@@ -179,6 +184,41 @@ impl System {
         drop((self.api, self.worker, self.db));
         self.broker.cleanup().await;
     }
+}
+
+/// The embeddable library's verifier, asking the API at `api` (this
+/// system's, or a proxy in front of it) with the system's verifier key.
+fn library_verifier(sys: &System, api: &str) -> Arc<Verifier> {
+    let client = VerifyClient::new(
+        &url::Url::parse(api).unwrap(),
+        ApiKeyToken::parse(&sys.verifier_key).unwrap(),
+        VERIFY_TIMEOUT,
+    )
+    .unwrap();
+    Arc::new(Verifier::new(client, 1000))
+}
+
+/// The library's consumer as node `{prefix}-lib` (its queue is removed by
+/// `cleanup`), through the broker at `amqp`, bound with `binding`.
+fn library_consumer(
+    sys: &System,
+    amqp: &str,
+    binding: &str,
+    verifier: &Arc<Verifier>,
+) -> RevocationConsumer {
+    RevocationConsumer::new(
+        ConsumerSettings {
+            amqp_url: amqp.parse().unwrap(),
+            exchange: sys.broker.exchange.clone(),
+            ingestor_id: format!("{}-lib", sys.prefix),
+            binding: binding.into(),
+            acks_queue: sys.broker.acks_queue.clone(),
+            quorum: false,
+            prefetch: 16,
+            heartbeat_every: Duration::from_secs(1),
+        },
+        Arc::clone(verifier),
+    )
 }
 
 /// `POST /ingest/{stream}` with `secret`; the status.
@@ -474,20 +514,13 @@ async fn after_losing_the_broker_an_ingestor_trusts_no_cache_and_later_revocatio
 /// cache go back to the API.
 #[tokio::test]
 async fn the_library_verifier_coalesces_caches_and_honours_expiry() {
-    use keyward_core::token::{ApiKeyToken, KeyPrefix};
-    use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
-    use keyward_ingestor::verifier::{Verdict, Verifier};
+    use keyward_core::token::KeyPrefix;
+    use keyward_ingestor::verifier::Verdict;
 
     let Some(sys) = System::start("30").await else {
         return;
     };
-    let client = VerifyClient::new(
-        &url::Url::parse(&sys.api.url("")).unwrap(),
-        ApiKeyToken::parse(&sys.verifier_key).unwrap(),
-        VERIFY_TIMEOUT,
-    )
-    .unwrap();
-    let verifier = std::sync::Arc::new(Verifier::new(client, 1000));
+    let verifier = library_verifier(&sys, &sys.api.url(""));
     verifier.set_trusted(true);
     let (_, secret) = sys.key().await;
 
@@ -606,25 +639,13 @@ async fn a_revoked_key_is_refused_from_memory_with_the_api_stopped() {
 /// revocation still reaches `applied`.
 #[tokio::test]
 async fn a_connection_cut_between_report_and_ack_redelivers_the_event() {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use keyward_core::token::ApiKeyToken;
-    use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
-    use keyward_ingestor::consumer::{ConsumerSettings, RevocationConsumer};
-    use keyward_ingestor::verifier::Verifier;
 
     let Some(sys) = System::start("30").await else {
         return;
     };
     let proxy = Arc::new(FaultProxy::start(keyward_tests::amqp::broker_addr()).await);
-    let client = VerifyClient::new(
-        &url::Url::parse(&sys.api.url("")).unwrap(),
-        ApiKeyToken::parse(&sys.verifier_key).unwrap(),
-        VERIFY_TIMEOUT,
-    )
-    .unwrap();
-    let verifier = Arc::new(Verifier::new(client, 1000));
+    let verifier = library_verifier(&sys, &sys.api.url(""));
     let ingestor_id = format!("{}-lib", sys.prefix);
     let applied = Arc::new(AtomicUsize::new(0));
     let hook = {
@@ -640,20 +661,8 @@ async fn a_connection_cut_between_report_and_ack_redelivers_the_event() {
             }) as futures_util::future::BoxFuture<'static, ()>
         })
     };
-    let consumer = RevocationConsumer::new(
-        ConsumerSettings {
-            amqp_url: proxy.amqp_url().parse().unwrap(),
-            exchange: sys.broker.exchange.clone(),
-            ingestor_id: ingestor_id.clone(),
-            binding: "key.revoked.#".into(),
-            acks_queue: sys.broker.acks_queue.clone(),
-            quorum: false,
-            prefetch: 16,
-            heartbeat_every: Duration::from_secs(1),
-        },
-        Arc::clone(&verifier),
-    )
-    .before_ack(hook);
+    let consumer =
+        library_consumer(&sys, &proxy.amqp_url(), "key.revoked.#", &verifier).before_ack(hook);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(consumer.run(shutdown.clone()));
     eventually("the library node live", Duration::from_secs(10), || async {
@@ -696,38 +705,15 @@ async fn a_connection_cut_between_report_and_ack_redelivers_the_event() {
 /// exchange, as the sync worker publishes them, to a library node bound `#`.
 #[tokio::test]
 async fn key_updated_and_rbac_changed_drop_cached_answers() {
-    use std::sync::Arc;
-
     use keyward_core::ids::{EventId, KeyId};
-    use keyward_core::token::ApiKeyToken;
-    use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
-    use keyward_ingestor::consumer::{ConsumerSettings, RevocationConsumer};
-    use keyward_ingestor::verifier::{Verdict, Verifier};
+    use keyward_ingestor::verifier::Verdict;
     use lapin::options::BasicPublishOptions;
 
     let Some(sys) = System::start("30").await else {
         return;
     };
-    let client = VerifyClient::new(
-        &url::Url::parse(&sys.api.url("")).unwrap(),
-        ApiKeyToken::parse(&sys.verifier_key).unwrap(),
-        VERIFY_TIMEOUT,
-    )
-    .unwrap();
-    let verifier = Arc::new(Verifier::new(client, 1000));
-    let consumer = RevocationConsumer::new(
-        ConsumerSettings {
-            amqp_url: keyward_tests::amqp::amqp_url().parse().unwrap(),
-            exchange: sys.broker.exchange.clone(),
-            ingestor_id: format!("{}-lib", sys.prefix),
-            binding: "#".into(),
-            acks_queue: sys.broker.acks_queue.clone(),
-            quorum: false,
-            prefetch: 16,
-            heartbeat_every: Duration::from_secs(1),
-        },
-        Arc::clone(&verifier),
-    );
+    let verifier = library_verifier(&sys, &sys.api.url(""));
+    let consumer = library_consumer(&sys, &keyward_tests::amqp::amqp_url(), "#", &verifier);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(consumer.run(shutdown.clone()));
     eventually(
@@ -814,12 +800,8 @@ async fn key_updated_and_rbac_changed_drop_cached_answers() {
 /// bumping the eviction epoch, the last assertion fails.)
 #[tokio::test]
 async fn a_tenant_eviction_during_a_verify_call_is_not_undone() {
-    use std::sync::Arc;
-
     use keyward_core::ids::{KeyId, TenantId};
-    use keyward_core::token::ApiKeyToken;
-    use keyward_ingestor::client::{VERIFY_TIMEOUT, VerifyClient};
-    use keyward_ingestor::verifier::{Verdict, Verifier};
+    use keyward_ingestor::verifier::Verdict;
 
     let Some(sys) = System::start("30").await else {
         return;
@@ -829,13 +811,7 @@ async fn a_tenant_eviction_during_a_verify_call_is_not_undone() {
         .socket_addrs(|| None)
         .unwrap()[0];
     let proxy = FaultProxy::start(api_addr).await;
-    let client = VerifyClient::new(
-        &url::Url::parse(&format!("http://{}", proxy.addr)).unwrap(),
-        ApiKeyToken::parse(&sys.verifier_key).unwrap(),
-        VERIFY_TIMEOUT,
-    )
-    .unwrap();
-    let verifier = Arc::new(Verifier::new(client, 1000));
+    let verifier = library_verifier(&sys, &format!("http://{}", proxy.addr));
     verifier.set_trusted(true);
     let (key_id, secret) = sys.key().await;
     let key = KeyId::parse(&key_id).unwrap();
