@@ -56,14 +56,17 @@ async fn insert_key(store: &dyn Store, tenant: &TenantId) -> ApiKeyToken {
         created_at: now,
         expires_at: None,
     };
-    store.create_key(&key, now).await.unwrap();
+    store
+        .create_key(&key, &keyward_core::testing::change())
+        .await
+        .unwrap();
     token
 }
 
 async fn tenant_with_role(store: &dyn Store) -> TenantId {
     let tenant = TenantId::parse("bench").unwrap();
     store
-        .create_tenant(&tenant, None, chrono::Utc::now())
+        .create_tenant(&tenant, None, &keyward_core::testing::change())
         .await
         .unwrap();
     let ingest = keyward_core::privilege::Privilege::new(
@@ -75,7 +78,7 @@ async fn tenant_with_role(store: &dyn Store) -> TenantId {
             &tenant,
             &RoleName::parse("shippers").unwrap(),
             &[ingest],
-            chrono::Utc::now(),
+            &keyward_core::testing::change(),
         )
         .await
         .unwrap();
@@ -224,7 +227,7 @@ fn over_http() {
                 roles: vec![RoleName::parse("verifier").unwrap()], start: token.start(),
                 secret_hash: KeyDigest::of(token.expose_secret()).encode(),
                 created_by: "bench".into(), created_at: now, expires_at: None,
-            }, now).await.unwrap();
+            }, &keyward_core::testing::change()).await.unwrap();
             token.expose_secret().to_owned()
         };
         // Warm: one proof per key. Entries live VERIFY_CACHE_TTL (60 s), so

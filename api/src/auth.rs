@@ -13,11 +13,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use base64::Engine;
 use keyward_core::ids::{KeyId, RoleName, TenantId, Username};
 use keyward_core::rbac::Permissions;
+use keyward_core::store::Change;
 
+use crate::denied::Caller;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
 use crate::verify::{InvalidReason, Outcome};
@@ -55,6 +57,16 @@ impl Principal {
     /// or `apikey:{keyId}`.
     pub fn name(&self) -> String {
         self.id.to_string()
+    }
+
+    /// A change made by this principal on the current request, now: what
+    /// the store writes in the change's audit record (and its event's id).
+    pub fn change(&self) -> Change {
+        Change::new(
+            self.name(),
+            crate::request_id::current(),
+            chrono::Utc::now(),
+        )
     }
 
     pub fn require_superadmin(&self) -> ApiResult<()> {
@@ -107,11 +119,20 @@ fn principal_of(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let req = (!cached_key_permissions).then(|| req.clone());
     async move {
         let state = state.ok_or_else(|| ApiError::new(Code::Internal))?;
         let authorization = authorization.ok_or_else(|| unauthenticated("Missing credentials."))?;
         let principal = authenticate_with(&state, &authorization, cached_key_permissions).await?;
         tracing::Span::current().record("principal", tracing::field::display(&principal.id));
+        // Names the caller in the audit record of a refusal that follows
+        // (verify, the only caller of cached permissions, changes nothing).
+        if let Some(req) = req {
+            req.extensions_mut().insert(Caller {
+                name: principal.name(),
+                tenant: principal.tenant().clone(),
+            });
+        }
         Ok(principal)
     }
 }

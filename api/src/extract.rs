@@ -32,6 +32,24 @@ pub async fn read_json<T: DeserializeOwned + 'static>(
         .map(|j| j.0)
 }
 
+/// Like `read_json`, for a body that may be left out: no body at all (no
+/// `Content-Type`, no length) reads as `T::default()`.
+pub async fn read_json_or_default<T: DeserializeOwned + Default + 'static>(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<T, ApiError> {
+    let headers = req.headers();
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+    if !headers.contains_key(header::CONTENT_TYPE) && length.unwrap_or(0) == 0 && !chunked {
+        return Ok(T::default());
+    }
+    read_json(req, payload).await
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;

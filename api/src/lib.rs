@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod bootstrap;
+pub mod denied;
 pub mod error;
 pub mod extract;
 pub mod fill_gate;

@@ -20,7 +20,7 @@ use crate::settings::Settings;
 use crate::state::AppState;
 use crate::verify::VerifyService;
 use crate::verify_cache::{KeyCache, ProvenPasswords};
-use crate::{extract, observe, routes};
+use crate::{denied, extract, observe, routes};
 
 /// The longest a proven Basic password is remembered.
 pub const PROVEN_PASSWORD_TTL: Duration = Duration::from_secs(60);
@@ -86,6 +86,7 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::PathConfig::default().error_handler(extract::path_error))
                 .app_data(web::QueryConfig::default().error_handler(extract::query_error))
+                .wrap(actix_web::middleware::from_fn(denied::record_denied))
                 .wrap(actix_web::middleware::from_fn(observe::observe))
                 .configure(routes::keys::configure_verify)
                 .configure(|cfg| keyward_core::ops::configure(cfg, Arc::clone(&readiness)))
@@ -95,6 +96,7 @@ impl Application {
                 .configure(routes::groups::configure)
                 .configure(routes::keys::configure)
                 .configure(routes::events::configure)
+                .configure(routes::audit::configure)
                 .configure(routes::ingestors::configure)
                 .configure(routes::openapi::configure)
                 .default_service(web::to(routes::not_found))

@@ -1,14 +1,15 @@
 //! The AMQP messages of API.md §10, shared by the sync worker (which
-//! publishes revocations and consumes acks) and ingestors (the reverse).
+//! publishes events and consumes reports) and ingestors (the reverse).
 //! Core knows no AMQP client: these are the names and the JSON bodies.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{EventId, KeyId, TenantId};
-use crate::store::{KEY_REVOKED, OutboxEvent};
+use crate::store::OutboxEvent;
+pub use crate::store::{KEY_REVOKED, KEY_UPDATED, RBAC_CHANGED};
 
-/// Default name of the durable topic exchange revocations go to.
+/// Default name of the durable topic exchange events go to.
 pub const DEFAULT_EXCHANGE: &str = "keyward.events";
 /// Default name of the durable queue ingestors report to.
 pub const DEFAULT_ACKS_QUEUE: &str = "keyward.acks";
@@ -18,11 +19,6 @@ pub const ALL_EVENTS: &str = "#";
 /// The binding of earlier versions: revocations only. A queue still bound
 /// with it keeps receiving revocations, and nothing else.
 pub const ALL_REVOCATIONS: &str = "key.revoked.#";
-/// `key.updated`: a key's roles, name or expiry changed.
-pub const KEY_UPDATED: &str = "key.updated";
-/// `rbac.changed`: a role, group or membership of the tenant changed.
-pub const RBAC_CHANGED: &str = "rbac.changed";
-
 /// `*.*.{tenantId}`: every event of one tenant.
 pub fn tenant_binding(tenant: &TenantId) -> String {
     format!("*.*.{tenant}")
@@ -30,47 +26,14 @@ pub fn tenant_binding(tenant: &TenantId) -> String {
 /// `content_type` of every message.
 pub const CONTENT_TYPE: &str = "application/json";
 
-/// `key.revoked.{tenantId}`: ingestors may bind to one tenant's keys.
-pub fn routing_key(tenant: &TenantId) -> String {
-    format!("{KEY_REVOKED}.{tenant}")
-}
-
 /// `keyward.ingestor.{id}`: each ingestor's own durable queue.
 pub fn ingestor_queue(ingestor_id: &str) -> String {
     format!("keyward.ingestor.{ingestor_id}")
 }
 
-/// The body of a `key.revoked` message.
+/// An event message, by its `type` (API.md §10): what the sync worker
+/// publishes and ingestors receive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RevocationMessage {
-    pub event_id: EventId,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub tenant_id: TenantId,
-    pub key_id: KeyId,
-    pub revoked_at: DateTime<Utc>,
-    /// The outbox sequence: increasing in commit order on one database.
-    pub sequence: i64,
-}
-
-impl From<&OutboxEvent> for RevocationMessage {
-    fn from(e: &OutboxEvent) -> Self {
-        Self {
-            event_id: e.event_id,
-            kind: e.kind.clone(),
-            tenant_id: e.tenant_id.clone(),
-            key_id: e.key_id,
-            // The tombstone and its event are written in one transaction
-            // with one clock reading: the event's time is the revocation's.
-            revoked_at: e.created_at,
-            sequence: e.id,
-        }
-    }
-}
-
-/// An event as an ingestor receives it, by its `type` (API.md §10).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type")]
 pub enum EventMessage {
     /// The key is dead: refuse it from now on without asking the API.
@@ -102,12 +65,88 @@ pub enum EventMessage {
     },
 }
 
+/// An outbox row no message can be made of: a type this version does not
+/// know, or a `key.*` event without its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("outbox event of type {kind:?} cannot be published by this version")]
+pub struct UnpublishableEvent {
+    pub kind: String,
+}
+
+impl TryFrom<&OutboxEvent> for EventMessage {
+    type Error = UnpublishableEvent;
+
+    fn try_from(e: &OutboxEvent) -> Result<Self, Self::Error> {
+        let (event_id, tenant_id, sequence) = (e.event_id, e.tenant_id.clone(), e.id);
+        // The change and its event are written in one transaction with one
+        // clock reading: the event's time is the change's.
+        let at = e.created_at;
+        let unpublishable = || UnpublishableEvent {
+            kind: e.kind.clone(),
+        };
+        Ok(match (e.kind.as_str(), e.key_id) {
+            (KEY_REVOKED, Some(key_id)) => Self::KeyRevoked {
+                event_id,
+                tenant_id,
+                key_id,
+                revoked_at: at,
+                sequence,
+            },
+            (KEY_UPDATED, Some(key_id)) => Self::KeyUpdated {
+                event_id,
+                tenant_id,
+                key_id,
+                updated_at: at,
+                sequence,
+            },
+            (RBAC_CHANGED, _) => Self::RbacChanged {
+                event_id,
+                tenant_id,
+                changed_at: at,
+                sequence,
+            },
+            _ => return Err(unpublishable()),
+        })
+    }
+}
+
 impl EventMessage {
+    /// `{type}.{tenantId}`: every type has two words, so `*.*.{tenantId}`
+    /// selects one tenant and `#` all.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.kind(), self.tenant_id())
+    }
+
+    pub fn tenant_id(&self) -> &TenantId {
+        match self {
+            Self::KeyRevoked { tenant_id, .. }
+            | Self::KeyUpdated { tenant_id, .. }
+            | Self::RbacChanged { tenant_id, .. } => tenant_id,
+        }
+    }
+
+    /// The key a `key.*` event is about.
+    pub fn key_id(&self) -> Option<KeyId> {
+        match self {
+            Self::KeyRevoked { key_id, .. } | Self::KeyUpdated { key_id, .. } => Some(*key_id),
+            Self::RbacChanged { .. } => None,
+        }
+    }
+
     pub fn event_id(&self) -> EventId {
         match self {
             Self::KeyRevoked { event_id, .. }
             | Self::KeyUpdated { event_id, .. }
             | Self::RbacChanged { event_id, .. } => *event_id,
+        }
+    }
+
+    /// The outbox sequence: increasing in commit order on one database.
+    pub fn sequence(&self) -> i64 {
+        match self {
+            Self::KeyRevoked { sequence, .. }
+            | Self::KeyUpdated { sequence, .. }
+            | Self::RbacChanged { sequence, .. } => *sequence,
         }
     }
 
@@ -154,27 +193,31 @@ pub enum ReportMessage {
 mod tests {
     use super::*;
 
-    #[test]
-    fn revocation_body_matches_the_contract() {
-        let event = OutboxEvent {
+    fn outbox_event(kind: &str, key_id: Option<KeyId>) -> OutboxEvent {
+        OutboxEvent {
             id: 42,
             event_id: EventId::new(),
-            kind: KEY_REVOKED.into(),
+            kind: kind.into(),
             tenant_id: TenantId::parse("acme").unwrap(),
-            key_id: KeyId::new(),
+            key_id,
             created_at: Utc::now(),
             attempts: 0,
-        };
-        let json = serde_json::to_value(RevocationMessage::from(&event)).unwrap();
-        let mut keys: Vec<&str> = json
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
+        }
+    }
+
+    fn field_names(message: &EventMessage) -> Vec<String> {
+        let json = serde_json::to_value(message).unwrap();
+        let mut keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
         keys.sort_unstable();
+        keys
+    }
+
+    #[test]
+    fn each_type_is_published_with_the_documented_body_and_routing_key() {
+        let key = Some(KeyId::new());
+        let revoked = EventMessage::try_from(&outbox_event(KEY_REVOKED, key)).unwrap();
         assert_eq!(
-            keys,
+            field_names(&revoked),
             [
                 "eventId",
                 "keyId",
@@ -184,28 +227,51 @@ mod tests {
                 "type"
             ]
         );
-        assert_eq!(json["type"], "key.revoked");
-        assert_eq!(json["sequence"], 42);
-        assert_eq!(routing_key(&event.tenant_id), "key.revoked.acme");
+        assert_eq!(revoked.routing_key(), "key.revoked.acme");
+        let json = serde_json::to_value(&revoked).unwrap();
+        assert_eq!(
+            (&json["type"], &json["sequence"]),
+            (&"key.revoked".into(), &42.into())
+        );
+
+        let updated = EventMessage::try_from(&outbox_event(KEY_UPDATED, key)).unwrap();
+        assert_eq!(
+            field_names(&updated),
+            [
+                "eventId",
+                "keyId",
+                "sequence",
+                "tenantId",
+                "type",
+                "updatedAt"
+            ]
+        );
+        assert_eq!(updated.routing_key(), "key.updated.acme");
+
+        let rbac = EventMessage::try_from(&outbox_event(RBAC_CHANGED, None)).unwrap();
+        assert_eq!(
+            field_names(&rbac),
+            ["changedAt", "eventId", "sequence", "tenantId", "type"]
+        );
+        assert_eq!(rbac.routing_key(), "rbac.changed.acme");
+        assert_eq!(rbac.key_id(), None);
+
+        for bad in [
+            outbox_event("key.exploded", key),
+            outbox_event(KEY_REVOKED, None),
+        ] {
+            assert!(EventMessage::try_from(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
     fn the_three_event_types_parse_as_documented() {
         let id = EventId::new();
         let key = KeyId::new();
-        let revoked = RevocationMessage {
-            event_id: id,
-            kind: KEY_REVOKED.into(),
-            tenant_id: TenantId::parse("acme").unwrap(),
-            key_id: key,
-            revoked_at: Utc::now(),
-            sequence: 7,
-        };
+        let revoked = EventMessage::try_from(&outbox_event(KEY_REVOKED, Some(key))).unwrap();
         let parsed: EventMessage =
             serde_json::from_slice(&serde_json::to_vec(&revoked).unwrap()).unwrap();
-        assert!(
-            matches!(parsed, EventMessage::KeyRevoked { key_id, sequence: 7, .. } if key_id == key)
-        );
+        assert_eq!(parsed, revoked);
         let updated: EventMessage = serde_json::from_str(&format!(
             r#"{{"eventId":"{id}","type":"key.updated","tenantId":"acme","keyId":"{key}","updatedAt":"2026-11-27T10:00:00Z","sequence":43}}"#
         ))

@@ -279,6 +279,11 @@ ulid_type!(
     EventId,
     "eventId"
 );
+ulid_type!(
+    /// The id of an audit record: ordering by id is ordering by time.
+    AuditId,
+    "id"
+);
 
 /// A user's password: 12 to 256 characters. Its `Debug` shows nothing.
 #[derive(Clone, PartialEq, Eq)]

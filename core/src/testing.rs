@@ -50,13 +50,19 @@ enum Cleanup {
 impl TestDatabase {
     /// A migrated store on a new SQLite file.
     pub async fn sqlite() -> Self {
+        let db = Self::sqlite_unmigrated().await;
+        db.store.migrate().await.expect("migrate sqlite");
+        db
+    }
+
+    /// A new, empty SQLite file (for migration tests).
+    pub async fn sqlite_unmigrated() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("keyward.db");
         let url: DatabaseUrl = format!("sqlite://{}?mode=rwc", path.display())
             .parse()
             .expect("sqlite url");
         let store = store::connect(&url).await.expect("open sqlite");
-        store.migrate().await.expect("migrate sqlite");
         Self {
             url,
             store,
@@ -158,12 +164,17 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A change by `tester` on request `test-request`, now, with a new event id.
+pub fn change() -> crate::store::Change {
+    crate::store::Change::new("tester", "test-request", chrono::Utc::now())
+}
+
 /// Creates `tenant` unless it exists.
 pub async fn ensure_tenant(store: &dyn Store, tenant: &str) -> crate::ids::TenantId {
     let tenant = crate::ids::TenantId::parse(tenant).expect("tenant id");
     if !store.tenant_exists(&tenant).await.expect("tenant lookup") {
         store
-            .create_tenant(&tenant, None, chrono::Utc::now())
+            .create_tenant(&tenant, None, &change())
             .await
             .expect("create tenant");
     }
@@ -197,10 +208,7 @@ pub async fn placeholder_key(
     tenant: &crate::ids::TenantId,
 ) -> crate::ids::KeyId {
     let key = placeholder_new_key(tenant, &format!("k-{}", ulid::Ulid::generate()), &[]);
-    store
-        .create_key(&key, key.created_at)
-        .await
-        .expect("create key");
+    store.create_key(&key, &change()).await.expect("create key");
     key.key_id
 }
 
@@ -216,9 +224,10 @@ pub async fn revocations(
     let mut events = Vec::with_capacity(n);
     for _ in 0..n {
         let key_id = placeholder_key(store, &tenant).await;
-        let event_id = crate::ids::EventId::new();
+        let change = change();
+        let event_id = change.event_id;
         store
-            .revoke_key(&tenant, key_id, "test", event_id, chrono::Utc::now())
+            .revoke_key(&tenant, key_id, &change)
             .await
             .expect("revoke key");
         events.push((key_id, event_id));

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use clap::Parser;
 use futures_util::StreamExt;
-use keyward_core::events::{RevocationMessage, routing_key};
+use keyward_core::events::EventMessage;
 use keyward_core::ids::{EventId, KeyId, TenantId};
 use keyward_core::store::{KEY_REVOKED, OutboxEvent};
 use keyward_core::testing::{TestDatabase, ensure_tenant, placeholder_key};
@@ -143,11 +143,12 @@ async fn bare_publisher(broker: &TestBroker, n: usize) -> f64 {
                 event_id: EventId::new(),
                 kind: KEY_REVOKED.into(),
                 tenant_id: tenant.clone(),
-                key_id: KeyId::new(),
+                key_id: Some(KeyId::new()),
                 created_at: Utc::now(),
                 attempts: 0,
             };
-            let body = serde_json::to_vec(&RevocationMessage::from(&event)).unwrap();
+            let message = EventMessage::try_from(&event).unwrap();
+            let body = serde_json::to_vec(&message).unwrap();
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_message_id(event.event_id.to_string().into())
@@ -156,7 +157,7 @@ async fn bare_publisher(broker: &TestBroker, n: usize) -> f64 {
             let confirm = channel
                 .basic_publish(
                     broker.exchange.as_str().into(),
-                    routing_key(&tenant).into(),
+                    message.routing_key().into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
@@ -200,17 +201,15 @@ async fn latency(db: &TestDatabase, broker: &mut TestBroker) {
     let mut samples = Vec::with_capacity(200);
     for _ in 0..200 {
         let key = placeholder_key(store.as_ref(), &tenant).await;
-        let event = EventId::new();
-        store
-            .revoke_key(&tenant, key, "bench", event, Utc::now())
-            .await
-            .unwrap();
+        let change = keyward_core::testing::change();
+        let event = change.event_id;
+        store.revoke_key(&tenant, key, &change).await.unwrap();
         let committed = Instant::now();
         loop {
             let d = consumer.next().await.unwrap().unwrap();
             d.ack(BasicAckOptions::default()).await.unwrap();
-            let m: RevocationMessage = serde_json::from_slice(&d.data).unwrap();
-            if m.event_id == event {
+            let m: EventMessage = serde_json::from_slice(&d.data).unwrap();
+            if m.event_id() == event {
                 break;
             }
         }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use keyward_core::amqp;
 use keyward_core::config::AmqpUrl;
-use keyward_core::events::{RevocationMessage, routing_key};
-use keyward_core::store::{KEY_REVOKED, OutboxEvent};
+use keyward_core::events::EventMessage;
+use keyward_core::store::OutboxEvent;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
@@ -37,6 +37,9 @@ pub enum Outcome {
     Unrouted,
     /// Not confirmed: to be tried again. The phrase is client-safe.
     Failed(&'static str),
+    /// Not sent: no message can be made of the row (a type this version
+    /// does not know). Trying again would not help: dead-letter it.
+    Unpublishable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,29 +116,33 @@ impl Broker {
         let mut healthy = true;
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
+            let Ok(message) = EventMessage::try_from(event) else {
+                pending.push(Err(Outcome::Unpublishable));
+                continue;
+            };
             // Sending is under the deadline too: a stalled connection can
             // block the send itself, not only its confirm.
             let sent = if healthy {
-                match tokio::time::timeout_at(deadline, self.publish_one(event)).await {
+                match tokio::time::timeout_at(deadline, self.publish_one(event, &message)).await {
                     Ok(Ok(confirm)) => Ok(confirm),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "publish failed; the connection will be replaced");
                         healthy = false;
-                        Err(CONNECTION_FAILED)
+                        Err(Outcome::Failed(CONNECTION_FAILED))
                     }
                     Err(_) => {
                         healthy = false;
-                        Err(NO_CONFIRM)
+                        Err(Outcome::Failed(NO_CONFIRM))
                     }
                 }
             } else {
-                Err(CONNECTION_FAILED)
+                Err(Outcome::Failed(CONNECTION_FAILED))
             };
             pending.push(sent);
         }
         let outcomes = futures_util::future::join_all(pending.into_iter().map(|sent| async move {
             let outcome = match sent {
-                Err(reason) => Outcome::Failed(reason),
+                Err(outcome) => outcome,
                 Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
                     Err(_) => Outcome::Failed(NO_CONFIRM),
                     Ok(Err(e)) => {
@@ -160,17 +167,23 @@ impl Broker {
         (outcomes, healthy)
     }
 
-    async fn publish_one(&self, event: &OutboxEvent) -> lapin::Result<lapin::PublisherConfirm> {
-        let body = serde_json::to_vec(&RevocationMessage::from(event))
+    /// One event: its body, `type` and routing key `{type}.{tenantId}`
+    /// (API.md §10).
+    async fn publish_one(
+        &self,
+        event: &OutboxEvent,
+        message: &EventMessage,
+    ) -> lapin::Result<lapin::PublisherConfirm> {
+        let body = serde_json::to_vec(message)
             .unwrap_or_else(|_| unreachable!("a message of ids and a timestamp serializes"));
         let properties = amqp::message_properties()
             .with_message_id(event.event_id.to_string().into())
-            .with_type(KEY_REVOKED.into())
+            .with_type(message.kind().into())
             .with_timestamp(u64::try_from(event.created_at.timestamp()).unwrap_or(0));
         self.publish
             .basic_publish(
                 self.exchange.clone(),
-                routing_key(&event.tenant_id).into(),
+                message.routing_key().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()

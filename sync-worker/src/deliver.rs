@@ -86,6 +86,7 @@ impl Deliverer {
                     }
                 }
                 Outcome::Failed(reason) => self.failed(event, reason).await,
+                Outcome::Unpublishable => self.unpublishable(event).await,
             }
         }
         if !delivered.is_empty() {
@@ -102,6 +103,23 @@ impl Deliverer {
             }
         }
         healthy
+    }
+
+    /// A row this version cannot make a message of (written by a newer
+    /// one): dead-lettered at once, for a newer worker's `retry-dead`.
+    async fn unpublishable(&self, event: &OutboxEvent) {
+        metrics::counter!("keyward_events_dead_total").increment(1);
+        tracing::error!(
+            event_id = %event.event_id, kind = %event.kind,
+            "event of a type this version cannot publish dead-lettered"
+        );
+        if let Err(e) = self
+            .store
+            .mark_dead(&self.owner, event.id, UNPUBLISHABLE, Utc::now())
+            .await
+        {
+            log_mark_failure(&e, 1);
+        }
     }
 
     /// Counts the failed attempt: retry later, or dead-letter.
@@ -132,6 +150,9 @@ impl Deliverer {
         }
     }
 }
+
+/// `last_error` of an event no message can be made of (client-safe).
+const UNPUBLISHABLE: &str = "this version cannot publish events of this type";
 
 fn log_mark_failure(e: &StoreError, events: usize) {
     tracing::warn!(

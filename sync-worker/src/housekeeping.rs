@@ -1,11 +1,12 @@
-//! Periodic chores: outbox gauges for `/metrics`, and purging delivered
-//! events (with their acks) older than the retention.
+//! Periodic chores: outbox gauges for `/metrics`, purging delivered events
+//! (with their acks) older than their retention, and audit records older
+//! than theirs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use keyward_core::store::{OutboxStore, Purged, error::chain};
+use keyward_core::store::{AuditStore, OutboxStore, Purged, error::chain};
 use tokio_util::sync::CancellationToken;
 
 /// How often the outbox gauges are refreshed.
@@ -13,7 +14,19 @@ const STATS_EVERY: Duration = Duration::from_secs(5);
 /// How often delivered history is purged.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 
-pub async fn run(store: Arc<dyn OutboxStore>, retention: Duration, shutdown: CancellationToken) {
+/// How long delivered history and audit records are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub events: Duration,
+    pub audit: Duration,
+}
+
+pub async fn run(
+    store: Arc<dyn OutboxStore>,
+    audit: Arc<dyn AuditStore>,
+    retention: Retention,
+    shutdown: CancellationToken,
+) {
     let mut stats = tokio::time::interval(STATS_EVERY);
     let mut purge = tokio::time::interval(PURGE_EVERY);
     loop {
@@ -21,7 +34,8 @@ pub async fn run(store: Arc<dyn OutboxStore>, retention: Duration, shutdown: Can
             _ = shutdown.cancelled() => return,
             _ = stats.tick() => refresh_gauges(store.as_ref()).await,
             _ = purge.tick() => {
-                purge_old(store.as_ref(), retention).await;
+                purge_old(store.as_ref(), retention.events).await;
+                purge_audit(audit.as_ref(), retention.audit).await;
             }
         }
     }
@@ -42,12 +56,31 @@ pub async fn refresh_gauges(store: &dyn OutboxStore) {
     }
 }
 
+fn cutoff(retention: Duration) -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Deletes audit records older than `retention`; how many, if the database
+/// answered.
+pub async fn purge_audit(store: &dyn AuditStore, retention: Duration) -> Option<u64> {
+    match store.purge_audit(cutoff(retention)).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(records = n, "purged old audit records");
+            }
+            Some(n)
+        }
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "purging audit records failed");
+            None
+        }
+    }
+}
+
 /// Deletes delivered events older than `retention`; what went, if the
 /// database answered.
 pub async fn purge_old(store: &dyn OutboxStore, retention: Duration) -> Option<Purged> {
-    let before =
-        Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    match store.purge(before).await {
+    match store.purge(cutoff(retention)).await {
         Ok(p) => {
             metrics::counter!("keyward_outbox_purged_total").increment(p.events);
             if p.events > 0 {

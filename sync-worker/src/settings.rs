@@ -75,6 +75,10 @@ pub struct DeliverySettings {
     #[arg(long = "retention-hours", env = "KEYWARD_RETENTION_HOURS", default_value_t = 168,
           value_parser = clap::value_parser!(u64).range(1..=87_600))]
     pub retention_hours: u64,
+    /// Audit records are purged after this many days.
+    #[arg(long = "audit-retention-days", env = "KEYWARD_AUDIT_RETENTION_DAYS", default_value_t = 400,
+          value_parser = clap::value_parser!(u64).range(1..=36_500))]
+    pub audit_retention_days: u64,
     /// An ingestor seen within this many seconds counts as live.
     #[arg(long = "ingestor-liveness-seconds", env = "KEYWARD_INGESTOR_LIVENESS_SECONDS",
           default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -104,6 +108,10 @@ impl DeliverySettings {
 
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_hours * 3600)
+    }
+
+    pub fn audit_retention(&self) -> Duration {
+        Duration::from_secs(self.audit_retention_days * 24 * 3600)
     }
 
     pub fn ingestor_liveness(&self) -> Duration {
@@ -205,6 +213,7 @@ mod tests {
         assert_eq!(d.poll_interval(true), Duration::from_millis(250));
         assert_eq!(d.poll_interval(false), Duration::from_secs(5));
         assert_eq!(d.retention(), Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(d.audit_retention(), Duration::from_secs(400 * 24 * 3600));
         assert_eq!(
             parse(&["retry-dead"]).unwrap().command,
             Some(Command::RetryDead)

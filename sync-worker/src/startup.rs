@@ -31,7 +31,13 @@ impl Application {
         let (ops, port) =
             keyward_core::ops::serve(settings.listen, health.clone()).context("ops listener")?;
         tracing::info!(port, "keyward-sync-worker health and metrics listening");
-        let worker = Worker::new(settings, store.clone(), store, Arc::clone(&health));
+        let worker = Worker::new(
+            settings,
+            store.clone(),
+            store.clone(),
+            store,
+            Arc::clone(&health),
+        );
         Ok(Self {
             worker,
             health,

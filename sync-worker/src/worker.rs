@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use keyward_core::config::AmqpUrl;
 use keyward_core::reconnect::Reconnect;
-use keyward_core::store::{IngestorStore, OutboxStore, OutboxWakeups, Wakeup, error::chain};
+use keyward_core::store::{
+    AuditStore, IngestorStore, OutboxStore, OutboxWakeups, Wakeup, error::chain,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
@@ -18,12 +20,14 @@ use crate::settings::Settings;
 pub struct Worker {
     deliverer: Deliverer,
     reports: Arc<dyn IngestorStore>,
+    audit: Arc<dyn AuditStore>,
     health: Arc<Health>,
     amqp_url: AmqpUrl,
     exchange: String,
     acks_queue: String,
     poll_interval: Duration,
     retention: Duration,
+    audit_retention: Duration,
 }
 
 /// How a broker session ended.
@@ -38,6 +42,7 @@ impl Worker {
         settings: &Settings,
         store: Arc<dyn OutboxStore>,
         reports: Arc<dyn IngestorStore>,
+        audit: Arc<dyn AuditStore>,
         health: Arc<Health>,
     ) -> Self {
         let d = &settings.delivery;
@@ -53,12 +58,14 @@ impl Worker {
                 schedule: settings.retry.schedule(),
             },
             reports,
+            audit,
             health,
             amqp_url: settings.amqp.amqp_url.clone(),
             exchange: settings.amqp.exchange.clone(),
             acks_queue: d.acks_queue.clone(),
             poll_interval: d.poll_interval(sqlite),
             retention: d.retention(),
+            audit_retention: d.audit_retention(),
         }
     }
 
@@ -68,7 +75,11 @@ impl Worker {
         let store = Arc::clone(&self.deliverer.store);
         let chores = tokio::spawn(crate::housekeeping::run(
             Arc::clone(&store),
-            self.retention,
+            Arc::clone(&self.audit),
+            crate::housekeeping::Retention {
+                events: self.retention,
+                audit: self.audit_retention,
+            },
             shutdown.clone(),
         ));
         let mut wakeups = Wakeups::new(store, self.poll_interval);

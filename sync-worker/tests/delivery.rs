@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use keyward_core::events::RevocationMessage;
+use keyward_core::events::EventMessage;
 use keyward_core::ids::{KeyId, TenantId};
-use keyward_core::store::{RevocationState, Store};
+use keyward_core::store::{EventState, Store};
 use keyward_core::testing::{TestDatabase, revocations};
 use keyward_sync_worker::health::Health;
 use keyward_sync_worker::settings::Cli;
 use keyward_sync_worker::startup::Application;
-use keyward_tests::amqp::{TestBroker, amqp_url, broker_addr, collect_revocations, next_delivery};
+use keyward_tests::amqp::{TestBroker, amqp_url, broker_addr, collect_events, next_delivery};
 use keyward_tests::eventually;
 use keyward_tests::proxy::{FaultProxy, Mode};
 use lapin::types::{AMQPValue, FieldTable};
@@ -73,7 +73,7 @@ impl RunningWorker {
     }
 }
 
-async fn revocation_state(store: &dyn Store, tenant: &str, key: KeyId) -> RevocationState {
+async fn revocation_state(store: &dyn Store, tenant: &str, key: KeyId) -> EventState {
     let tenant = TenantId::parse(tenant).unwrap();
     let key = store
         .get_key(&tenant, key, chrono::Utc::now())
@@ -85,7 +85,7 @@ async fn revocation_state(store: &dyn Store, tenant: &str, key: KeyId) -> Revoca
 }
 
 /// Waits (10 s at most) until the key's revocation is in `state`.
-async fn wait_for_state(store: &dyn Store, tenant: &str, key: KeyId, state: RevocationState) {
+async fn wait_for_state(store: &dyn Store, tenant: &str, key: KeyId, state: EventState) {
     eventually(&format!("{state:?}"), Duration::from_secs(10), || async {
         revocation_state(store, tenant, key).await == state
     })
@@ -97,8 +97,8 @@ async fn outbox_settled(store: &dyn Store) -> bool {
     stats.pending == 0
 }
 
-fn distinct(messages: &[RevocationMessage]) -> HashSet<String> {
-    messages.iter().map(|m| m.event_id.to_string()).collect()
+fn distinct(messages: &[EventMessage]) -> HashSet<String> {
+    messages.iter().map(|m| m.event_id().to_string()).collect()
 }
 
 macro_rules! services {
@@ -130,11 +130,11 @@ async fn events_reach_a_bound_queue_with_the_documented_properties_and_body() {
         .await
         .expect("a message");
     let p = &first.properties;
-    let body: RevocationMessage = serde_json::from_slice(&first.data).unwrap();
+    let body: EventMessage = serde_json::from_slice(&first.data).unwrap();
     assert_eq!(p.delivery_mode(), &Some(2), "persistent");
     assert_eq!(
         p.message_id().as_ref().map(|s| s.as_str().to_owned()),
-        Some(body.event_id.to_string())
+        Some(body.event_id().to_string())
     );
     assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("key.revoked"));
     assert_eq!(
@@ -154,32 +154,26 @@ async fn events_reach_a_bound_queue_with_the_documented_properties_and_body() {
     ] {
         assert!(raw.get(field).is_some(), "{field} in {raw}");
     }
-    assert_eq!(body.event_id, acme[0].1);
-    assert_eq!(body.key_id, acme[0].0);
-    assert_eq!(body.tenant_id.as_str(), "acme");
+    assert_eq!(body.event_id(), acme[0].1);
+    assert_eq!(body.key_id(), Some(acme[0].0));
+    assert_eq!(body.tenant_id().as_str(), "acme");
 
-    let rest = collect_revocations(&mut all, 3, Duration::from_secs(10)).await;
+    let rest = collect_events(&mut all, 3, Duration::from_secs(10)).await;
     assert_eq!(distinct(&rest).len(), 3);
-    let sequences: Vec<i64> = std::iter::once(body.sequence)
-        .chain(rest.iter().map(|m| m.sequence))
+    let sequences: Vec<i64> = std::iter::once(body.sequence())
+        .chain(rest.iter().map(|m| m.sequence()))
         .collect();
     assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
-    assert!(rest.iter().any(|m| m.event_id == other[0].1));
+    assert!(rest.iter().any(|m| m.event_id() == other[0].1));
 
-    let acme_seen = collect_revocations(&mut acme_only, 4, Duration::from_millis(500)).await;
+    let acme_seen = collect_events(&mut acme_only, 4, Duration::from_millis(500)).await;
     assert_eq!(
         acme_seen.len(),
         3,
         "the tenant binding sees its tenant only"
     );
 
-    wait_for_state(
-        store.as_ref(),
-        "acme",
-        acme[2].0,
-        RevocationState::Published,
-    )
-    .await;
+    wait_for_state(store.as_ref(), "acme", acme[2].0, EventState::Published).await;
     assert!(worker.health.broker_connected());
     worker.stop().await;
     broker.cleanup().await;
@@ -196,7 +190,7 @@ async fn broker_loss_during_revokes_loses_nothing() {
     let worker = RunningWorker::start(&db, &broker, &proxy.amqp_url(), &[]).await;
 
     let before = revocations(store.as_ref(), "acme", 10).await;
-    let seen = collect_revocations(&mut queue, 10, Duration::from_secs(10)).await;
+    let seen = collect_events(&mut queue, 10, Duration::from_secs(10)).await;
     assert_eq!(distinct(&seen).len(), before.len());
     // A consumer can see a message before its publisher sees the confirm.
     eventually("confirmed", Duration::from_secs(5), || {
@@ -218,7 +212,7 @@ async fn broker_loss_during_revokes_loses_nothing() {
     assert!(!worker.health.broker_connected());
 
     proxy.set(Mode::Pass);
-    let seen = collect_revocations(&mut queue, 20, Duration::from_secs(15)).await;
+    let seen = collect_events(&mut queue, 20, Duration::from_secs(15)).await;
     let expected: HashSet<String> = during.iter().map(|(_, e)| e.to_string()).collect();
     assert_eq!(distinct(&seen), expected, "every event after the outage");
     eventually("settled", Duration::from_secs(5), || {
@@ -269,15 +263,9 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
 
     proxy.set(Mode::Pass);
     proxy.cut();
-    let seen = collect_revocations(&mut queue, 1, Duration::from_secs(20)).await;
-    assert!(seen.iter().any(|m| m.event_id == revoked[0].1));
-    wait_for_state(
-        store.as_ref(),
-        "acme",
-        revoked[0].0,
-        RevocationState::Published,
-    )
-    .await;
+    let seen = collect_events(&mut queue, 1, Duration::from_secs(20)).await;
+    assert!(seen.iter().any(|m| m.event_id() == revoked[0].1));
+    wait_for_state(store.as_ref(), "acme", revoked[0].0, EventState::Published).await;
     worker.stop().await;
     broker.cleanup().await;
 }
@@ -305,12 +293,12 @@ async fn two_workers_deliver_everything_once_without_sharing_leases() {
     )
     .await;
 
-    let seen = collect_revocations(&mut queue, events.len(), Duration::from_secs(20)).await;
+    let seen = collect_events(&mut queue, events.len(), Duration::from_secs(20)).await;
     let expected: HashSet<String> = events.iter().map(|(_, e)| e.to_string()).collect();
     assert_eq!(distinct(&seen), expected);
     // Leases never expired here, so a duplicate would mean two workers
     // held one row at once.
-    let extra = collect_revocations(&mut queue, 1, Duration::from_millis(500)).await;
+    let extra = collect_events(&mut queue, 1, Duration::from_millis(500)).await;
     assert_eq!(
         seen.len() + extra.len(),
         events.len(),
@@ -347,13 +335,7 @@ async fn refused_events_are_dead_lettered_then_retried_back() {
 
     let revoked = revocations(store.as_ref(), "acme", 1).await;
     let tenant = TenantId::parse("acme").unwrap();
-    wait_for_state(
-        store.as_ref(),
-        "acme",
-        revoked[0].0,
-        RevocationState::Failed,
-    )
-    .await;
+    wait_for_state(store.as_ref(), "acme", revoked[0].0, EventState::Failed).await;
     let key = store
         .get_key(&tenant, revoked[0].0, chrono::Utc::now())
         .await
@@ -372,18 +354,12 @@ async fn refused_events_are_dead_lettered_then_retried_back() {
         .bind("all", "key.revoked.#", FieldTable::default())
         .await;
     store
-        .retry_revocation(&tenant, revoked[0].0, chrono::Utc::now())
+        .retry_revocation(&tenant, revoked[0].0, &keyward_core::testing::change())
         .await
         .unwrap();
-    let seen = collect_revocations(&mut queue, 1, Duration::from_secs(10)).await;
-    assert_eq!(seen[0].event_id, revoked[0].1);
-    wait_for_state(
-        store.as_ref(),
-        "acme",
-        revoked[0].0,
-        RevocationState::Published,
-    )
-    .await;
+    let seen = collect_events(&mut queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(seen[0].event_id(), revoked[0].1);
+    wait_for_state(store.as_ref(), "acme", revoked[0].0, EventState::Published).await;
     worker.stop().await;
     broker.cleanup().await;
 }
@@ -401,16 +377,10 @@ async fn sqlite_single_worker_end_to_end_and_unrouted_events() {
     let routed = revocations(store.as_ref(), "acme", 5).await;
     // Nobody listens for this tenant: confirmed, returned, counted.
     let lonely = revocations(store.as_ref(), "lonely", 1).await;
-    let seen = collect_revocations(&mut acme, 5, Duration::from_secs(10)).await;
+    let seen = collect_events(&mut acme, 5, Duration::from_secs(10)).await;
     let expected: HashSet<String> = routed.iter().map(|(_, e)| e.to_string()).collect();
     assert_eq!(distinct(&seen), expected);
-    wait_for_state(
-        store.as_ref(),
-        "lonely",
-        lonely[0].0,
-        RevocationState::Published,
-    )
-    .await;
+    wait_for_state(store.as_ref(), "lonely", lonely[0].0, EventState::Published).await;
     let metrics = keyward_core::telemetry::render_metrics();
     assert!(
         metrics.contains("keyward_events_unrouted_total"),
@@ -451,15 +421,9 @@ async fn acks_record_heartbeats_and_applied_events() {
     .await;
 
     let revoked = revocations(store.as_ref(), "acme", 1).await;
-    let seen = collect_revocations(&mut queue, 1, Duration::from_secs(10)).await;
-    assert_eq!(seen[0].event_id, revoked[0].1);
-    wait_for_state(
-        store.as_ref(),
-        "acme",
-        revoked[0].0,
-        RevocationState::Published,
-    )
-    .await;
+    let seen = collect_events(&mut queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(seen[0].event_id(), revoked[0].1);
+    wait_for_state(store.as_ref(), "acme", revoked[0].0, EventState::Published).await;
     let applied = serde_json::json!({
         "type": "applied", "eventId": revoked[0].1.to_string(),
         "ingestorId": "ing-1", "appliedAt": chrono::Utc::now(),
@@ -468,13 +432,7 @@ async fn acks_record_heartbeats_and_applied_events() {
     broker.send_ack(&applied).await;
     broker.send_ack(&applied).await;
     let tenant = TenantId::parse("acme").unwrap();
-    wait_for_state(
-        store.as_ref(),
-        "acme",
-        revoked[0].0,
-        RevocationState::Applied,
-    )
-    .await;
+    wait_for_state(store.as_ref(), "acme", revoked[0].0, EventState::Applied).await;
     let r = store
         .get_key(&tenant, revoked[0].0, chrono::Utc::now())
         .await
@@ -510,7 +468,7 @@ async fn shutdown_finishes_the_batch_in_hand_and_holds_no_lease() {
         || outbox_settled(store.as_ref()),
     )
     .await;
-    let seen = collect_revocations(&mut queue, events.len(), Duration::from_secs(5)).await;
+    let seen = collect_events(&mut queue, events.len(), Duration::from_secs(5)).await;
     assert!(distinct(&seen).len() >= events.len() - 1);
     second.stop().await;
     broker.cleanup().await;
@@ -552,7 +510,7 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
     let name = format!("worker-{}", KeyId::new());
     let worker = RunningWorker::start(&db, &broker, &amqp_url(), &["--worker-id", &name]).await;
     let before = revocations(store.as_ref(), "acme", 5).await;
-    let seen = collect_revocations(&mut queue, 5, Duration::from_secs(10)).await;
+    let seen = collect_events(&mut queue, 5, Duration::from_secs(10)).await;
     assert_eq!(distinct(&seen).len(), before.len());
 
     let Some(closed) = close_connections_named(&name) else {
@@ -562,7 +520,7 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
     };
     assert_eq!(closed, 1, "the worker's one connection");
     let after = revocations(store.as_ref(), "acme", 5).await;
-    let seen = collect_revocations(&mut queue, 5, Duration::from_secs(15)).await;
+    let seen = collect_events(&mut queue, 5, Duration::from_secs(15)).await;
     let expected: HashSet<String> = after.iter().map(|(_, e)| e.to_string()).collect();
     assert!(expected.is_subset(&distinct(&seen)));
     eventually("settled", Duration::from_secs(5), || {
@@ -607,7 +565,7 @@ async fn housekeeping_reports_the_outbox_and_purges_delivered_history() {
         .get_key(&tenant, pending[0].0, chrono::Utc::now())
         .await
         .unwrap();
-    assert_eq!(key.revocation.unwrap().state, RevocationState::Pending);
+    assert_eq!(key.revocation.unwrap().state, EventState::Pending);
     broker.cleanup().await;
 }
 
@@ -621,7 +579,7 @@ async fn the_worker_rides_out_a_database_outage_without_restarting() {
     let worker =
         RunningWorker::start(&db, &broker, &amqp_url(), &["--poll-interval-ms", "200"]).await;
     let before = revocations(store.as_ref(), "acme", 2).await;
-    let seen = collect_revocations(&mut queue, 2, Duration::from_secs(10)).await;
+    let seen = collect_events(&mut queue, 2, Duration::from_secs(10)).await;
     assert_eq!(distinct(&seen).len(), before.len());
 
     // The database goes away (its connections cut, new ones refused) and
@@ -630,7 +588,7 @@ async fn the_worker_rides_out_a_database_outage_without_restarting() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(db.set_reachable(true).await);
     let after = revocations(store.as_ref(), "acme", 3).await;
-    let seen = collect_revocations(&mut queue, 3, Duration::from_secs(15)).await;
+    let seen = collect_events(&mut queue, 3, Duration::from_secs(15)).await;
     let expected: HashSet<String> = after.iter().map(|(_, e)| e.to_string()).collect();
     assert_eq!(distinct(&seen), expected);
     eventually("settled", Duration::from_secs(10), || {

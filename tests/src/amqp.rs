@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use keyward_core::events::RevocationMessage;
+use keyward_core::events::EventMessage;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -164,21 +164,21 @@ pub async fn next_delivery(consumer: &mut Consumer, timeout: Duration) -> Option
     Some(delivery)
 }
 
-/// Reads revocation messages until `n` distinct event ids were seen or
-/// nothing came for `quiet`; returns every message in arrival order.
-pub async fn collect_revocations(
+/// Reads event messages until `n` distinct event ids were seen or nothing
+/// came for `quiet`; returns every message in arrival order.
+pub async fn collect_events(
     consumer: &mut Consumer,
     n: usize,
     quiet: Duration,
-) -> Vec<RevocationMessage> {
+) -> Vec<EventMessage> {
     let mut seen = std::collections::HashSet::new();
     let mut all = Vec::new();
     while seen.len() < n {
         let Some(d) = next_delivery(consumer, quiet).await else {
             break;
         };
-        let m: RevocationMessage = serde_json::from_slice(&d.data).expect("revocation body");
-        seen.insert(m.event_id);
+        let m: EventMessage = serde_json::from_slice(&d.data).expect("event body");
+        seen.insert(m.event_id());
         all.push(m);
     }
     all

@@ -14,6 +14,17 @@ use crate::state::AppState;
 /// The header on every answer whose change emitted an event.
 pub const EVENT_ID_HEADER: &str = "Keyward-Event-Id";
 
+/// `answer` naming the event its change emitted.
+pub fn announcing(mut answer: HttpResponse, event: EventId) -> HttpResponse {
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&event.to_string()) {
+        answer.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static("keyward-event-id"),
+            value,
+        );
+    }
+    answer
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/v1/events/{eventId}").route(web::get().to(get)));
 }

@@ -5,6 +5,7 @@ use keyward_core::ids::{GroupName, KeyId, Username};
 use keyward_core::store::{Group, GroupSpec};
 use serde::Deserialize;
 
+use super::events::announcing;
 use super::{Items, created_or_replaced, items, parse_list, parse_roles, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiResult, ErrorBody};
@@ -36,7 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Unknown users or keys: 400 with `details.users` / `details.apiKeys`.
 #[utoipa::path(put, path = "/api/v1/tenants/{t}/groups/{name}", tag = "groups", request_body = PutGroup,
     params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "group name")),
-    responses((status = 201, body = Group), (status = 200, body = Group),
+    responses((status = 201, body = Group, headers(("Keyward-Event-Id" = String, description = "the `rbac.changed` event"))), (status = 200, body = Group, headers(("Keyward-Event-Id" = String, description = "the `rbac.changed` event"))),
               (status = 422, description = "`unknown_roles`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn put(
@@ -54,18 +55,22 @@ pub async fn put(
         api_keys: parse_list("apiKeys", &body.api_keys, KeyId::parse)?,
     };
     who.require_may_grant(&tenant, &spec.roles)?;
+    let change = who.change();
     let (group, created) = state
         .store
-        .put_group(&tenant, &name, &spec, chrono::Utc::now())
+        .put_group(&tenant, &name, &spec, &change)
         .await?;
     // Keys joining or leaving the group gain or lose its roles.
     state
         .generations
         .bump(crate::generations::Scope::Tenant(&tenant));
-    Ok(created_or_replaced(
-        created,
-        format!("/api/v1/tenants/{tenant}/groups/{name}"),
-        group,
+    Ok(announcing(
+        created_or_replaced(
+            created,
+            format!("/api/v1/tenants/{tenant}/groups/{name}"),
+            group,
+        ),
+        change.event_id,
     ))
 }
 
@@ -96,18 +101,22 @@ pub async fn list(state: web::Data<AppState>, scope: TenantScope) -> ApiResult<H
 /// Delete a group.
 #[utoipa::path(delete, path = "/api/v1/tenants/{t}/groups/{name}", tag = "groups",
     params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "group name")),
-    responses((status = 204, description = "deleted"), (status = 404, description = "`group_not_found`", body = ErrorBody)),
+    responses((status = 204, description = "deleted", headers(("Keyward-Event-Id" = String, description = "the `rbac.changed` event"))), (status = 404, description = "`group_not_found`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn delete(
     state: web::Data<AppState>,
     scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = scope.tenant;
+    let TenantScope { who, tenant } = scope;
     let name = GroupName::parse(&path.1)?;
-    state.store.delete_group(&tenant, &name).await?;
+    let change = who.change();
+    state.store.delete_group(&tenant, &name, &change).await?;
     state
         .generations
         .bump(crate::generations::Scope::Tenant(&tenant));
-    Ok(HttpResponse::NoContent().finish())
+    Ok(announcing(
+        HttpResponse::NoContent().finish(),
+        change.event_id,
+    ))
 }

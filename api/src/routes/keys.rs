@@ -7,20 +7,19 @@
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use keyward_core::digest::KeyDigest;
-use keyward_core::ids::{EventId, KeyId, KeyName, RoleName, TenantId};
+use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
 use keyward_core::privilege::Privilege;
-use keyward_core::store::{ApiKey, KeyQuery, NewApiKey, StatusFilter};
+use keyward_core::store::{ApiKey, KeyQuery, KeyUpdate, NewApiKey, RotatedKey, StatusFilter};
 use keyward_core::token::ApiKeyToken;
 use serde::{Deserialize, Serialize};
 
-use super::events::EVENT_ID_HEADER;
-use super::{parse_roles, resource};
+use super::events::{EVENT_ID_HEADER, announcing};
+use super::{decode_cursor, encode_cursor, parse_limit, parse_roles, resource};
 use crate::auth::{CachedPrincipal, TenantScope};
 use crate::error::{ApiError, ApiResult, Code, ErrorBody};
-use crate::extract::{Json, read_json};
+use crate::extract::{Json, read_json, read_json_or_default};
 use crate::generations::Scope;
 use crate::state::AppState;
 use crate::verify::{InvalidReason, Outcome};
@@ -43,6 +42,41 @@ pub struct CreatedKey {
     pub key: ApiKey,
     pub secret: String,
 }
+
+/// Any of the three; a field left out stays as it is.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpdateKey {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+    /// RFC 3339, in the future; `null` clears the expiry.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Option<String>>,
+}
+
+/// A field that is present (`null` included): `Some(value)`; absent fields
+/// take the `default`, `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RotateKey {
+    /// 0 (default: the old key is revoked at once) to 604800 (7 days).
+    #[serde(default)]
+    pub grace_period_seconds: Option<i64>,
+}
+
+/// The longest grace period a rotation takes: 7 days.
+const MAX_GRACE_SECONDS: i64 = 604_800;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -106,8 +140,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(
             resource(&format!("{base}/{{keyId}}"))
                 .route(web::get().to(get))
-                .route(web::delete().to(revoke)),
+                .route(web::delete().to(revoke))
+                .route(web::patch().to(update)),
         )
+        .service(resource(&format!("{base}/{{keyId}}/rotate")).route(web::post().to(rotate)))
         .service(
             resource(&format!("{base}/{{keyId}}/revocation/retry")).route(web::post().to(retry)),
         );
@@ -145,25 +181,14 @@ pub async fn create(
     let name = KeyName::parse(&body.name)?;
     let roles = parse_roles(&body.roles)?;
     who.require_may_grant(&tenant, &roles)?;
-    let now = Utc::now();
-    let expires_at = match body.expires_at.as_deref() {
-        None => None,
-        Some(raw) => {
-            let at = DateTime::parse_from_rfc3339(raw)
-                .map_err(|_| ApiError::invalid("expiresAt", "expiresAt must be an RFC 3339 time"))?
-                .with_timezone(&Utc);
-            if at <= now {
-                return Err(ApiError::invalid(
-                    "expiresAt",
-                    "expiresAt must be in the future",
-                ));
-            }
-            Some(at)
-        }
-    };
+    let change = who.change();
+    let expires_at = body
+        .expires_at
+        .as_deref()
+        .map(|raw| parse_expiry(raw, change.at))
+        .transpose()?;
     let key_id = KeyId::new();
-    let token = ApiKeyToken::generate(&state.key_prefix, key_id)
-        .map_err(|_| ApiError::new(Code::Internal))?;
+    let token = new_token(&state, key_id)?;
     let new = NewApiKey {
         key_id,
         tenant_id: tenant.clone(),
@@ -172,10 +197,10 @@ pub async fn create(
         start: token.start(),
         secret_hash: KeyDigest::of(token.expose_secret()).encode(),
         created_by: who.name(),
-        created_at: now,
+        created_at: change.at,
         expires_at,
     };
-    let key = state.store.create_key(&new, now).await?;
+    let key = state.store.create_key(&new, &change).await?;
     tracing::info!(key_id = %key_id, "API key created");
     Ok(HttpResponse::Created()
         .insert_header(("Location", location(&tenant, key_id)))
@@ -185,6 +210,24 @@ pub async fn create(
         }))
 }
 
+/// An expiry as create and update take it: RFC 3339, in the future.
+fn parse_expiry(raw: &str, now: DateTime<Utc>) -> ApiResult<DateTime<Utc>> {
+    let at = DateTime::parse_from_rfc3339(raw)
+        .map_err(|_| ApiError::invalid("expiresAt", "expiresAt must be an RFC 3339 time"))?
+        .with_timezone(&Utc);
+    if at <= now {
+        return Err(ApiError::invalid(
+            "expiresAt",
+            "expiresAt must be in the future",
+        ));
+    }
+    Ok(at)
+}
+
+fn new_token(state: &AppState, key_id: KeyId) -> ApiResult<ApiKeyToken> {
+    ApiKeyToken::generate(&state.key_prefix, key_id).map_err(|_| ApiError::new(Code::Internal))
+}
+
 fn parse_query(q: &ListQuery) -> ApiResult<KeyQuery> {
     let status = match q.status.as_deref() {
         None => StatusFilter::All,
@@ -192,35 +235,17 @@ fn parse_query(q: &ListQuery) -> ApiResult<KeyQuery> {
             ApiError::invalid("status", "status must be active, revoked, expired or all")
         })?,
     };
-    let limit = match q.limit.as_deref() {
-        None => 50,
-        Some(l) => l
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=200).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", "limit must be 1 to 200"))?,
-    };
-    let before = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c, KeyId::parse))
+        .transpose()?;
     Ok(KeyQuery {
         status,
         limit,
         before,
     })
-}
-
-/// The cursor is opaque to clients: base64url of `v1:{last key id}`.
-fn encode_cursor(key_id: KeyId) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{key_id}"))
-}
-
-fn decode_cursor(raw: &str) -> ApiResult<KeyId> {
-    let bad = || ApiError::invalid("cursor", "cursor is not one this API returned");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(raw)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let id = text.strip_prefix("v1:").ok_or_else(bad)?;
-    KeyId::parse(id).map_err(|_| bad())
 }
 
 /// Keys, masked, newest first, paginated by an opaque cursor.
@@ -239,7 +264,7 @@ pub async fn list(
     let q = parse_query(&query)?;
     let items = state.store.list_keys(&tenant, &q, Utc::now()).await?;
     let next_cursor = match items.last() {
-        Some(last) if items.len() == q.limit as usize => Some(encode_cursor(last.key_id)),
+        Some(last) if items.len() == q.limit as usize => Some(encode_cursor(&last.key_id)),
         _ => None,
     };
     Ok(HttpResponse::Ok().json(KeyPage { items, next_cursor }))
@@ -278,7 +303,7 @@ pub async fn revoke(
     let key_id = key_id_param(&req)?;
     let revoked = state
         .store
-        .revoke_key(&tenant, key_id, &who.name(), EventId::new(), Utc::now())
+        .revoke_key(&tenant, key_id, &who.change())
         .await?;
     // From the commit on this replica rejects the key; others hear NOTIFY.
     state.generations.bump(Scope::Key(key_id));
@@ -301,13 +326,112 @@ pub async fn retry(
     state: web::Data<AppState>,
     scope: TenantScope,
 ) -> ApiResult<HttpResponse> {
-    let tenant = scope.tenant;
+    let TenantScope { who, tenant } = scope;
     let key_id = key_id_param(&req)?;
     let key = state
         .store
-        .retry_revocation(&tenant, key_id, Utc::now())
+        .retry_revocation(&tenant, key_id, &who.change())
         .await?;
     Ok(with_event(HttpResponse::Accepted(), &key))
+}
+
+/// Update a key's name, roles or expiry: the change and a `key.updated`
+/// event in one transaction. A revoked key: 409 `invalid_state`.
+#[utoipa::path(patch, path = "/api/v1/tenants/{t}/apikeys/{keyId}", tag = "apikeys", request_body = UpdateKey,
+    params(("t" = String, Path, description = "tenant id"), ("keyId" = String, Path, description = "key id (ULID)")),
+    responses((status = 200, body = ApiKey,
+                headers(("Keyward-Event-Id" = String, description = "the `key.updated` event"))),
+              (status = 404, description = "`key_not_found`", body = ErrorBody),
+              (status = 409, description = "`invalid_state` (revoked), `duplicate_key_name`", body = ErrorBody),
+              (status = 422, description = "`unknown_roles`", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn update(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    scope: TenantScope,
+    body: Json<UpdateKey>,
+) -> ApiResult<HttpResponse> {
+    let TenantScope { who, tenant } = scope;
+    let key_id = key_id_param(&req)?;
+    let body = body.0;
+    let change = who.change();
+    let update = KeyUpdate {
+        name: body.name.as_deref().map(KeyName::parse).transpose()?,
+        roles: body.roles.as_deref().map(parse_roles).transpose()?,
+        expires_at: body
+            .expires_at
+            .map(|at| at.map(|raw| parse_expiry(&raw, change.at)).transpose())
+            .transpose()?,
+    };
+    if let Some(roles) = &update.roles {
+        who.require_may_grant(&tenant, roles)?;
+    }
+    let key = state
+        .store
+        .update_key(&tenant, key_id, &update, &change)
+        .await?;
+    state.generations.bump(Scope::Key(key_id));
+    tracing::info!(key_id = %key_id, "API key updated");
+    Ok(announcing(HttpResponse::Ok().json(key), change.event_id))
+}
+
+/// A rotation's answer: the new key, its secret (shown this once), and
+/// the key it replaces (`replaces`, also in the key itself).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RotatedKeyBody {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    pub secret: String,
+}
+
+/// Rotate a key: a new key with the same name, roles, groups and expiry;
+/// the old one revoked at once (grace 0, a `key.revoked` event) or expiring
+/// after the grace period (a `key.updated` event). One transaction.
+#[utoipa::path(post, path = "/api/v1/tenants/{t}/apikeys/{keyId}/rotate", tag = "apikeys", request_body = RotateKey,
+    params(("t" = String, Path, description = "tenant id"), ("keyId" = String, Path, description = "key id (ULID)")),
+    responses((status = 201, body = RotatedKeyBody,
+                headers(("Keyward-Event-Id" = String, description = "the old key's event"))),
+              (status = 404, description = "`key_not_found`", body = ErrorBody),
+              (status = 409, description = "`invalid_state` (revoked, expired or already replaced)", body = ErrorBody)),
+    security(("basic" = []), ("bearer" = [])))]
+pub async fn rotate(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    scope: TenantScope,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let TenantScope { who, tenant } = scope;
+    let key_id = key_id_param(&req)?;
+    let body: RotateKey = read_json_or_default(&req, payload).await?;
+    let grace = body.grace_period_seconds.unwrap_or(0);
+    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        return Err(ApiError::invalid(
+            "gracePeriodSeconds",
+            "gracePeriodSeconds must be 0 to 604800",
+        ));
+    }
+    let change = who.change();
+    let new_id = KeyId::new();
+    let token = new_token(&state, new_id)?;
+    let new = RotatedKey {
+        key_id: new_id,
+        start: token.start(),
+        secret_hash: KeyDigest::of(token.expose_secret()).encode(),
+    };
+    let grace = std::time::Duration::from_secs(grace.unsigned_abs());
+    let rotated = state
+        .store
+        .rotate_key(&tenant, key_id, &new, grace, &change)
+        .await?;
+    state.generations.bump(Scope::Key(key_id));
+    tracing::info!(key_id = %key_id, new_key_id = %new_id, "API key rotated");
+    let answer = HttpResponse::Created()
+        .insert_header(("Location", location(&tenant, new_id)))
+        .json(RotatedKeyBody {
+            key: rotated.key,
+            secret: token.expose_secret().to_owned(),
+        });
+    Ok(announcing(answer, change.event_id))
 }
 
 /// `answer` with the key as its body and, when the key was revoked, its

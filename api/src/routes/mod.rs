@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource, and the parsing they share.
 
+pub mod audit;
 pub mod events;
 pub mod groups;
 pub mod health;
@@ -12,6 +13,7 @@ pub mod users;
 pub mod openapi;
 
 use actix_web::{HttpResponse, web};
+use base64::Engine;
 use keyward_core::ids::{InvalidValue, RoleName};
 use serde::Serialize;
 
@@ -62,6 +64,37 @@ pub fn parse_list<T: PartialEq>(
 
 pub fn parse_roles(raw: &[String]) -> ApiResult<Vec<RoleName>> {
     parse_list("roles", raw, RoleName::parse)
+}
+
+/// `limit` of a paginated list: 1 to 200, default 50.
+pub fn parse_limit(raw: Option<&str>) -> ApiResult<u32> {
+    match raw {
+        None => Ok(50),
+        Some(l) => l
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "limit must be 1 to 200")),
+    }
+}
+
+/// A page cursor, opaque to clients: base64url of `v1:{last id}`.
+pub fn encode_cursor(last: &impl std::fmt::Display) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("v1:{last}"))
+}
+
+/// Reads a cursor back; 400 naming `cursor` for one this API did not give.
+pub fn decode_cursor<T>(
+    raw: &str,
+    parse: impl Fn(&str) -> Result<T, InvalidValue>,
+) -> ApiResult<T> {
+    let bad = || ApiError::invalid("cursor", "cursor is not one this API returned");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let id = text.strip_prefix("v1:").ok_or_else(bad)?;
+    parse(id).map_err(|_| bad())
 }
 
 /// Answers for paths no route matches.

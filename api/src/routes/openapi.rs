@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use super::{events, groups, ingestors, keys, roles, tenants, users};
+use super::{audit, events, groups, ingestors, keys, roles, tenants, users};
 use crate::error::Code;
 use crate::extract::BODY_LIMIT;
 
@@ -38,9 +38,13 @@ use crate::extract::BODY_LIMIT;
         keys::get,
         keys::revoke,
         keys::retry,
+        keys::update,
+        keys::rotate,
         keys::validate,
         keys::verify,
         events::get,
+        audit::list_tenant,
+        audit::list_all,
         ingestors::list,
         keyward_core::ops::healthz,
         keyward_core::ops::readyz,
@@ -207,14 +211,21 @@ mod tests {
             ("/metrics", &["get"]),
             ("/api/v1/openapi.json", &["get"]),
             ("/api/v1/tenants/{t}/apikeys", &["get", "post"]),
-            ("/api/v1/tenants/{t}/apikeys/{keyId}", &["get", "delete"]),
+            (
+                "/api/v1/tenants/{t}/apikeys/{keyId}",
+                &["get", "delete", "patch"],
+            ),
+            ("/api/v1/tenants/{t}/apikeys/{keyId}/rotate", &["post"]),
+            ("/api/v1/tenants/{t}/audit", &["get"]),
+            ("/api/v1/audit", &["get"]),
             ("/api/v1/tenants/{t}/apikeys/validate", &["post"]),
             (
                 "/api/v1/tenants/{t}/apikeys/{keyId}/revocation/retry",
                 &["post"],
             ),
             ("/api/v1/apikeys", &["get", "post"]),
-            ("/api/v1/apikeys/{keyId}", &["get", "delete"]),
+            ("/api/v1/apikeys/{keyId}", &["get", "delete", "patch"]),
+            ("/api/v1/apikeys/{keyId}/rotate", &["post"]),
             ("/api/v1/apikeys/validate", &["post"]),
             ("/api/v1/apikeys/{keyId}/revocation/retry", &["post"]),
             ("/api/v1/verify", &["post"]),

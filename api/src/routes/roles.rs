@@ -8,6 +8,7 @@ use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
 use keyward_core::store::Role;
 use serde::Deserialize;
 
+use super::events::announcing;
 use super::{Items, created_or_replaced, items, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -73,7 +74,7 @@ fn parse_privileges(raw: &[RawPrivilege]) -> ApiResult<Vec<Privilege>> {
 /// Create (201) or replace (200) a role. Built-in roles: 409 `invalid_state`.
 #[utoipa::path(put, path = "/api/v1/tenants/{t}/roles/{name}", tag = "roles", request_body = PutRole,
     params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "role name")),
-    responses((status = 201, body = Role), (status = 200, body = Role),
+    responses((status = 201, body = Role, headers(("Keyward-Event-Id" = String, description = "the `rbac.changed` event"))), (status = 200, body = Role, headers(("Keyward-Event-Id" = String, description = "the `rbac.changed` event"))),
               (status = 404, description = "`tenant_not_found`", body = ErrorBody),
               (status = 409, description = "`invalid_state` (built-in role)", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
@@ -83,21 +84,25 @@ pub async fn put(
     path: web::Path<(String, String)>,
     body: Json<PutRole>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = scope.tenant;
+    let TenantScope { who, tenant } = scope;
     let name = RoleName::parse(&path.1)?;
     let privileges = parse_privileges(&body.0.privileges)?;
+    let change = who.change();
     let (role, created) = state
         .store
-        .put_role(&tenant, &name, &privileges, chrono::Utc::now())
+        .put_role(&tenant, &name, &privileges, &change)
         .await?;
     // Keys holding the role now hold other privileges.
     state
         .generations
         .bump(crate::generations::Scope::Tenant(&tenant));
-    Ok(created_or_replaced(
-        created,
-        format!("/api/v1/tenants/{tenant}/roles/{name}"),
-        role,
+    Ok(announcing(
+        created_or_replaced(
+            created,
+            format!("/api/v1/tenants/{tenant}/roles/{name}"),
+            role,
+        ),
+        change.event_id,
     ))
 }
 
@@ -129,7 +134,7 @@ pub async fn list(state: web::Data<AppState>, scope: TenantScope) -> ApiResult<H
 /// Delete a role; 409 `role_in_use` while a user, key or group holds it.
 #[utoipa::path(delete, path = "/api/v1/tenants/{t}/roles/{name}", tag = "roles",
     params(("t" = String, Path, description = "tenant id"), ("name" = String, Path, description = "role name")),
-    responses((status = 204, description = "deleted"), (status = 404, description = "`role_not_found`", body = ErrorBody),
+    responses((status = 204, description = "deleted", headers(("Keyward-Event-Id" = String, description = "the `rbac.changed` event"))), (status = 404, description = "`role_not_found`", body = ErrorBody),
               (status = 409, description = "`role_in_use`, `invalid_state`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn delete(
@@ -137,8 +142,12 @@ pub async fn delete(
     scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = scope.tenant;
+    let TenantScope { who, tenant } = scope;
     let name = RoleName::parse(&path.1)?;
-    state.store.delete_role(&tenant, &name).await?;
-    Ok(HttpResponse::NoContent().finish())
+    let change = who.change();
+    state.store.delete_role(&tenant, &name, &change).await?;
+    Ok(announcing(
+        HttpResponse::NoContent().finish(),
+        change.event_id,
+    ))
 }

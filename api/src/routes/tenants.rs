@@ -50,10 +50,7 @@ pub async fn create(
             "name must be at most 200 printable characters",
         ));
     }
-    let tenant = state
-        .store
-        .create_tenant(&id, name, chrono::Utc::now())
-        .await?;
+    let tenant = state.store.create_tenant(&id, name, &who.change()).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/api/v1/tenants/{id}")))
         .json(tenant))

@@ -8,6 +8,7 @@ use keyward_core::rbac::{EffectiveRole, Permissions};
 use keyward_core::store::{NewUser, User};
 use serde::{Deserialize, Serialize};
 
+use super::events::announcing;
 use super::{Items, items, parse_roles, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -83,7 +84,7 @@ pub async fn create(
         roles,
         created_at: chrono::Utc::now(),
     };
-    let created = state.store.create_user(&user).await?;
+    let created = state.store.create_user(&user, &who.change()).await?;
     Ok(HttpResponse::Created()
         .insert_header((
             "Location",
@@ -119,7 +120,7 @@ pub async fn get(
 /// Replace the user's direct roles.
 #[utoipa::path(put, path = "/api/v1/tenants/{t}/users/{u}/roles", tag = "users", request_body = PutRoles,
     params(("t" = String, Path, description = "tenant id"), ("u" = String, Path, description = "username")),
-    responses((status = 200, body = User), (status = 404, description = "`user_not_found`", body = ErrorBody),
+    responses((status = 200, body = User, headers(("Keyward-Event-Id" = String, description = "the `rbac.changed` event"))), (status = 404, description = "`user_not_found`", body = ErrorBody),
               (status = 422, description = "`unknown_roles`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn put_roles(
@@ -132,13 +133,14 @@ pub async fn put_roles(
     let username = Username::parse(&path.1)?;
     let roles = parse_roles(&body.0.roles)?;
     who.require_may_grant(&tenant, &roles)?;
+    let change = who.change();
     let user = state
         .store
-        .set_user_roles(&tenant, &username, &roles)
+        .set_user_roles(&tenant, &username, &roles, &change)
         .await?;
     // Remembered proofs of this user hold its old roles.
     state.generations.bump(Scope::User(&username));
-    Ok(HttpResponse::Ok().json(user))
+    Ok(announcing(HttpResponse::Ok().json(user), change.event_id))
 }
 
 /// Delete a user.
@@ -151,9 +153,12 @@ pub async fn delete(
     scope: TenantScope,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
-    let tenant = scope.tenant;
+    let TenantScope { who, tenant } = scope;
     let username = Username::parse(&path.1)?;
-    state.store.delete_user(&tenant, &username).await?;
+    state
+        .store
+        .delete_user(&tenant, &username, &who.change())
+        .await?;
     state.generations.bump(Scope::User(&username));
     Ok(HttpResponse::NoContent().finish())
 }

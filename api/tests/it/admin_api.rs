@@ -1,7 +1,7 @@
 //! The admin API (API.md §1–3, §9) in-process, on SQLite and PostgreSQL.
 
 use crate::support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
-use keyward_core::ids::{EventId, KeyId, KeyName, RoleName, TenantId};
+use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
 use keyward_core::store::NewApiKey;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use reqwest::Method;
@@ -667,7 +667,10 @@ async fn make_key(
         created_at: now,
         expires_at: expires_in_secs.map(|s| now + chrono::Duration::seconds(s)),
     };
-    app.store().create_key(&key, now).await.unwrap();
+    app.store()
+        .create_key(&key, &keyward_core::testing::change())
+        .await
+        .unwrap();
     token
 }
 
@@ -708,13 +711,7 @@ async fn api_keys_authenticate_with_their_effective_roles(app: TestApp) {
 
     let acme = TenantId::parse("acme").unwrap();
     app.store()
-        .revoke_key(
-            &acme,
-            token.key_id(),
-            "test",
-            EventId::new(),
-            chrono::Utc::now(),
-        )
+        .revoke_key(&acme, token.key_id(), &keyward_core::testing::change())
         .await
         .unwrap();
     let (s, body) = app.get("/api/v1/tenants/acme/roles", who).await;

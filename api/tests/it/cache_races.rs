@@ -292,7 +292,10 @@ async fn argon2_key_hashes_are_rewritten_after_a_proof(app: TestApp) {
         created_at: now,
         expires_at: None,
     };
-    app.store().create_key(&legacy, now).await.unwrap();
+    app.store()
+        .create_key(&legacy, &keyward_core::testing::change())
+        .await
+        .unwrap();
     let stored = || async { app.store().key_credentials(key_id).await.unwrap().unwrap() };
     assert!(stored().await.secret_hash.starts_with("$argon2id$"));
 

@@ -11,3 +11,4 @@ mod admin_api;
 mod cache_races;
 mod cli;
 mod keys_api;
+mod lifecycle_api;

@@ -16,6 +16,20 @@ impl Backend for SqlStore {
         Ok(())
     }
 
+    async fn migrate_to(&self, version: i64) -> StoreResult<()> {
+        let migrations: Vec<_> = MIGRATOR
+            .iter()
+            .filter(|m| m.version <= version)
+            .cloned()
+            .collect();
+        let migrator = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(migrations),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -9,7 +9,7 @@
 //! # Layout
 //!
 //! One folder per aggregate — `tenants`, `rbac` (roles, users, groups),
-//! `keys`, `outbox`, `ingestors` — each with a `mod.rs` (its trait, the row
+//! `keys`, `outbox`, `ingestors`, `audit` — each with a `mod.rs` (its trait, the row
 //! shapes its queries read) and a `sql.rs` (its SQL for both backends).
 //! sqlx cannot practically be generic over the database for this many
 //! queries (every bound type needs its own higher-ranked bound, and those
@@ -21,6 +21,7 @@
 //! most SQL text is shared; a statement whose text differs (claiming with
 //! `SKIP LOCKED`, id lists) is a `Dialect`, both texts side by side.
 
+pub mod audit;
 pub mod error;
 pub mod ingestors;
 pub mod keys;
@@ -43,6 +44,7 @@ use async_trait::async_trait;
 
 use crate::config::DatabaseUrl;
 
+pub use audit::AuditStore;
 pub use error::{StoreError, StoreResult};
 pub use ingestors::IngestorStore;
 pub use keys::{KeyChange, KeyChanges, KeyStore};
@@ -61,6 +63,9 @@ pub trait Backend: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     /// Applies the embedded migrations not yet applied.
     async fn migrate(&self) -> StoreResult<()>;
+    /// Applies the embedded migrations up to `version` only: for tests of
+    /// a migration over data written by the versions before it.
+    async fn migrate_to(&self, version: i64) -> StoreResult<()>;
     /// One round trip, for readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 }
@@ -68,9 +73,12 @@ pub trait Backend: Send + Sync + 'static {
 /// The whole store, as the API uses it. Parts of the system that need one
 /// aggregate take that trait alone (the sync worker: `OutboxStore`,
 /// `IngestorStore`); an `Arc<dyn Store>` converts to any of them.
-pub trait Store: TenantStore + RbacStore + KeyStore + OutboxStore + IngestorStore {}
+pub trait Store:
+    TenantStore + RbacStore + KeyStore + OutboxStore + IngestorStore + AuditStore
+{
+}
 
-impl<T: TenantStore + RbacStore + KeyStore + OutboxStore + IngestorStore> Store for T {}
+impl<T: TenantStore + RbacStore + KeyStore + OutboxStore + IngestorStore + AuditStore> Store for T {}
 
 /// A statement whose SQL text differs by backend, both written side by side.
 pub(crate) struct Dialect {

@@ -152,7 +152,7 @@ pub struct KeyQuery {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
-pub enum RevocationState {
+pub enum EventState {
     Pending,
     Published,
     Applied,
@@ -178,15 +178,15 @@ impl EventProgress {
     /// The `applied` rule: every ingestor live at publication (at least one)
     /// reported applying it. A dead event is failed, one still in the outbox
     /// and unpublished is pending; a purged one was published long ago.
-    pub fn state(&self) -> RevocationState {
+    pub fn state(&self) -> EventState {
         if self.dead {
-            RevocationState::Failed
+            EventState::Failed
         } else if self.in_outbox && !self.published {
-            RevocationState::Pending
+            EventState::Pending
         } else if self.live_ingestors > 0 && self.applied_by >= self.live_ingestors {
-            RevocationState::Applied
+            EventState::Applied
         } else {
-            RevocationState::Published
+            EventState::Published
         }
     }
 }
@@ -204,7 +204,7 @@ pub struct EventStatus {
     pub tenant_id: TenantId,
     pub key_id: Option<KeyId>,
     pub created_at: DateTime<Utc>,
-    pub state: RevocationState,
+    pub state: EventState,
     pub attempts: i32,
     pub published_at: Option<DateTime<Utc>>,
     /// Ingestors that reported applying it.
@@ -219,7 +219,7 @@ pub struct EventStatus {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Revocation {
-    pub state: RevocationState,
+    pub state: EventState,
     pub event_id: EventId,
     pub attempts: i32,
     pub published_at: Option<DateTime<Utc>>,
@@ -249,6 +249,37 @@ pub struct ApiKey {
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_by: Option<String>,
     pub revocation: Option<Revocation>,
+    /// The key this one was rotated from.
+    pub replaces: Option<KeyId>,
+    /// The key this one was rotated to (it stops working when its grace
+    /// period, its `expiresAt`, ends).
+    pub replaced_by: Option<KeyId>,
+}
+
+/// What `PATCH …/apikeys/{keyId}` changes; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct KeyUpdate {
+    pub name: Option<KeyName>,
+    pub roles: Option<Vec<RoleName>>,
+    /// `Some(None)` clears the expiry.
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// The successor a rotation creates: its id and secret are new, the rest
+/// is the old key's.
+#[derive(Debug, Clone)]
+pub struct RotatedKey {
+    pub key_id: KeyId,
+    pub start: String,
+    /// `$sha256$…` digest of the new secret.
+    pub secret_hash: String,
+}
+
+/// The answer to a rotation: the new key and the old one as they now are.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    pub key: ApiKey,
+    pub old: ApiKey,
 }
 
 #[derive(Debug, Clone)]
@@ -301,9 +332,11 @@ pub struct OutboxEvent {
     /// The outbox sequence: monotonic, the message's `sequence`.
     pub id: i64,
     pub event_id: EventId,
+    /// `key.revoked`, `key.updated` or `rbac.changed`.
     pub kind: String,
     pub tenant_id: TenantId,
-    pub key_id: KeyId,
+    /// The key a `key.*` event is about; `None` for `rbac.changed`.
+    pub key_id: Option<KeyId>,
     pub created_at: DateTime<Utc>,
     pub attempts: i32,
 }
@@ -333,8 +366,38 @@ pub struct IngestorRecord {
     pub unacked: i64,
 }
 
-/// The kind of every event the outbox holds today.
+/// `key.revoked`: the key is dead (API.md §10).
 pub const KEY_REVOKED: &str = "key.revoked";
+/// `key.updated`: a key's roles, name or expiry changed.
+pub const KEY_UPDATED: &str = "key.updated";
+/// `rbac.changed`: a role, group or membership of the tenant changed.
+pub const RBAC_CHANGED: &str = "rbac.changed";
+
+/// Who makes a change, on which request, and when: what the change's audit
+/// record names. `event_id` is the id its event gets, if the change emits
+/// one (chosen before the transaction, so the caller can name it in
+/// `Keyward-Event-Id` without a second read).
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// A username, or `apikey:{keyId}`.
+    pub actor: String,
+    pub request_id: String,
+    pub event_id: EventId,
+    pub at: Timestamp,
+}
+
+impl Change {
+    /// A change by `actor` on request `request_id` at `at`, with a fresh
+    /// event id.
+    pub fn new(actor: impl Into<String>, request_id: impl Into<String>, at: Timestamp) -> Self {
+        Self {
+            actor: actor.into(),
+            request_id: request_id.into(),
+            event_id: EventId::new(),
+            at: crate::store::timestamp::truncate_micros(at),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -352,25 +415,25 @@ mod tests {
 
     #[test]
     fn a_revocation_is_applied_once_every_live_ingestor_reported() {
-        assert_eq!(progress(true, 2, 2).state(), RevocationState::Applied);
-        assert_eq!(progress(true, 3, 2).state(), RevocationState::Applied);
-        assert_eq!(progress(true, 1, 2).state(), RevocationState::Published);
+        assert_eq!(progress(true, 2, 2).state(), EventState::Applied);
+        assert_eq!(progress(true, 3, 2).state(), EventState::Applied);
+        assert_eq!(progress(true, 1, 2).state(), EventState::Published);
     }
 
     #[test]
     fn no_live_ingestor_means_published_not_applied() {
-        assert_eq!(progress(true, 0, 0).state(), RevocationState::Published);
-        assert_eq!(progress(true, 1, 0).state(), RevocationState::Published);
+        assert_eq!(progress(true, 0, 0).state(), EventState::Published);
+        assert_eq!(progress(true, 1, 0).state(), EventState::Published);
     }
 
     #[test]
     fn unpublished_is_pending_and_dead_is_failed_whatever_the_reports() {
-        assert_eq!(progress(false, 0, 2).state(), RevocationState::Pending);
+        assert_eq!(progress(false, 0, 2).state(), EventState::Pending);
         let dead = EventProgress {
             dead: true,
             ..progress(false, 2, 2)
         };
-        assert_eq!(dead.state(), RevocationState::Failed);
+        assert_eq!(dead.state(), EventState::Failed);
     }
 
     #[test]
@@ -379,6 +442,6 @@ mod tests {
             in_outbox: false,
             ..progress(false, 0, 0)
         };
-        assert_eq!(purged.state(), RevocationState::Published);
+        assert_eq!(purged.state(), EventState::Published);
     }
 }

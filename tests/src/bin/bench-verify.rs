@@ -74,13 +74,13 @@ struct Seeded {
 }
 
 async fn seed(store: &Arc<dyn Store>, n: usize) -> Seeded {
-    let now = chrono::Utc::now();
+    let now = keyward_core::testing::change();
     let tenant = TenantId::parse("bench").unwrap();
-    store.create_tenant(&tenant, None, now).await.unwrap();
+    store.create_tenant(&tenant, None, &now).await.unwrap();
     let role = RoleName::parse("shippers").unwrap();
     let ingest = Privilege::new(PrivilegeKind::Ingestor, None);
     store
-        .put_role(&tenant, &role, &[ingest], now)
+        .put_role(&tenant, &role, &[ingest], &now)
         .await
         .unwrap();
     let verifier = insert(store, &TenantId::platform(), "verifier", RoleName::VERIFIER).await;
@@ -118,7 +118,10 @@ async fn insert(store: &Arc<dyn Store>, tenant: &TenantId, name: &str, role: &st
         created_at: now,
         expires_at: None,
     };
-    store.create_key(&key, now).await.unwrap();
+    store
+        .create_key(&key, &keyward_core::testing::change())
+        .await
+        .unwrap();
     token.expose_secret().to_owned()
 }
 

@@ -34,7 +34,10 @@ async fn key(store: &Arc<dyn Store>, tenant: &TenantId, role: &str) -> ApiKeyTok
         created_at: now,
         expires_at: None,
     };
-    store.create_key(&new, now).await.unwrap();
+    store
+        .create_key(&new, &keyward_core::testing::change())
+        .await
+        .unwrap();
     token
 }
 
@@ -49,15 +52,17 @@ async fn setup() -> (
     let db = TestDatabase::sqlite().await;
     let store = db.store();
     let tenant = TenantId::parse("acme").unwrap();
-    let now = chrono::Utc::now();
-    store.create_tenant(&tenant, None, now).await.unwrap();
+    store
+        .create_tenant(&tenant, None, &keyward_core::testing::change())
+        .await
+        .unwrap();
     let ingest = Privilege::new(PrivilegeKind::Ingestor, None);
     store
         .put_role(
             &tenant,
             &RoleName::parse("shippers").unwrap(),
             &[ingest],
-            now,
+            &keyward_core::testing::change(),
         )
         .await
         .unwrap();

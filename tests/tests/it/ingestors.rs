@@ -836,3 +836,224 @@ async fn a_tenant_eviction_during_a_verify_call_is_not_undone() {
     assert_eq!(verifier.api_calls(), 2);
     sys.cleanup().await;
 }
+
+/// A change of a request that must succeed, and the event its answer
+/// names (`Keyward-Event-Id`).
+async fn announced(
+    sys: &System,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> String {
+    let mut req = sys
+        .http
+        .request(method, sys.api.url(path))
+        .basic_auth("admin", Some(PASSWORD));
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.unwrap();
+    assert!(res.status().is_success(), "{path}: {}", res.status());
+    res.headers()
+        .get("keyward-event-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no Keyward-Event-Id on {path}"))
+        .to_owned()
+}
+
+/// Privileges withdrawn by an RBAC change stop working at both ingestors
+/// for keys they had cached (ingestors cache answers for 60 s; an
+/// `rbac.changed` event drops them): a stream privilege taken from a role,
+/// a key taken out of a group, a role taken away and deleted.
+#[tokio::test]
+async fn privileges_withdrawn_stop_working_at_both_ingestors() {
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let amqp = keyward_tests::amqp::amqp_url();
+    let (a, b) = (
+        sys.ingestor("a", &amqp).await,
+        sys.ingestor("b", &amqp).await,
+    );
+    let http = &sys.http;
+    let (key_id, secret) = sys.key().await;
+    let both = |stream: &'static str, want: u16| {
+        let secret = secret.clone();
+        let (a, b) = (&a, &b);
+        async move {
+            ingest(http, a, stream, &secret).await == want
+                && ingest(http, b, stream, &secret).await == want
+        }
+    };
+    let put = reqwest::Method::PUT;
+
+    // 1. The role loses a stream: cached answers at both nodes said yes.
+    assert!(both("clicks-eu", 202).await);
+    let narrowed =
+        json!({"privileges": [{"privilege": "ingestor", "resource": {"stream": "clicks-us"}}]});
+    announced(
+        &sys,
+        put.clone(),
+        "/api/v1/tenants/acme/roles/shippers",
+        Some(narrowed),
+    )
+    .await;
+    let withdrawn = Instant::now();
+    eventually("both refuse clicks-eu", Duration::from_secs(5), || {
+        both("clicks-eu", 403)
+    })
+    .await;
+    eprintln!("role narrowed → both refuse: {:?}", withdrawn.elapsed());
+    assert!(both("clicks-us", 202).await);
+
+    // 2. A group grants `readers-all`'s stream; the key leaves the group.
+    let wide = json!({"privileges": [{"privilege": "ingestor", "resource": {"stream": "logs-*"}}]});
+    announced(
+        &sys,
+        put.clone(),
+        "/api/v1/tenants/acme/roles/loggers",
+        Some(wide),
+    )
+    .await;
+    let group = json!({"roles": ["loggers"], "users": [], "apiKeys": [key_id]});
+    announced(
+        &sys,
+        put.clone(),
+        "/api/v1/tenants/acme/groups/ops",
+        Some(group),
+    )
+    .await;
+    eventually("both accept logs", Duration::from_secs(5), || {
+        both("logs-app", 202)
+    })
+    .await;
+    let emptied = json!({"roles": ["loggers"], "users": [], "apiKeys": []});
+    let event = announced(
+        &sys,
+        put.clone(),
+        "/api/v1/tenants/acme/groups/ops",
+        Some(emptied),
+    )
+    .await;
+    eventually("both refuse logs", Duration::from_secs(5), || {
+        both("logs-app", 403)
+    })
+    .await;
+
+    // 3. The key's own role is taken away (a key update), then the role
+    //    that granted the rest is deleted once nothing holds it.
+    let path = format!("/api/v1/tenants/acme/apikeys/{key_id}");
+    announced(
+        &sys,
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"roles": ["loggers"]})),
+    )
+    .await;
+    eventually("both refuse clicks-us", Duration::from_secs(5), || {
+        both("clicks-us", 403)
+    })
+    .await;
+    assert!(both("logs-app", 202).await);
+    announced(
+        &sys,
+        reqwest::Method::PATCH,
+        &path,
+        Some(json!({"roles": []})),
+    )
+    .await;
+    announced(
+        &sys,
+        reqwest::Method::DELETE,
+        "/api/v1/tenants/acme/groups/ops",
+        None,
+    )
+    .await;
+    let deleted = announced(
+        &sys,
+        reqwest::Method::DELETE,
+        "/api/v1/tenants/acme/roles/loggers",
+        None,
+    )
+    .await;
+    eventually("both refuse everything", Duration::from_secs(5), || {
+        both("logs-app", 403)
+    })
+    .await;
+
+    // Every one of those events reaches `applied` at both nodes.
+    for event in [event, deleted] {
+        eventually("rbac event applied", Duration::from_secs(10), || async {
+            let e = sys
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/events/{event}"),
+                    None,
+                )
+                .await;
+            e["type"] == "rbac.changed" && e["state"] == "applied"
+        })
+        .await;
+    }
+    sys.cleanup().await;
+}
+
+/// A rotation with a 2 s grace: both keys work at both ingestors during the
+/// grace (the old one was cached before the rotation), the old one is
+/// refused everywhere once it ends; the new one goes on working.
+#[tokio::test]
+async fn rotation_grace_holds_at_both_ingestors_then_ends() {
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let amqp = keyward_tests::amqp::amqp_url();
+    let (a, b) = (
+        sys.ingestor("a", &amqp).await,
+        sys.ingestor("b", &amqp).await,
+    );
+    let http = &sys.http;
+    let (old_id, old) = sys.key().await;
+    for node in [&a, &b] {
+        assert_eq!(ingest(http, node, "clicks-eu", &old).await, 202);
+    }
+    // The grace runs from a moment after this one (the API's clock reading
+    // during the request): measured from here, it lasts at least 2 s.
+    let started = Instant::now();
+    let rotated = sys
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/v1/tenants/acme/apikeys/{old_id}/rotate"),
+            Some(json!({"gracePeriodSeconds": 2})),
+        )
+        .await;
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    // Within the grace: both keys, both nodes, every time.
+    while started.elapsed() < Duration::from_millis(1_500) {
+        for node in [&a, &b] {
+            assert_eq!(
+                ingest(http, node, "clicks-eu", &old).await,
+                202,
+                "old key in grace"
+            );
+            assert_eq!(ingest(http, node, "clicks-eu", &new).await, 202, "new key");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(
+        "old key refused at both",
+        Duration::from_secs(5),
+        || async {
+            ingest(http, &a, "clicks-eu", &old).await == 401
+                && ingest(http, &b, "clicks-eu", &old).await == 401
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "refused before the grace ended"
+    );
+    for node in [&a, &b] {
+        assert_eq!(ingest(http, node, "clicks-eu", &new).await, 202);
+    }
+    sys.cleanup().await;
+}

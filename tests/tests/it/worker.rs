@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use keyward_core::testing::{TestDatabase, revocations};
-use keyward_tests::amqp::{TestBroker, amqp_url, collect_revocations, next_delivery};
+use keyward_tests::amqp::{TestBroker, amqp_url, collect_events, next_delivery};
 use keyward_tests::{Running, free_port, start, start_api};
 use lapin::types::FieldTable;
 
@@ -146,14 +146,14 @@ async fn a_worker_killed_mid_batch_leaves_nothing_undelivered() {
         ("KEYWARD_OUTBOX_LEASE_SECONDS", "2"),
     ];
     let mut first = start_worker(&db, &broker, &amqp_url(), &small);
-    let mut seen = collect_revocations(&mut queue, 50, Duration::from_secs(20)).await;
+    let mut seen = collect_events(&mut queue, 50, Duration::from_secs(20)).await;
     assert!(!seen.is_empty(), "delivery started");
     first.signal("KILL");
     first.exit_status(Duration::from_secs(5)).await;
 
     let mut successor = start_worker(&db, &broker, &amqp_url(), &small);
-    seen.extend(collect_revocations(&mut queue, events.len(), Duration::from_secs(20)).await);
-    let got: HashSet<String> = seen.iter().map(|m| m.event_id.to_string()).collect();
+    seen.extend(collect_events(&mut queue, events.len(), Duration::from_secs(20)).await);
+    let got: HashSet<String> = seen.iter().map(|m| m.event_id().to_string()).collect();
     let expected: HashSet<String> = events.iter().map(|(_, e)| e.to_string()).collect();
     assert!(
         expected.is_subset(&got),

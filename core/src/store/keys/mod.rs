@@ -8,8 +8,8 @@ use sqlx::FromRow;
 use super::rows::{GrantRow, fold_grants, key_id, parse, roles, tenant};
 use super::timestamp::Ts;
 use super::{
-    ApiKey, Backend, EventProgress, KeyCredentials, KeyQuery, KeyStatus, NewApiKey, Revocation,
-    Revoked, StoreResult, Timestamp,
+    ApiKey, Backend, Change, EventProgress, KeyCredentials, KeyQuery, KeyStatus, KeyUpdate,
+    NewApiKey, Revocation, Revoked, Rotated, RotatedKey, StoreResult, Timestamp,
 };
 use crate::ids::{EventId, KeyId, KeyName, TenantId, Username};
 
@@ -17,7 +17,7 @@ use crate::ids::{EventId, KeyId, KeyName, TenantId, Username};
 pub trait KeyStore: Backend {
     /// Inserts the key and its roles in one transaction (`UnknownRoles`,
     /// `DuplicateKeyName`, `TenantNotFound`).
-    async fn create_key(&self, key: &NewApiKey, now: Timestamp) -> StoreResult<ApiKey>;
+    async fn create_key(&self, key: &NewApiKey, change: &Change) -> StoreResult<ApiKey>;
     async fn get_key(
         &self,
         tenant: &TenantId,
@@ -46,14 +46,36 @@ pub trait KeyStore: Backend {
     ) -> StoreResult<bool>;
     /// Tombstone and `key.revoked` event in one transaction. Idempotent: a
     /// key already revoked is returned as is, and no second event written.
+    /// The event's id is `change.event_id`; the revoker `change.actor`.
     async fn revoke_key(
         &self,
         tenant: &TenantId,
         key_id: KeyId,
-        revoked_by: &str,
-        event_id: EventId,
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<Revoked>;
+    /// Changes what `update` names and writes a `key.updated` event, in one
+    /// transaction (`KeyNotFound`, `InvalidState` for a revoked key,
+    /// `DuplicateKeyName`, `UnknownRoles`).
+    async fn update_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        update: &KeyUpdate,
+        change: &Change,
+    ) -> StoreResult<ApiKey>;
+    /// Creates `new` as the successor of `key_id` (its name, roles, groups
+    /// and expiry) and, in the same transaction, revokes the old key
+    /// (`grace` zero: a `key.revoked` event) or makes it expire after
+    /// `grace` (a `key.updated` event). `InvalidState` for a key revoked,
+    /// expired or already replaced.
+    async fn rotate_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        new: &RotatedKey,
+        grace: std::time::Duration,
+        change: &Change,
+    ) -> StoreResult<Rotated>;
     /// Records last use for many keys in one transaction (the verify path
     /// batches them in memory first). Never moves `last_used_at` backwards.
     async fn record_key_usage(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<u64>;
@@ -117,6 +139,8 @@ pub(crate) struct KeyRow {
     pub last_used_at: Option<Ts>,
     pub revoked_at: Option<Ts>,
     pub revoked_by: Option<String>,
+    pub replaces: Option<String>,
+    pub replaced_by: Option<String>,
     pub event_id: Option<String>,
     pub attempts: Option<i32>,
     pub published_at: Option<Ts>,
@@ -147,6 +171,8 @@ impl KeyRow {
             revoked_at: self.revoked_at.map(|t| t.0),
             revoked_by: self.revoked_by,
             revocation,
+            replaces: self.replaces.as_deref().map(key_id).transpose()?,
+            replaced_by: self.replaced_by.as_deref().map(key_id).transpose()?,
         })
     }
 }

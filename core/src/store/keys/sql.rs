@@ -1,15 +1,17 @@
 //! API key SQL, compiled once per backend (see `store/mod.rs`).
 
+use super::audit::record_in;
 use super::rbac::{link_error, require_roles};
 use super::{Conn, SqlStore, sql};
-use crate::ids::{EventId, KeyId, TenantId};
+use crate::ids::{KeyId, RoleName, TenantId};
+use crate::store::audit::Action;
 use crate::store::error::{Violation, on_constraint};
 use crate::store::keys::{KeyChange, KeyChanges, KeyGrantRow, KeyRow, KeyStore, keys_credentials};
 use crate::store::rows::{NameLinkRow, links_by_owner};
 use crate::store::timestamp::{Ts, truncate_micros};
 use crate::store::{
-    ApiKey, Dialect, KEY_REVOKED, KeyCredentials, KeyQuery, NewApiKey, Revoked, StoreError,
-    StoreResult, Timestamp,
+    ApiKey, Change, Dialect, KEY_REVOKED, KEY_UPDATED, KeyCredentials, KeyQuery, KeyUpdate,
+    NewApiKey, Revoked, Rotated, RotatedKey, StoreError, StoreResult, Timestamp,
 };
 
 /// The key columns every key read selects, with its revocation event.
@@ -17,7 +19,8 @@ macro_rules! key_select {
     ($($tail:literal),*) => {
         concat!(
             "SELECT k.key_id, k.tenant_id, k.name, k.start, k.status, k.created_by, k.created_at, \
-                    k.expires_at, k.last_used_at, k.revoked_at, k.revoked_by, \
+                    k.expires_at, k.last_used_at, k.revoked_at, k.revoked_by, k.replaces, \
+                    k.replaced_by, \
                     k.revocation_event_id AS event_id, o.attempts, o.published_at, o.dead_at, \
                     o.last_error, o.live_ingestors, \
                     (SELECT COUNT(*) FROM event_acks a WHERE a.event_id = k.revocation_event_id) \
@@ -78,6 +81,76 @@ pub(super) const KEY_GRANTS_OF_ONE: Dialect = Dialect {
     postgres: key_grants_select!("kr.key_id = $1", "gk.key_id = $1", "k.key_id = $1"),
 };
 
+impl SqlStore {
+    async fn insert_key_roles(
+        &self,
+        conn: &mut Conn,
+        tenant: &TenantId,
+        key_id: KeyId,
+        roles: &[RoleName],
+    ) -> StoreResult<()> {
+        for role in roles {
+            let inserted = sqlx::query(
+                "INSERT INTO api_key_roles (tenant_id, key_id, role_name) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant.as_str())
+            .bind(key_id.to_string())
+            .bind(role.as_str())
+            .execute(&mut *conn)
+            .await;
+            if let Err(e) = inserted {
+                return Err(link_error(&self.pool, e, tenant, roles).await);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SqlStore {
+    /// What a change of one key writes besides itself, on its transaction:
+    /// its event (`kind`), the notice to other API replicas, and the audit
+    /// record.
+    async fn key_changed(
+        &self,
+        conn: &mut Conn,
+        change: &Change,
+        tenant: &TenantId,
+        key_id: KeyId,
+        kind: &str,
+        action: Action,
+    ) -> StoreResult<()> {
+        let event = self.emit(conn, change, kind, tenant, Some(key_id)).await?;
+        self.notify_keys(conn, &KeyChange::Key(key_id)).await?;
+        let target = key_id.to_string();
+        record_in(conn, change, tenant, action, &target, Some(event)).await
+    }
+}
+
+/// Where a key to be changed stands, read at the start of the change's
+/// transaction (`KeyNotFound` if the tenant has no such key).
+struct KeyState {
+    active: bool,
+    expires_at: Option<Timestamp>,
+    replaced: bool,
+}
+
+async fn key_state(conn: &mut Conn, tenant: &TenantId, key_id: KeyId) -> StoreResult<KeyState> {
+    let row: Option<(String, Option<Ts>, Option<String>)> = sqlx::query_as(
+        "SELECT status, expires_at, replaced_by FROM api_keys WHERE tenant_id = $1 AND key_id = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(key_id.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (status, expires_at, replaced_by) = row.ok_or(StoreError::KeyNotFound)?;
+    Ok(KeyState {
+        active: status == "active",
+        expires_at: expires_at.map(|t| t.0),
+        replaced: replaced_by.is_some(),
+    })
+}
+
 async fn keys_in(conn: &mut Conn, rows: Vec<KeyRow>, now: Timestamp) -> StoreResult<Vec<ApiKey>> {
     // Rows come newest first: the page spans [last, first] by id.
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
@@ -124,7 +197,7 @@ pub(super) async fn key_in(
 #[async_trait::async_trait]
 impl KeyStore for SqlStore {
     #[tracing::instrument(skip(self, key), fields(key_id = %key.key_id))]
-    async fn create_key(&self, key: &NewApiKey, now: Timestamp) -> StoreResult<ApiKey> {
+    async fn create_key(&self, key: &NewApiKey, change: &Change) -> StoreResult<ApiKey> {
         let mut tx = self.begin_write().await?;
         require_roles(&mut tx, &key.tenant_id, &key.roles).await?;
         sqlx::query(
@@ -146,21 +219,19 @@ impl KeyStore for SqlStore {
             Violation::Unique => Some(StoreError::DuplicateKeyName),
             Violation::ForeignKey => Some(StoreError::TenantNotFound),
         }))?;
-        for role in &key.roles {
-            let inserted = sqlx::query(
-                "INSERT INTO api_key_roles (tenant_id, key_id, role_name) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-            )
-            .bind(key.tenant_id.as_str())
-            .bind(key.key_id.to_string())
-            .bind(role.as_str())
-            .execute(&mut *tx)
-            .await;
-            if let Err(e) = inserted {
-                return Err(link_error(&self.pool, e, &key.tenant_id, &key.roles).await);
-            }
-        }
-        let created = key_in(&mut tx, &key.tenant_id, key.key_id, now).await?;
+        self.insert_key_roles(&mut tx, &key.tenant_id, key.key_id, &key.roles)
+            .await?;
+        let target = key.key_id.to_string();
+        record_in(
+            &mut tx,
+            change,
+            &key.tenant_id,
+            Action::KeyCreate,
+            &target,
+            None,
+        )
+        .await?;
+        let created = key_in(&mut tx, &key.tenant_id, key.key_id, change.at).await?;
         tx.commit().await?;
         Ok(created)
     }
@@ -238,12 +309,9 @@ impl KeyStore for SqlStore {
         &self,
         tenant: &TenantId,
         key_id: KeyId,
-        revoked_by: &str,
-        event_id: EventId,
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<Revoked> {
-        let now = truncate_micros(now);
-        let ts = Ts(now);
+        let now = change.at;
         let mut tx = self.begin_write().await?;
         // Only the call that flips the row writes the event: a second
         // or concurrent revoke changes nothing and writes nothing.
@@ -254,28 +322,23 @@ impl KeyStore for SqlStore {
         )
         .bind(tenant.as_str())
         .bind(key_id.to_string())
-        .bind(ts)
-        .bind(revoked_by)
-        .bind(event_id.to_string())
+        .bind(Ts(now))
+        .bind(&change.actor)
+        .bind(change.event_id.to_string())
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
         if flipped {
-            sqlx::query(
-                "INSERT INTO outbox (event_id, kind, tenant_id, key_id, created_at, \
-                                 next_attempt_at) \
-             VALUES ($1, $2, $3, $4, $5, $5)",
+            self.key_changed(
+                &mut tx,
+                change,
+                tenant,
+                key_id,
+                KEY_REVOKED,
+                Action::KeyRevoke,
             )
-            .bind(event_id.to_string())
-            .bind(KEY_REVOKED)
-            .bind(tenant.as_str())
-            .bind(key_id.to_string())
-            .bind(ts)
-            .execute(&mut *tx)
             .await?;
-            self.notify_outbox(&mut tx).await?;
-            self.notify_keys(&mut tx, &KeyChange::Key(key_id)).await?;
         }
         let key = key_in(&mut tx, tenant, key_id, now).await?;
         tx.commit().await?;
@@ -283,6 +346,158 @@ impl KeyStore for SqlStore {
             key,
             newly_revoked: flipped,
         })
+    }
+
+    #[tracing::instrument(skip(self, update))]
+    async fn update_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        update: &KeyUpdate,
+        change: &Change,
+    ) -> StoreResult<ApiKey> {
+        let mut tx = self.begin_write().await?;
+        if !key_state(&mut tx, tenant, key_id).await?.active {
+            return Err(StoreError::InvalidState);
+        }
+        if let Some(name) = &update.name {
+            sqlx::query("UPDATE api_keys SET name = $3 WHERE tenant_id = $1 AND key_id = $2")
+                .bind(tenant.as_str())
+                .bind(key_id.to_string())
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(on_constraint(|v| {
+                    (v == Violation::Unique).then_some(StoreError::DuplicateKeyName)
+                }))?;
+        }
+        if let Some(roles) = &update.roles {
+            require_roles(&mut tx, tenant, roles).await?;
+            sqlx::query("DELETE FROM api_key_roles WHERE tenant_id = $1 AND key_id = $2")
+                .bind(tenant.as_str())
+                .bind(key_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            self.insert_key_roles(&mut tx, tenant, key_id, roles)
+                .await?;
+        }
+        if let Some(expires_at) = update.expires_at {
+            sqlx::query("UPDATE api_keys SET expires_at = $3 WHERE tenant_id = $1 AND key_id = $2")
+                .bind(tenant.as_str())
+                .bind(key_id.to_string())
+                .bind(expires_at.map(|t| Ts(truncate_micros(t))))
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.key_changed(
+            &mut tx,
+            change,
+            tenant,
+            key_id,
+            KEY_UPDATED,
+            Action::KeyUpdate,
+        )
+        .await?;
+        let key = key_in(&mut tx, tenant, key_id, change.at).await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    #[tracing::instrument(skip(self, new), fields(new_key_id = %new.key_id))]
+    async fn rotate_key(
+        &self,
+        tenant: &TenantId,
+        key_id: KeyId,
+        new: &RotatedKey,
+        grace: std::time::Duration,
+        change: &Change,
+    ) -> StoreResult<Rotated> {
+        let now = change.at;
+        let mut tx = self.begin_write().await?;
+        let old = key_state(&mut tx, tenant, key_id).await?;
+        if !old.active || old.replaced || old.expires_at.is_some_and(|at| at <= now) {
+            return Err(StoreError::InvalidState);
+        }
+        // The old key is marked replaced first: from then on the unique
+        // index on active names leaves it out, and its successor can take
+        // the same name.
+        let event_kind = if grace.is_zero() {
+            sqlx::query(
+                "UPDATE api_keys SET status = 'revoked', revoked_at = $3, revoked_by = $4, \
+                                     revocation_event_id = $5, replaced_by = $6 \
+                 WHERE tenant_id = $1 AND key_id = $2",
+            )
+            .bind(tenant.as_str())
+            .bind(key_id.to_string())
+            .bind(Ts(now))
+            .bind(&change.actor)
+            .bind(change.event_id.to_string())
+            .bind(new.key_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            KEY_REVOKED
+        } else {
+            let grace = chrono::Duration::from_std(grace).map_err(|_| StoreError::InvalidState)?;
+            // A grace period never extends the old key's life.
+            let until = old.expires_at.map_or(now + grace, |at| at.min(now + grace));
+            sqlx::query(
+                "UPDATE api_keys SET expires_at = $3, replaced_by = $4 \
+                 WHERE tenant_id = $1 AND key_id = $2",
+            )
+            .bind(tenant.as_str())
+            .bind(key_id.to_string())
+            .bind(Ts(truncate_micros(until)))
+            .bind(new.key_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+            KEY_UPDATED
+        };
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, tenant_id, name, secret_hash, start, status, \
+                                   created_by, created_at, expires_at, replaces) \
+             SELECT $1, tenant_id, name, $2, $3, 'active', $4, $5, $6, key_id \
+             FROM api_keys WHERE tenant_id = $7 AND key_id = $8",
+        )
+        .bind(new.key_id.to_string())
+        .bind(&new.secret_hash)
+        .bind(&new.start)
+        .bind(&change.actor)
+        .bind(Ts(now))
+        .bind(old.expires_at.map(Ts))
+        .bind(tenant.as_str())
+        .bind(key_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        // The successor holds what the old key held: its roles, and its
+        // place in groups (else clients that switch would lose privileges).
+        for copy in [
+            "INSERT INTO api_key_roles (tenant_id, key_id, role_name) \
+             SELECT tenant_id, $1, role_name FROM api_key_roles \
+             WHERE tenant_id = $2 AND key_id = $3",
+            "INSERT INTO group_keys (tenant_id, group_name, key_id) \
+             SELECT tenant_id, group_name, $1 FROM group_keys \
+             WHERE tenant_id = $2 AND key_id = $3",
+        ] {
+            sqlx::query(copy)
+                .bind(new.key_id.to_string())
+                .bind(tenant.as_str())
+                .bind(key_id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.key_changed(
+            &mut tx,
+            change,
+            tenant,
+            key_id,
+            event_kind,
+            Action::KeyRotate,
+        )
+        .await?;
+        let key = key_in(&mut tx, tenant, new.key_id, now).await?;
+        let old = key_in(&mut tx, tenant, key_id, now).await?;
+        tx.commit().await?;
+        Ok(Rotated { key, old })
     }
 
     #[tracing::instrument(skip(self, used), fields(keys = used.len()))]

@@ -11,8 +11,8 @@ use sqlx::FromRow;
 use super::rows::{key_id, parse, tenant};
 use super::timestamp::Ts;
 use super::{
-    ApiKey, Backend, EventProgress, EventStatus, OutboxEvent, OutboxStats, Purged, StoreError,
-    StoreResult, Timestamp,
+    ApiKey, Backend, Change, EventProgress, EventStatus, OutboxEvent, OutboxStats, Purged,
+    StoreError, StoreResult, Timestamp,
 };
 use crate::ids::{EventId, KeyId, TenantId};
 
@@ -62,7 +62,7 @@ pub trait OutboxStore: Backend {
         &self,
         tenant: &TenantId,
         key_id: KeyId,
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<ApiKey>;
     /// Puts every dead event back in the outbox; returns how many.
     async fn retry_all_dead(&self, now: Timestamp) -> StoreResult<u64>;
@@ -96,7 +96,7 @@ pub(crate) struct OutboxRow {
     pub event_id: String,
     pub kind: String,
     pub tenant_id: String,
-    pub key_id: String,
+    pub key_id: Option<String>,
     pub created_at: Ts,
     pub attempts: i32,
 }
@@ -109,7 +109,7 @@ impl TryFrom<OutboxRow> for OutboxEvent {
             event_id: parse("event id", &r.event_id, EventId::parse)?,
             kind: r.kind,
             tenant_id: tenant(&r.tenant_id)?,
-            key_id: key_id(&r.key_id)?,
+            key_id: r.key_id.as_deref().map(key_id).transpose()?,
             created_at: r.created_at.0,
             attempts: r.attempts,
         })
@@ -122,7 +122,7 @@ pub(crate) struct EventStatusRow {
     pub event_id: String,
     pub kind: String,
     pub tenant_id: String,
-    pub key_id: String,
+    pub key_id: Option<String>,
     pub created_at: Ts,
     pub attempts: i32,
     pub published_at: Option<Ts>,
@@ -146,7 +146,7 @@ impl TryFrom<EventStatusRow> for EventStatus {
             event_id: parse("event id", &r.event_id, EventId::parse)?,
             kind: r.kind,
             tenant_id: tenant(&r.tenant_id)?,
-            key_id: Some(key_id(&r.key_id)?),
+            key_id: r.key_id.as_deref().map(key_id).transpose()?,
             created_at: r.created_at.0,
             state: progress.state(),
             attempts: r.attempts,

@@ -2,14 +2,16 @@
 
 use std::time::Duration;
 
+use super::audit::record_in;
 use super::keys::key_in;
-use super::{SqlStore, id_list, sql};
+use super::{Conn, SqlStore, id_list, sql};
 use crate::ids::{EventId, KeyId, TenantId};
+use crate::store::audit::Action;
 use crate::store::outbox::{EventStatusRow, OutboxRow, OutboxStore, OutboxWakeups};
 use crate::store::timestamp::Ts;
 use crate::store::{
-    ApiKey, Dialect, EventStatus, OutboxEvent, OutboxStats, Purged, StoreError, StoreResult,
-    Timestamp,
+    ApiKey, Change, Dialect, EventStatus, OutboxEvent, OutboxStats, Purged, StoreError,
+    StoreResult, Timestamp,
 };
 
 /// Leases due events: `$1` owner, `$2` lease end, `$3` now, `$4` batch.
@@ -55,6 +57,33 @@ const RELEASE: Dialect = Dialect {
     postgres: "UPDATE outbox SET lease_owner = NULL, lease_until = NULL \
                WHERE lease_owner = $1 AND id = ANY($2)",
 };
+
+impl SqlStore {
+    /// Writes the event of `change` (its id is `change.event_id`) on the
+    /// change's own transaction, and wakes the sync workers once it commits.
+    pub(super) async fn emit(
+        &self,
+        conn: &mut Conn,
+        change: &Change,
+        kind: &str,
+        tenant: &TenantId,
+        key: Option<KeyId>,
+    ) -> StoreResult<EventId> {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, kind, tenant_id, key_id, created_at, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(change.event_id.to_string())
+        .bind(kind)
+        .bind(tenant.as_str())
+        .bind(key.map(|k| k.to_string()))
+        .bind(Ts(change.at))
+        .execute(&mut *conn)
+        .await?;
+        self.notify_outbox(conn).await?;
+        Ok(change.event_id)
+    }
+}
 
 #[async_trait::async_trait]
 impl OutboxStore for SqlStore {
@@ -107,8 +136,9 @@ impl OutboxStore for SqlStore {
         &self,
         tenant: &TenantId,
         key_id: KeyId,
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<ApiKey> {
+        let now = change.at;
         let mut tx = self.begin_write().await?;
         let event: Option<Option<String>> = sqlx::query_scalar(
             "SELECT revocation_event_id FROM api_keys WHERE tenant_id = $1 AND key_id = $2",
@@ -133,6 +163,17 @@ impl OutboxStore for SqlStore {
             return Err(StoreError::InvalidState);
         }
         self.notify_outbox(&mut tx).await?;
+        let target = key_id.to_string();
+        let event = EventId::parse(&event).ok();
+        record_in(
+            &mut tx,
+            change,
+            tenant,
+            Action::RevocationRetry,
+            &target,
+            event,
+        )
+        .await?;
         let key = key_in(&mut tx, tenant, key_id, now).await?;
         tx.commit().await?;
         Ok(key)

@@ -2,6 +2,8 @@
 //! one database; claiming uses `FOR UPDATE SKIP LOCKED` and wake-ups ride on
 //! `LISTEN/NOTIFY` (`keyward_outbox` for workers, `keyward_keys` for caches).
 
+#[path = "../audit/sql.rs"]
+mod audit;
 #[path = "../backend.rs"]
 mod backend;
 #[path = "../ingestors/sql.rs"]

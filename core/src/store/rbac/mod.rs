@@ -1,7 +1,9 @@
 //! RBAC: roles (privileges), users (argon2id password hashes, never
 //! returned) and groups (roles for their users and keys). Every change that
-//! alters what a key or user may do notifies verification caches. SQL:
-//! `sql.rs`.
+//! alters what a key or user may do notifies verification caches; role and
+//! group changes and a user's roles also write one `rbac.changed` event for
+//! the ingestors, and every change its audit record, in its transaction.
+//! SQL: `sql.rs`.
 
 use async_trait::async_trait;
 use sqlx::FromRow;
@@ -9,7 +11,7 @@ use sqlx::FromRow;
 use super::rows::{key_id, parse, privilege, role, roles, tenant};
 use super::timestamp::Ts;
 use super::{
-    Backend, Group, GroupSpec, NewUser, Role, StoreError, StoreResult, Timestamp, User,
+    Backend, Change, Group, GroupSpec, NewUser, Role, StoreError, StoreResult, User,
     UserCredentials,
 };
 use crate::ids::{GroupName, RoleName, TenantId, Username};
@@ -25,15 +27,20 @@ pub trait RbacStore: Backend {
         tenant: &TenantId,
         name: &RoleName,
         privileges: &[Privilege],
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<(Role, bool)>;
     async fn get_role(&self, tenant: &TenantId, name: &RoleName) -> StoreResult<Role>;
     async fn list_roles(&self, tenant: &TenantId) -> StoreResult<Vec<Role>>;
     /// Fails with `RoleInUse` while a user, key or group holds the role.
-    async fn delete_role(&self, tenant: &TenantId, name: &RoleName) -> StoreResult<()>;
+    async fn delete_role(
+        &self,
+        tenant: &TenantId,
+        name: &RoleName,
+        change: &Change,
+    ) -> StoreResult<()>;
 
     // ---- users
-    async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+    async fn create_user(&self, user: &NewUser, change: &Change) -> StoreResult<User>;
     /// Creates `user` only if the service has no user at all; `true` if it did.
     async fn bootstrap_user(&self, user: &NewUser) -> StoreResult<bool>;
     async fn get_user(&self, tenant: &TenantId, username: &Username) -> StoreResult<User>;
@@ -43,8 +50,14 @@ pub trait RbacStore: Backend {
         tenant: &TenantId,
         username: &Username,
         roles: &[RoleName],
+        change: &Change,
     ) -> StoreResult<User>;
-    async fn delete_user(&self, tenant: &TenantId, username: &Username) -> StoreResult<()>;
+    async fn delete_user(
+        &self,
+        tenant: &TenantId,
+        username: &Username,
+        change: &Change,
+    ) -> StoreResult<()>;
     /// For authentication only: usernames are unique across tenants.
     async fn user_credentials(&self, username: &Username) -> StoreResult<Option<UserCredentials>>;
     /// The user's role grants as they are now: direct and through groups.
@@ -61,11 +74,16 @@ pub trait RbacStore: Backend {
         tenant: &TenantId,
         name: &GroupName,
         spec: &GroupSpec,
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<(Group, bool)>;
     async fn get_group(&self, tenant: &TenantId, name: &GroupName) -> StoreResult<Group>;
     async fn list_groups(&self, tenant: &TenantId) -> StoreResult<Vec<Group>>;
-    async fn delete_group(&self, tenant: &TenantId, name: &GroupName) -> StoreResult<()>;
+    async fn delete_group(
+        &self,
+        tenant: &TenantId,
+        name: &GroupName,
+        change: &Change,
+    ) -> StoreResult<()>;
 }
 
 /// A role joined with one of its privileges (none: `privilege` is NULL).

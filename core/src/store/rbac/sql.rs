@@ -1,10 +1,12 @@
 //! Roles, users and groups SQL, compiled once per backend (see
 //! `store/mod.rs`).
 
+use super::audit::record_in;
 use super::{Conn, Pool, SqlStore};
 use crate::ids::{GroupName, RoleName, TenantId, Username};
 use crate::privilege::Privilege;
 use crate::rbac::RoleGrant;
+use crate::store::audit::Action;
 use crate::store::error::{Violation, on_constraint, violation};
 use crate::store::keys::KeyChange;
 use crate::store::rbac::{
@@ -13,7 +15,8 @@ use crate::store::rbac::{
 use crate::store::rows::{GrantRow, NameLinkRow, fold_grants, links_by_owner};
 use crate::store::timestamp::{Ts, truncate_micros};
 use crate::store::{
-    Group, GroupSpec, NewUser, Role, StoreError, StoreResult, Timestamp, User, UserCredentials,
+    Change, Group, GroupSpec, NewUser, RBAC_CHANGED, Role, StoreError, StoreResult, User,
+    UserCredentials,
 };
 
 /// Role names of `names` that `tenant` does not have.
@@ -239,6 +242,23 @@ pub(super) async fn grants(
     fold_grants(rows)
 }
 
+impl SqlStore {
+    /// What every RBAC change of a tenant writes besides itself, on its
+    /// transaction: the `rbac.changed` event that makes ingestors drop the
+    /// tenant's cached keys, and the audit record.
+    async fn rbac_changed(
+        &self,
+        conn: &mut Conn,
+        change: &Change,
+        tenant: &TenantId,
+        action: Action,
+        target: &str,
+    ) -> StoreResult<()> {
+        let event = self.emit(conn, change, RBAC_CHANGED, tenant, None).await?;
+        record_in(conn, change, tenant, action, target, Some(event)).await
+    }
+}
+
 #[async_trait::async_trait]
 impl RbacStore for SqlStore {
     #[tracing::instrument(skip(self, privileges))]
@@ -247,9 +267,9 @@ impl RbacStore for SqlStore {
         tenant: &TenantId,
         name: &RoleName,
         privileges: &[Privilege],
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<(Role, bool)> {
-        let now = Ts(truncate_micros(now));
+        let now = Ts(change.at);
         let mut tx = self.begin_write().await?;
         if is_builtin_role(&mut tx, tenant, name).await? {
             return Err(StoreError::BuiltinRole);
@@ -298,6 +318,8 @@ impl RbacStore for SqlStore {
         // other privileges: caches must forget them.
         self.notify_keys(&mut tx, &KeyChange::Tenant(tenant.clone()))
             .await?;
+        self.rbac_changed(&mut tx, change, tenant, Action::RolePut, name.as_str())
+            .await?;
         let role = roles_in(&mut tx, tenant, Some(name))
             .await?
             .pop()
@@ -322,7 +344,12 @@ impl RbacStore for SqlStore {
     }
 
     #[tracing::instrument(skip(self))]
-    async fn delete_role(&self, tenant: &TenantId, name: &RoleName) -> StoreResult<()> {
+    async fn delete_role(
+        &self,
+        tenant: &TenantId,
+        name: &RoleName,
+        change: &Change,
+    ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         if is_builtin_role(&mut tx, tenant, name).await? {
             return Err(StoreError::BuiltinRole);
@@ -340,16 +367,28 @@ impl RbacStore for SqlStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::RoleNotFound);
         }
+        self.rbac_changed(&mut tx, change, tenant, Action::RoleDelete, name.as_str())
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     #[tracing::instrument(skip(self, user), fields(username = %user.username))]
-    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+    async fn create_user(&self, user: &NewUser, change: &Change) -> StoreResult<User> {
         let mut user = user.clone();
         user.created_at = truncate_micros(user.created_at);
         let mut tx = self.begin_write().await?;
         insert_user(&self.pool, &mut tx, &user).await?;
+        let target = user.username.as_str();
+        record_in(
+            &mut tx,
+            change,
+            &user.tenant_id,
+            Action::UserCreate,
+            target,
+            None,
+        )
+        .await?;
         tx.commit().await?;
         let mut roles = user.roles.clone();
         roles.sort();
@@ -403,6 +442,7 @@ impl RbacStore for SqlStore {
         tenant: &TenantId,
         username: &Username,
         roles: &[RoleName],
+        change: &Change,
     ) -> StoreResult<User> {
         let mut tx = self.begin_write().await?;
         let exists: Option<i32> =
@@ -424,6 +464,14 @@ impl RbacStore for SqlStore {
         // Remembered Basic proofs of this user hold its old roles.
         self.notify_keys(&mut tx, &KeyChange::User(username.clone()))
             .await?;
+        self.rbac_changed(
+            &mut tx,
+            change,
+            tenant,
+            Action::UserRoles,
+            username.as_str(),
+        )
+        .await?;
         let user = users_in(&mut tx, tenant, Some(username))
             .await?
             .pop()
@@ -433,7 +481,12 @@ impl RbacStore for SqlStore {
     }
 
     #[tracing::instrument(skip(self))]
-    async fn delete_user(&self, tenant: &TenantId, username: &Username) -> StoreResult<()> {
+    async fn delete_user(
+        &self,
+        tenant: &TenantId,
+        username: &Username,
+        change: &Change,
+    ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND username = $2")
             .bind(tenant.as_str())
@@ -446,6 +499,8 @@ impl RbacStore for SqlStore {
         // Remembered Basic proofs of this user must stop working.
         self.notify_keys(&mut tx, &KeyChange::User(username.clone()))
             .await?;
+        let target = username.as_str();
+        record_in(&mut tx, change, tenant, Action::UserDelete, target, None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -494,9 +549,9 @@ impl RbacStore for SqlStore {
         tenant: &TenantId,
         name: &GroupName,
         spec: &GroupSpec,
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<(Group, bool)> {
-        let now = Ts(truncate_micros(now));
+        let now = Ts(change.at);
         let mut tx = self.begin_write().await?;
         require_roles(&mut tx, tenant, &spec.roles).await?;
         let mut unknown_users = Vec::new();
@@ -585,6 +640,8 @@ impl RbacStore for SqlStore {
         // their cached verifications must go.
         self.notify_keys(&mut tx, &KeyChange::Tenant(tenant.clone()))
             .await?;
+        self.rbac_changed(&mut tx, change, tenant, Action::GroupPut, name.as_str())
+            .await?;
         let group = groups_in(&mut tx, tenant, Some(name))
             .await?
             .pop()
@@ -609,7 +666,12 @@ impl RbacStore for SqlStore {
     }
 
     #[tracing::instrument(skip(self))]
-    async fn delete_group(&self, tenant: &TenantId, name: &GroupName) -> StoreResult<()> {
+    async fn delete_group(
+        &self,
+        tenant: &TenantId,
+        name: &GroupName,
+        change: &Change,
+    ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         self.notify_keys(&mut tx, &KeyChange::Tenant(tenant.clone()))
             .await?;
@@ -621,6 +683,8 @@ impl RbacStore for SqlStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::GroupNotFound);
         }
+        self.rbac_changed(&mut tx, change, tenant, Action::GroupDelete, name.as_str())
+            .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -174,14 +174,14 @@ mod tests {
     async fn reads_on_this_thread_what_the_pool_reads() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
-        let now = chrono::Utc::now();
+        let now = crate::testing::change();
         let acme = TenantId::parse("acme").unwrap();
-        s.create_tenant(&acme, None, now).await.unwrap();
+        s.create_tenant(&acme, None, &now).await.unwrap();
         let role = RoleName::parse("admin").unwrap();
         let admin = vec![Privilege::new(PrivilegeKind::Admin, None)];
-        s.put_role(&acme, &role, &admin, now).await.unwrap();
+        s.put_role(&acme, &role, &admin, &now).await.unwrap();
         let nk = crate::testing::placeholder_new_key(&acme, "ci", &[role]);
-        s.create_key(&nk, now).await.unwrap();
+        s.create_key(&nk, &now).await.unwrap();
 
         let ids = list(&[nk.key_id, KeyId::new(), nk.key_id]);
         let inline = s.inline_key_grants(&ids).expect("read on this thread");

@@ -6,7 +6,7 @@ use sqlx::FromRow;
 
 use super::rows::tenant;
 use super::timestamp::Ts;
-use super::{Backend, StoreError, StoreResult, Tenant, Timestamp};
+use super::{Backend, Change, StoreError, StoreResult, Tenant};
 use crate::ids::TenantId;
 
 #[async_trait]
@@ -16,7 +16,7 @@ pub trait TenantStore: Backend {
         &self,
         id: &TenantId,
         name: Option<&str>,
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<Tenant>;
     async fn list_tenants(&self) -> StoreResult<Vec<Tenant>>;
     async fn tenant_exists(&self, id: &TenantId) -> StoreResult<bool>;

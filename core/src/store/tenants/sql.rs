@@ -1,11 +1,13 @@
 //! Tenant SQL, compiled once per backend (see `store/mod.rs`).
 
 use super::SqlStore;
+use super::audit::record_in;
 use crate::ids::TenantId;
+use crate::store::audit::Action;
 use crate::store::error::{Violation, on_constraint};
 use crate::store::tenants::{TenantRow, TenantStore};
-use crate::store::timestamp::{Ts, truncate_micros};
-use crate::store::{StoreError, StoreResult, Tenant, Timestamp};
+use crate::store::timestamp::Ts;
+use crate::store::{Change, StoreError, StoreResult, Tenant};
 
 #[async_trait::async_trait]
 impl TenantStore for SqlStore {
@@ -14,18 +16,21 @@ impl TenantStore for SqlStore {
         &self,
         id: &TenantId,
         name: Option<&str>,
-        now: Timestamp,
+        change: &Change,
     ) -> StoreResult<Tenant> {
-        let now = truncate_micros(now);
+        let now = change.at;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(id.as_str())
             .bind(name)
             .bind(Ts(now))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(on_constraint(|v| {
                 (v == Violation::Unique).then_some(StoreError::TenantExists)
             }))?;
+        record_in(&mut tx, change, id, Action::TenantCreate, id.as_str(), None).await?;
+        tx.commit().await?;
         Ok(Tenant {
             id: id.clone(),
             name: name.map(str::to_owned),
