@@ -790,18 +790,24 @@ async fn propagation() {
         .await;
         nodes.push(n);
     }
-    let ingest = |node: &Running, secret: &str| {
-        http.post(node.url("/ingest/clicks"))
-            .bearer_auth(secret)
-            .body("{}")
-            .send()
-    };
+    // Per key: a role of its own granting every stream; the role narrowed
+    // to a stream the key never uses (privilege withdrawal: both nodes
+    // must answer 403 for the key they had cached), then the key revoked
+    // (both must answer 401). Clocks start when the change's answer came.
+    let mut withdrawal = Vec::new();
     let mut lat = Vec::new();
     for i in 0..keys {
+        let role = format!("/api/v1/tenants/acme/roles/w{i}");
+        let all = json!({"privileges": [{"privilege": "ingestor"}]});
+        let res = admin(reqwest::Method::PUT, &role, Some(all))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
         let created: Value = admin(
             reqwest::Method::POST,
             "/api/v1/tenants/acme/apikeys",
-            Some(json!({"name": format!("k{i}"), "roles": ["shippers"]})),
+            Some(json!({"name": format!("k{i}"), "roles": [format!("w{i}")]})),
         )
         .send()
         .await
@@ -811,9 +817,18 @@ async fn propagation() {
         .unwrap();
         let secret = created["secret"].as_str().unwrap();
         let key_id = created["keyId"].as_str().unwrap();
-        for n in &nodes {
-            assert_eq!(ingest(n, secret).await.unwrap().status(), 202);
-        }
+        assert_eq!(
+            until_all(&http, &nodes, secret, 202).await,
+            Duration::ZERO,
+            "cached"
+        );
+        let narrowed = json!({"privileges": [{"privilege": "ingestor", "resource": {"stream": "elsewhere-*"}}]});
+        let res = admin(reqwest::Method::PUT, &role, Some(narrowed))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        withdrawal.push(until_all(&http, &nodes, secret, 403).await);
         let res = admin(
             reqwest::Method::DELETE,
             &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
@@ -823,29 +838,21 @@ async fn propagation() {
         .await
         .unwrap();
         assert_eq!(res.status(), 202);
-        let answered = Instant::now();
-        let mut rejected = [false, false];
-        while !rejected.iter().all(|r| *r) {
-            for (j, n) in nodes.iter().enumerate() {
-                if !rejected[j] {
-                    rejected[j] = ingest(n, secret).await.unwrap().status() == 401;
-                }
-            }
-            assert!(
-                answered.elapsed() < Duration::from_secs(10),
-                "never rejected"
-            );
-        }
-        lat.push(answered.elapsed());
+        lat.push(until_all(&http, &nodes, secret, 401).await);
     }
-    lat.sort();
-    println!(
-        "| revoke → both reference ingestors answer 401, {keys} keys, PostgreSQL, real binaries | \
-         p50 {}, **p99 {}**, max {} |",
-        ms(quantile(&lat, 0.5)),
-        ms(quantile(&lat, 0.99)),
-        ms(*lat.last().unwrap()),
-    );
+    for (what, status, samples) in [
+        ("revoke", 401, &mut lat),
+        ("privilege withdrawn (role narrowed)", 403, &mut withdrawal),
+    ] {
+        samples.sort();
+        println!(
+            "| {what} → both reference ingestors answer {status}, {keys} keys, PostgreSQL, \
+             real binaries | p50 {}, **p99 {}**, max {} |",
+            ms(quantile(samples, 0.5)),
+            ms(quantile(samples, 0.99)),
+            ms(*samples.last().unwrap()),
+        );
+    }
     drop(nodes);
     drop(worker);
     drop(node);
@@ -857,6 +864,37 @@ async fn propagation() {
             .await;
     }
     broker.cleanup().await;
+}
+
+/// Ingests with `secret` at every node until each answers `want`; how
+/// long that took (zero when all did at the first try).
+async fn until_all(http: &reqwest::Client, nodes: &[Running], secret: &str, want: u16) -> Duration {
+    let started = Instant::now();
+    let mut done = vec![false; nodes.len()];
+    let mut first = true;
+    while !done.iter().all(|d| *d) {
+        for (j, n) in nodes.iter().enumerate() {
+            if !done[j] {
+                let res = http
+                    .post(n.url("/ingest/clicks"))
+                    .bearer_auth(secret)
+                    .body("{}")
+                    .send()
+                    .await
+                    .unwrap();
+                done[j] = res.status().as_u16() == want;
+            }
+        }
+        if first && done.iter().all(|d| *d) {
+            return Duration::ZERO;
+        }
+        first = false;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never answered {want}"
+        );
+    }
+    started.elapsed()
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
