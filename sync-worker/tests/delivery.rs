@@ -566,6 +566,24 @@ async fn housekeeping_reports_the_outbox_and_purges_delivered_history() {
         .await
         .unwrap();
     assert_eq!(key.revocation.unwrap().state, EventState::Pending);
+
+    // Audit records past their retention go; younger ones stay.
+    let audit = keyward_core::store::audit::AuditQuery {
+        limit: 200,
+        ..Default::default()
+    };
+    let kept =
+        keyward_sync_worker::housekeeping::purge_audit(store.as_ref(), Duration::from_secs(3600))
+            .await
+            .unwrap();
+    assert_eq!(kept, 0);
+    assert!(!store.list_audit(&audit).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let purged = keyward_sync_worker::housekeeping::purge_audit(store.as_ref(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(purged > 0);
+    assert!(store.list_audit(&audit).await.unwrap().is_empty());
     broker.cleanup().await;
 }
 

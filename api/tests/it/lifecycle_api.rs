@@ -400,6 +400,56 @@ async fn audit_records_changes_and_refusals(app: TestApp) {
     assert_eq!(s, 401);
     let (s, event, _) = send(&app, Method::DELETE, &path, ACME_ADMIN, None, "revoke-1").await;
     assert_eq!(s, 202);
+    // A key acting for the tenant is named `apikey:{id}`; a user who is an
+    // admin through a group only is named by its username.
+    let (s, _, admin_key) = send(
+        &app,
+        Method::POST,
+        "/api/v1/tenants/acme/apikeys",
+        ACME_ADMIN,
+        Some(json!({"name": "automation", "roles": ["admins"]})),
+        "create-2",
+    )
+    .await;
+    assert_eq!(s, 201);
+    let admin_key_id = admin_key["keyId"].as_str().unwrap();
+    let as_key = As::Key(admin_key["secret"].as_str().unwrap());
+    let role = json!({"privileges": [{"privilege": "writer"}]});
+    let (s, _, _) = send(
+        &app,
+        Method::PUT,
+        "/api/v1/tenants/acme/roles/writers",
+        as_key,
+        Some(role),
+        "by-key",
+    )
+    .await;
+    assert_eq!(s, 201);
+    let dave = json!({"username": "dave", "password": ADMIN_PASSWORD, "roles": []});
+    assert_eq!(
+        app.post("/api/v1/tenants/acme/users", ACME_ADMIN, dave)
+            .await
+            .0,
+        201
+    );
+    let group = json!({"roles": ["admins"], "users": ["dave"], "apiKeys": []});
+    assert_eq!(
+        app.put("/api/v1/tenants/acme/groups/leads", ACME_ADMIN, group)
+            .await
+            .0,
+        201
+    );
+    let as_dave = As::User("dave", ADMIN_PASSWORD);
+    let (s, _, _) = send(
+        &app,
+        Method::DELETE,
+        "/api/v1/tenants/acme/roles/writers",
+        as_dave,
+        None,
+        "by-group",
+    )
+    .await;
+    assert_eq!(s, 204);
 
     let (s, page) = app
         .get("/api/v1/tenants/acme/audit?limit=200", ACME_ADMIN)
@@ -448,11 +498,25 @@ async fn audit_records_changes_and_refusals(app: TestApp) {
         )
     );
     assert_eq!(find("denied-2")[0]["actor"], "anonymous");
+    assert_eq!(
+        (&find("by-key")[0]["actor"], &find("by-key")[0]["action"]),
+        (&json!(format!("apikey:{admin_key_id}")), &json!("role.put"))
+    );
+    assert_eq!(
+        (
+            &find("by-group")[0]["actor"],
+            &find("by-group")[0]["action"]
+        ),
+        (&json!("dave"), &json!("role.delete"))
+    );
     // Newest first; every record is acme's; no secret or password in any.
-    assert_eq!(items[0]["requestId"], "revoke-1");
+    assert_eq!(items[0]["requestId"], "by-group");
     assert!(items.iter().all(|r| r["tenantId"] == "acme"));
     let text = page.to_string();
-    assert!(!text.contains(&secret[40..]) && !text.contains(ADMIN_PASSWORD));
+    let key_secret = admin_key["secret"].as_str().unwrap();
+    for leaked in [&secret[40..], &key_secret[40..], ADMIN_PASSWORD] {
+        assert!(!text.contains(leaked), "a secret in the audit trail");
+    }
     assert!(!text.contains("$argon2") && !text.contains("$sha256"));
 
     // Filters and the cursor.

@@ -853,6 +853,7 @@ async fn propagation() {
             ms(*samples.last().unwrap()),
         );
     }
+    rotation_under_load(&http, &node, &nodes).await;
     drop(nodes);
     drop(worker);
     drop(node);
@@ -864,6 +865,98 @@ async fn propagation() {
             .await;
     }
     broker.cleanup().await;
+}
+
+/// Clients load both ingestor nodes with one key; the key is rotated with
+/// a 5 s grace and each client switches to the new secret at its own moment
+/// within the first 3 s of the grace; the load goes on past the grace's
+/// end. Every answer must be 202: the figure is the count of the others.
+async fn rotation_under_load(http: &reqwest::Client, api: &Running, nodes: &[Running]) {
+    const CLIENTS: u32 = 16;
+    const GRACE_SECONDS: u64 = 5;
+    let admin = |m: reqwest::Method, path: &str, body: Value| {
+        http.request(m, api.url(path))
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&body)
+    };
+    let created: Value = admin(
+        reqwest::Method::POST,
+        "/api/v1/tenants/acme/apikeys",
+        json!({"name": "rotating", "roles": ["shippers"]}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let old = created["secret"].as_str().unwrap().to_owned();
+    let key_id = created["keyId"].as_str().unwrap().to_owned();
+    let (switch, switched) = tokio::sync::watch::channel(None::<(String, Instant)>);
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("/ingest/clicks")).collect();
+    let stop = Instant::now() + Duration::from_secs(2 + GRACE_SECONDS + 3);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (http, urls, old, switched) =
+                (http.clone(), urls.clone(), old.clone(), switched.clone());
+            // Client c moves to the new key this long after the rotation.
+            let delay = Duration::from_millis(u64::from(c) * 3_000 / u64::from(CLIENTS));
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0_u64, 0_u64);
+                let mut i = 0_usize;
+                while Instant::now() < stop {
+                    let secret = match &*switched.borrow() {
+                        Some((new, at)) if at.elapsed() >= delay => new.clone(),
+                        _ => old.clone(),
+                    };
+                    let res = http
+                        .post(&urls[i % urls.len()])
+                        .bearer_auth(&secret)
+                        .body("{}")
+                        .send()
+                        .await;
+                    i += 1;
+                    match res {
+                        Ok(r) if r.status().as_u16() == 202 => ok += 1,
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rotated: Value = admin(
+        reqwest::Method::POST,
+        &format!("/api/v1/tenants/acme/apikeys/{key_id}/rotate"),
+        json!({"gracePeriodSeconds": GRACE_SECONDS}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    switch.send_replace(Some((new, Instant::now())));
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    // And the old key is refused once its grace is over.
+    assert_eq!(
+        until_all(http, nodes, &old, 401).await,
+        Duration::ZERO,
+        "old key after its grace"
+    );
+    println!(
+        "| rotation with a {GRACE_SECONDS} s grace under load: {CLIENTS} clients on two reference \
+         ingestors, each switching to the new key within 3 s of the rotation | {} requests, \
+         **{failed} failed** |",
+        ok + failed
+    );
 }
 
 /// Ingests with `secret` at every node until each answers `want`; how

@@ -90,6 +90,17 @@ impl System {
 
     /// An admin request that must succeed; its JSON body.
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let res = self.admin_call(method, path, body).await;
+        res.json().await.unwrap_or(Value::Null)
+    }
+
+    /// An admin request that must succeed; the answer.
+    async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
         let mut req = self
             .http
             .request(method, self.api.url(path))
@@ -99,7 +110,7 @@ impl System {
         }
         let res = req.send().await.unwrap();
         assert!(res.status().is_success(), "{path}: {}", res.status());
-        res.json().await.unwrap_or(Value::Null)
+        res
     }
 
     /// A new key of `acme` holding `shippers`: (key id, secret).
@@ -121,22 +132,8 @@ impl System {
 
     /// Revokes `key_id`; the event id its answer names (`Keyward-Event-Id`).
     async fn revoke(&self, key_id: &str) -> String {
-        let res = self
-            .http
-            .delete(
-                self.api
-                    .url(&format!("/api/v1/tenants/acme/apikeys/{key_id}")),
-            )
-            .basic_auth("admin", Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 202);
-        res.headers()
-            .get("keyward-event-id")
-            .and_then(|v| v.to_str().ok())
-            .expect("Keyward-Event-Id on a revoke")
-            .to_owned()
+        let path = format!("/api/v1/tenants/acme/apikeys/{key_id}");
+        announced(self, reqwest::Method::DELETE, &path, None).await
     }
 
     async fn revocation(&self, key_id: &str) -> Value {
@@ -845,15 +842,7 @@ async fn announced(
     path: &str,
     body: Option<Value>,
 ) -> String {
-    let mut req = sys
-        .http
-        .request(method, sys.api.url(path))
-        .basic_auth("admin", Some(PASSWORD));
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let res = req.send().await.unwrap();
-    assert!(res.status().is_success(), "{path}: {}", res.status());
+    let res = sys.admin_call(method, path, body).await;
     res.headers()
         .get("keyward-event-id")
         .and_then(|v| v.to_str().ok())
