@@ -86,19 +86,27 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::PathConfig::default().error_handler(extract::path_error))
                 .app_data(web::QueryConfig::default().error_handler(extract::query_error))
-                .wrap(actix_web::middleware::from_fn(denied::record_denied))
                 .wrap(actix_web::middleware::from_fn(observe::observe))
                 .configure(routes::keys::configure_verify)
                 .configure(|cfg| keyward_core::ops::configure(cfg, Arc::clone(&readiness)))
-                .configure(routes::tenants::configure)
-                .configure(routes::roles::configure)
-                .configure(routes::users::configure)
-                .configure(routes::groups::configure)
-                .configure(routes::keys::configure)
-                .configure(routes::events::configure)
-                .configure(routes::audit::configure)
-                .configure(routes::ingestors::configure)
                 .configure(routes::openapi::configure)
+                // The admin routes, inside the layer that audits refusals.
+                // Verify and the probes stay outside it: they change nothing,
+                // and a layer costs every request it wraps (the hot path's
+                // budget, docs/BENCHMARKS.md).
+                .service(
+                    web::scope("")
+                        .wrap(actix_web::middleware::from_fn(denied::record_denied))
+                        .configure(routes::tenants::configure)
+                        .configure(routes::roles::configure)
+                        .configure(routes::users::configure)
+                        .configure(routes::groups::configure)
+                        .configure(routes::keys::configure)
+                        .configure(routes::events::configure)
+                        .configure(routes::audit::configure)
+                        .configure(routes::ingestors::configure)
+                        .default_service(web::to(routes::not_found)),
+                )
                 .default_service(web::to(routes::not_found))
         })
         .listen(listener)?
