@@ -120,19 +120,39 @@ thread_local! {
     /// metric up in the registry on every request (allocating its labels
     /// and hashing them) showed in the hot path's profile. A worker thread
     /// sees a handful of combinations, so a short list per key is enough.
-    static HANDLES: RefCell<HashMap<(Method, u16), RouteHandles>> =
+    static HANDLES: RefCell<HashMap<(&'static str, u16), RouteHandles>> =
         RefCell::new(HashMap::new());
 }
 
+/// The `method` label: one of a fixed set. A client may send any token as
+/// a method; were it a label, made-up methods would grow `/metrics` (and
+/// the handles above) without bound.
+fn method_label(method: &Method) -> &'static str {
+    const KNOWN: [Method; 7] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    KNOWN
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", Method::as_str)
+}
+
 fn handles(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
+    let method = method_label(method);
     HANDLES.with(|cell| {
         let mut map = cell.borrow_mut();
-        let routes = map.entry((method.clone(), status)).or_default();
+        let routes = map.entry((method, status)).or_default();
         if let Some((_, c, h)) = routes.iter().find(|(r, _, _)| r == route) {
             return (c.clone(), h.clone());
         }
         let labels = [
-            ("method", method.to_string()),
+            ("method", method.to_owned()),
             ("route", route.to_owned()),
             ("status", status.to_string()),
         ];
@@ -149,6 +169,17 @@ mod tests {
 
     async fn boom() -> HttpResponse {
         panic!("a bug in a handler");
+    }
+
+    // `test` here is actix's module: the plain test attribute by its path.
+    #[::core::prelude::v1::test]
+    fn made_up_methods_share_one_label() {
+        use actix_web::http::Method;
+        assert_eq!(super::method_label(&Method::PATCH), "PATCH");
+        for made_up in ["FOO", "X-1", "get"] {
+            let m = Method::from_bytes(made_up.as_bytes()).unwrap();
+            assert_eq!(super::method_label(&m), "other", "{made_up}");
+        }
     }
 
     #[actix_web::test]

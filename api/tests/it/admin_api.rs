@@ -577,9 +577,16 @@ async fn health_ready_metrics(app: TestApp) {
     assert_eq!(app.get("/healthz", As::Nobody).await.0, 200);
     assert_eq!(app.get("/readyz", As::Nobody).await.0, 200);
     app.get("/api/v1/tenants", ADMIN).await;
+    // Made-up methods, no credentials: one `other` label, whatever they are.
+    for i in 0..20 {
+        let method = Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        app.call(method, "/api/v1/tenants", As::Nobody, None).await;
+    }
     let text = app.metrics_text().await;
     assert!(text.contains("keyward_http_requests_total"), "{text}");
     assert!(text.contains("route=\"/api/v1/tenants\""), "{text}");
+    assert!(!text.contains("MADEUP"), "a client's method became a label");
+    assert!(text.contains("method=\"other\""), "{text}");
     assert!(text.contains("keyward_http_request_duration_seconds_bucket"));
     assert!(text.contains("keyward_argon2_duration_seconds"));
     let (s, doc) = app.get("/api/v1/openapi.json", As::Nobody).await;
