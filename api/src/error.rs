@@ -163,8 +163,9 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateKeyName => Self::new(Code::DuplicateKeyName),
             StoreError::DuplicateUsername => Self::new(Code::DuplicateUsername),
             StoreError::RoleInUse => Self::new(Code::RoleInUse),
-            StoreError::BuiltinRole => Self::new(Code::InvalidState)
-                .with_message("Built-in roles cannot be changed or deleted."),
+            StoreError::BuiltinRole => Self::new(Code::InvalidState).with_message(
+                "Built-in roles cannot be changed or deleted, nor their names taken.",
+            ),
             StoreError::InvalidState => Self::new(Code::InvalidState),
             StoreError::UnknownRoles(roles) => {
                 Self::new(Code::UnknownRoles).with_details(json!({"roles": roles}))

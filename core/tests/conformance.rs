@@ -234,6 +234,14 @@ async fn builtin_roles_are_read_only(s: S) {
             .await,
         Err(StoreError::BuiltinRole)
     ));
+    // Their names are reserved in every tenant.
+    let acme = tenant(&s, "acme").await;
+    for name in ["superadmin", "verifier"] {
+        assert!(matches!(
+            s.put_role(&acme, &r(name), &admin_priv(), &change()).await,
+            Err(StoreError::BuiltinRole)
+        ));
+    }
     assert!(matches!(
         s.delete_role(&platform, &r("verifier"), &keyward_core::testing::change())
             .await,

@@ -270,6 +270,11 @@ impl RbacStore for SqlStore {
         change: &Change,
     ) -> StoreResult<(Role, bool)> {
         let now = Ts(change.at);
+        // The built-in names are reserved in every tenant: a tenant role
+        // named `superadmin` would read as what it is not in every list.
+        if [RoleName::SUPERADMIN, RoleName::VERIFIER].contains(&name.as_str()) {
+            return Err(StoreError::BuiltinRole);
+        }
         let mut tx = self.begin_write().await?;
         if is_builtin_role(&mut tx, tenant, name).await? {
             return Err(StoreError::BuiltinRole);
