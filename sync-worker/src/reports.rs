@@ -1,9 +1,12 @@
 //! The consumer of the reports queue (`keyward.acks` by default): the
 //! ingestors' heartbeats and `applied` reports, written to the store.
 //!
-//! A message is acknowledged to the broker only after the store has it; a
-//! database failure hands it back (requeue), a message that is not one of
-//! ours is dropped with a warning, never retried for ever.
+//! A message is acknowledged to the broker only after the store has it.
+//! Only an unavailable database hands it back (requeue, after a pause); a
+//! message that is not one of ours, whose fields are not what an ingestor
+//! sends (ids of `[A-Za-z0-9._-]`, bounded), or that the database refuses
+//! for its content is rejected without requeue and counted: such a message
+//! would otherwise come back for ever and starve the real reports.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use keyward_core::events::ReportMessage;
-use keyward_core::store::{IngestorStore, StoreResult, error::chain};
+use keyward_core::store::{IngestorStore, StoreError, StoreResult, error::chain};
 use lapin::Consumer;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
@@ -45,10 +48,20 @@ async fn handle(store: &dyn IngestorStore, delivery: &Delivery) -> lapin::Result
             return delivery.reject(BasicRejectOptions { requeue: false }).await;
         }
     };
+    if let Err(field) = check(&message) {
+        metrics::counter!("keyward_acks_total", "result" => "invalid").increment(1);
+        tracing::warn!(field, "dropping a report with a field no ingestor sends");
+        return delivery.reject(BasicRejectOptions { requeue: false }).await;
+    }
     match record(store, &message).await {
         Ok(kind) => {
             metrics::counter!("keyward_acks_total", "result" => kind).increment(1);
             delivery.ack(BasicAckOptions::default()).await
+        }
+        Err(e) if !matches!(e, StoreError::Unavailable(_)) => {
+            metrics::counter!("keyward_acks_total", "result" => "refused").increment(1);
+            tracing::warn!(error = %chain(&e), "the database refused a report; dropped");
+            delivery.reject(BasicRejectOptions { requeue: false }).await
         }
         Err(e) => {
             metrics::counter!("keyward_acks_total", "result" => "requeued").increment(1);
@@ -62,6 +75,32 @@ async fn handle(store: &dyn IngestorStore, delivery: &Delivery) -> lapin::Result
                 .await
         }
     }
+}
+
+/// The longest ingestor id (and queue name) a report may carry.
+const MAX_ID_LEN: usize = 128;
+const MAX_QUEUE_LEN: usize = 255;
+
+/// `Err(field)` for a report whose ids are not what an ingestor sends.
+fn check(message: &ReportMessage) -> Result<(), &'static str> {
+    fn is_name(s: &str, max: usize) -> bool {
+        (1..=max).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    }
+    let (id, queue) = match message {
+        ReportMessage::Heartbeat {
+            ingestor_id, queue, ..
+        } => (ingestor_id, Some(queue)),
+        ReportMessage::Applied { ingestor_id, .. } => (ingestor_id, None),
+    };
+    if !is_name(id, MAX_ID_LEN) {
+        return Err("ingestorId");
+    }
+    if queue.is_some_and(|q| !is_name(q, MAX_QUEUE_LEN)) {
+        return Err("queue");
+    }
+    Ok(())
 }
 
 async fn record(store: &dyn IngestorStore, message: &ReportMessage) -> StoreResult<&'static str> {
@@ -94,4 +133,38 @@ async fn record(store: &dyn IngestorStore, message: &ReportMessage) -> StoreResu
 /// event applied) in our future.
 fn not_after(at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
     at.min(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(id: &str, queue: &str) -> ReportMessage {
+        ReportMessage::Heartbeat {
+            ingestor_id: id.into(),
+            queue: queue.into(),
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn only_reports_an_ingestor_could_send_pass() {
+        assert_eq!(
+            check(&heartbeat("node-1.eu_west", "keyward.ingestor.node-1")),
+            Ok(())
+        );
+        assert_eq!(check(&heartbeat("a\0b", "q")), Err("ingestorId"));
+        assert_eq!(
+            check(&heartbeat(&"x".repeat(8_000), "q")),
+            Err("ingestorId")
+        );
+        assert_eq!(check(&heartbeat("", "q")), Err("ingestorId"));
+        assert_eq!(check(&heartbeat("n", "q u")), Err("queue"));
+        let applied = ReportMessage::Applied {
+            event_id: keyward_core::ids::EventId::new(),
+            ingestor_id: "é".into(),
+            applied_at: Utc::now(),
+        };
+        assert_eq!(check(&applied), Err("ingestorId"));
+    }
 }

@@ -404,6 +404,18 @@ async fn acks_record_heartbeats_and_applied_events() {
     let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]).await;
 
     broker.send_ack(&serde_json::json!("not an ack")).await;
+    // Poison: ids the database refuses or that no ingestor sends. Dropped
+    // once each, never handed back: they must not starve the real ones.
+    for _ in 0..20 {
+        for id in ["nul\u{0}byte", &"x".repeat(8_000)] {
+            broker
+                .send_ack(&serde_json::json!({
+                    "type": "heartbeat", "ingestorId": id,
+                    "queue": "keyward.ingestor.x", "at": chrono::Utc::now(),
+                }))
+                .await;
+        }
+    }
     broker
         .send_ack(&serde_json::json!({
             "type": "heartbeat", "ingestorId": "ing-1",
@@ -440,6 +452,15 @@ async fn acks_record_heartbeats_and_applied_events() {
         .revocation
         .unwrap();
     assert_eq!((r.applied_by, r.ingestors), (1, 1));
+    let listed = store.list_ingestors().await.unwrap();
+    assert_eq!(listed.len(), 1, "only the real ingestor: {listed:?}");
+    let metrics = keyward_core::telemetry::render_metrics();
+    let invalid: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keyward_acks_total{result=\"invalid\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(invalid >= 40.0, "{metrics}");
     worker.stop().await;
     broker.cleanup().await;
 }
