@@ -116,11 +116,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                     "The request body is not valid JSON.",
                 ));
             }
-            let path = e.path().to_string();
+            let path = shown(&e.path().to_string());
             let text = inner.to_string();
             if let Some(name) = quoted(&text, "unknown field `") {
                 // The path already ends at the unknown field.
-                let field = if path == "." { name.to_owned() } else { path };
+                let field = if path == "." { shown(name) } else { path };
                 return Err(ApiError::invalid(
                     &field,
                     format!("Unknown field `{field}`."),
@@ -144,6 +144,24 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             ))
         }
     }
+}
+
+/// The longest field name an error repeats back.
+const MAX_SHOWN: usize = 64;
+
+/// A field name as an error shows it: the caller's bytes, so control
+/// characters escaped and at most `MAX_SHOWN` characters (then `…`) — an
+/// error must not carry a client's payload back verbatim, or into logs.
+fn shown(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(MAX_SHOWN)
+        .flat_map(char::escape_debug)
+        .collect();
+    if name.chars().nth(MAX_SHOWN).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The name between `prefix` and the next backtick, if `text` holds one.
@@ -195,5 +213,14 @@ mod tests {
         assert_eq!(field_of(r#"{"name": "a""#), "body");
         assert_eq!(field_of(r#"[]"#), "body");
         assert_eq!(field_of(r#"{"name": "a", "roles": []} trailing"#), "body");
+    }
+
+    #[test]
+    fn unknown_field_names_are_escaped_and_truncated() {
+        let long = "y".repeat(500);
+        let field = field_of(&format!(r#"{{"name": "a", "roles": [], "{long}": 1}}"#));
+        assert_eq!(field, format!("{}…", "y".repeat(MAX_SHOWN)));
+        let field = field_of(r#"{"name": "a", "roles": [], "a\nb\u0000": 1}"#);
+        assert_eq!(field, r"a\nb\0");
     }
 }
