@@ -10,15 +10,13 @@
 
 use std::sync::Arc;
 
-use crate::support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, metric_value};
+use crate::support::{ACME_ADMIN, ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, metric_value};
 use keyward_api::generations::Scope;
 use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
 use keyward_core::password::{Argon2Settings, PasswordHasher};
 use keyward_core::store::NewApiKey;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use serde_json::{Value, json};
-
-const ACME_ADMIN: As<'static> = As::User("acme-admin", ADMIN_PASSWORD);
 
 async fn setup(app: &TestApp) -> As<'static> {
     app.tenant_with_admin("acme").await;

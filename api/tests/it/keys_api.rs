@@ -1,10 +1,11 @@
 //! API keys (API.md §4–8) in-process, on SQLite and PostgreSQL.
 
-use crate::support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
+use crate::support::{
+    ACME_ADMIN, ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, create_shipper_key, read,
+    verifier_user,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
-
-const ACME_ADMIN: As<'static> = As::User("acme-admin", ADMIN_PASSWORD);
 
 async fn setup(app: &TestApp) {
     app.tenant_with_admin("acme").await;
@@ -15,31 +16,6 @@ async fn setup(app: &TestApp) {
             .0,
         201
     );
-}
-
-async fn create_key(app: &TestApp, name: &str) -> Value {
-    let (s, body) = app
-        .post(
-            "/api/v1/tenants/acme/apikeys",
-            ACME_ADMIN,
-            json!({"name": name, "roles": ["shippers"]}),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    body
-}
-
-/// A `verifier` user of `_platform`, for `POST /api/v1/verify`.
-async fn verifier(app: &TestApp) -> As<'static> {
-    let body =
-        json!({"username": "ingest-node", "password": ADMIN_PASSWORD, "roles": ["verifier"]});
-    assert_eq!(
-        app.post("/api/v1/tenants/_platform/users", ADMIN, body)
-            .await
-            .0,
-        201
-    );
-    As::User("ingest-node", ADMIN_PASSWORD)
 }
 
 async fn create_shows_the_secret_once(app: TestApp) {
@@ -159,7 +135,7 @@ async fn create_shows_the_secret_once(app: TestApp) {
 async fn list_pages_and_filters(app: TestApp) {
     setup(&app).await;
     for i in 0..5 {
-        create_key(&app, &format!("k{i}")).await;
+        create_shipper_key(&app, &format!("k{i}")).await;
     }
     let (_, first) = app
         .get("/api/v1/tenants/acme/apikeys?limit=2", ACME_ADMIN)
@@ -206,8 +182,8 @@ async fn list_pages_and_filters(app: TestApp) {
 
 async fn revoke_is_idempotent_and_rejected_at_once(app: TestApp) {
     setup(&app).await;
-    let verifier = verifier(&app).await;
-    let key = create_key(&app, "ci").await;
+    let verifier = verifier_user(&app).await;
+    let key = create_shipper_key(&app, "ci").await;
     let secret = key["secret"].as_str().unwrap();
     let id = key["keyId"].as_str().unwrap();
     // The setup's role change wrote its own event.
@@ -284,8 +260,8 @@ async fn revoke_is_idempotent_and_rejected_at_once(app: TestApp) {
 
 async fn verify_answers_every_reason(app: TestApp) {
     setup(&app).await;
-    let verifier = verifier(&app).await;
-    let key = create_key(&app, "ci").await;
+    let verifier = verifier_user(&app).await;
+    let key = create_shipper_key(&app, "ci").await;
     let secret = key["secret"].as_str().unwrap().to_owned();
     let mut wrong = secret.clone();
     wrong.replace_range(40..41, if &secret[40..41] == "a" { "b" } else { "a" });
@@ -319,7 +295,7 @@ async fn verify_answers_every_reason(app: TestApp) {
 
 async fn validate_is_admin_only_and_tenant_scoped(app: TestApp) {
     setup(&app).await;
-    let key = create_key(&app, "ci").await;
+    let key = create_shipper_key(&app, "ci").await;
     let secret = key["secret"].as_str().unwrap();
     let (s, v) = app
         .post(
@@ -371,8 +347,8 @@ async fn validate_is_admin_only_and_tenant_scoped(app: TestApp) {
 /// never lock the real holder out.
 async fn forged_secrets_never_lock_out_the_holder(app: TestApp) {
     setup(&app).await;
-    let verifier = verifier(&app).await;
-    let key = create_key(&app, "ci").await;
+    let verifier = verifier_user(&app).await;
+    let key = create_shipper_key(&app, "ci").await;
     let id = keyward_core::ids::KeyId::parse(key["keyId"].as_str().unwrap()).unwrap();
     let forged = || {
         keyward_core::token::ApiKeyToken::generate(&keyward_core::token::KeyPrefix::default(), id)
@@ -431,7 +407,7 @@ async fn bearer_key_admin_and_role_changes_evict(app: TestApp) {
 async fn revocation_events_are_named_and_reported(app: TestApp) {
     setup(&app).await;
     app.tenant_with_admin("other").await;
-    let key = create_key(&app, "ci").await;
+    let key = create_shipper_key(&app, "ci").await;
     let id = key["keyId"].as_str().unwrap();
     let path = format!("/api/v1/tenants/acme/apikeys/{id}");
     let header = |res: &reqwest::Response| {
@@ -530,8 +506,8 @@ mod replicas {
             return; // Replicas share PostgreSQL; one process owns a SQLite file.
         }
         setup(&app).await;
-        let verifier = verifier(&app).await;
-        let key = create_key(&app, "ci").await;
+        let verifier = verifier_user(&app).await;
+        let key = create_shipper_key(&app, "ci").await;
         let secret = key["secret"].as_str().unwrap();
         let b = app.replica().await;
         let verify_on_b = || async {
@@ -571,7 +547,7 @@ mod replicas {
     /// A revoke while the database is gone: 503, and nothing written.
     async fn revoke_with_the_database_down_is_503_and_writes_nothing(app: TestApp) {
         setup(&app).await;
-        let key = create_key(&app, "ci").await;
+        let key = create_shipper_key(&app, "ci").await;
         let id = key["keyId"].as_str().unwrap().to_owned();
         let earlier = app.store().outbox_stats().await.unwrap().pending;
         if !app.db.set_reachable(false).await {
@@ -605,8 +581,8 @@ mod usage {
     /// `lastUsedAt` is written by the batch flusher, not by the call.
     async fn last_used_is_flushed_in_batches(app: TestApp) {
         setup(&app).await;
-        let verifier = verifier(&app).await;
-        let key = create_key(&app, "ci").await;
+        let verifier = verifier_user(&app).await;
+        let key = create_shipper_key(&app, "ci").await;
         let path = format!(
             "/api/v1/tenants/acme/apikeys/{}",
             key["keyId"].as_str().unwrap()

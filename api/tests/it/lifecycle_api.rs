@@ -2,11 +2,13 @@
 //! PostgreSQL: update, rotate with and without grace, the event header of
 //! RBAC changes, and the audit trail.
 
-use crate::support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
+use crate::support::{
+    ACME_ADMIN, ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, create_shipper_key, read,
+    verifier_user,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-const ACME_ADMIN: As<'static> = As::User("acme-admin", ADMIN_PASSWORD);
 const VERIFIER: As<'static> = As::User("ingest-node", ADMIN_PASSWORD);
 
 async fn setup(app: &TestApp) {
@@ -23,26 +25,7 @@ async fn setup(app: &TestApp) {
             .await;
         assert_eq!(s, 201);
     }
-    let body =
-        json!({"username": "ingest-node", "password": ADMIN_PASSWORD, "roles": ["verifier"]});
-    assert_eq!(
-        app.post("/api/v1/tenants/_platform/users", ADMIN, body)
-            .await
-            .0,
-        201
-    );
-}
-
-async fn create_key(app: &TestApp, name: &str) -> Value {
-    let (s, body) = app
-        .post(
-            "/api/v1/tenants/acme/apikeys",
-            ACME_ADMIN,
-            json!({"name": name, "roles": ["shippers"]}),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    body
+    verifier_user(app).await;
 }
 
 async fn verify(app: &TestApp, secret: &str) -> Value {
@@ -81,8 +64,8 @@ async fn send(
 
 async fn update_changes_a_key_and_announces_it(app: TestApp) {
     setup(&app).await;
-    let key = create_key(&app, "ci").await;
-    create_key(&app, "taken").await;
+    let key = create_shipper_key(&app, "ci").await;
+    create_shipper_key(&app, "taken").await;
     let id = key["keyId"].as_str().unwrap();
     let path = format!("/api/v1/tenants/acme/apikeys/{id}");
     let secret = key["secret"].as_str().unwrap();
@@ -180,7 +163,7 @@ async fn update_changes_a_key_and_announces_it(app: TestApp) {
 
 async fn rotation_keeps_both_keys_working_for_the_grace_only(app: TestApp) {
     setup(&app).await;
-    let old = create_key(&app, "ci").await;
+    let old = create_shipper_key(&app, "ci").await;
     let old_id = old["keyId"].as_str().unwrap();
     let old_secret = old["secret"].as_str().unwrap();
     verify(&app, old_secret).await; // cached: the rotation must evict it

@@ -230,3 +230,34 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The admin of `acme` that `TestApp::tenant_with_admin("acme")` makes.
+pub const ACME_ADMIN: As<'static> = As::User("acme-admin", ADMIN_PASSWORD);
+
+/// A key of `acme` named `name` holding `shippers`, made by its admin; the
+/// answer of the create (with its `secret`).
+pub async fn create_shipper_key(app: &TestApp, name: &str) -> Value {
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/acme/apikeys",
+            ACME_ADMIN,
+            serde_json::json!({"name": name, "roles": ["shippers"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    body
+}
+
+/// A `verifier` user of `_platform`, for `POST /api/v1/verify`.
+pub async fn verifier_user(app: &TestApp) -> As<'static> {
+    let body = serde_json::json!(
+        {"username": "ingest-node", "password": ADMIN_PASSWORD, "roles": ["verifier"]}
+    );
+    assert_eq!(
+        app.post("/api/v1/tenants/_platform/users", ADMIN, body)
+            .await
+            .0,
+        201
+    );
+    As::User("ingest-node", ADMIN_PASSWORD)
+}
