@@ -81,9 +81,6 @@ impl TryFrom<&OutboxEvent> for EventMessage {
         // The change and its event are written in one transaction with one
         // clock reading: the event's time is the change's.
         let at = e.created_at;
-        let unpublishable = || UnpublishableEvent {
-            kind: e.kind.clone(),
-        };
         Ok(match (e.kind.as_str(), e.key_id) {
             (KEY_REVOKED, Some(key_id)) => Self::KeyRevoked {
                 event_id,
@@ -105,7 +102,11 @@ impl TryFrom<&OutboxEvent> for EventMessage {
                 changed_at: at,
                 sequence,
             },
-            _ => return Err(unpublishable()),
+            _ => {
+                return Err(UnpublishableEvent {
+                    kind: e.kind.clone(),
+                });
+            }
         })
     }
 }

@@ -20,82 +20,51 @@ struct Written {
     applied: EventId,
 }
 
-fn events() -> [(EventId, KeyId); 3] {
-    [(); 3].map(|()| (EventId::new(), KeyId::new()))
+/// The script that writes `Written` as version 2 did; `at` is a time in
+/// the backend's own column type. Ids are ULIDs (no quoting to get wrong).
+fn v2_rows(at: &str) -> (String, Written) {
+    let rows = [(); 3].map(|()| (EventId::new(), KeyId::new()));
+    let mut script = String::new();
+    for (event, key) in &rows {
+        script += &format!(
+            "INSERT INTO outbox (event_id, kind, tenant_id, key_id, created_at, next_attempt_at) \
+             VALUES ('{event}', 'key.revoked', 'acme', '{key}', {at}, {at});\n"
+        );
+    }
+    script +=
+        &format!("UPDATE outbox SET published_at = {at}, live_ingestors = 1 WHERE id >= 2;\n");
+    for (event, _) in &rows[1..] {
+        script += &format!(
+            "INSERT INTO event_acks (event_id, ingestor_id, applied_at) \
+             VALUES ('{event}', 'i-1', {at});\n"
+        );
+    }
+    script += "DELETE FROM outbox WHERE id = 3;\n";
+    let written = Written {
+        pending: rows[0].0,
+        applied: rows[1].0,
+    };
+    (script, written)
 }
 
 async fn write_v2_sqlite(url: &str) -> Written {
     let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
-    let rows = events();
-    for (event, key) in &rows {
-        sqlx::query(
-            "INSERT INTO outbox (event_id, kind, tenant_id, key_id, created_at, next_attempt_at) \
-             VALUES ($1, 'key.revoked', 'acme', $2, 1, 1)",
-        )
-        .bind(event.to_string())
-        .bind(key.to_string())
+    let (script, written) = v2_rows("1");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
         .execute(&mut conn)
         .await
         .unwrap();
-    }
-    sqlx::query("UPDATE outbox SET published_at = 2, live_ingestors = 1 WHERE id >= 2")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    for (event, _) in &rows[1..] {
-        sqlx::query(
-            "INSERT INTO event_acks (event_id, ingestor_id, applied_at) VALUES ($1, 'i-1', 3)",
-        )
-        .bind(event.to_string())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-    sqlx::query("DELETE FROM outbox WHERE id = 3")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    Written {
-        pending: rows[0].0,
-        applied: rows[1].0,
-    }
+    written
 }
 
 async fn write_v2_postgres(url: &str) -> Written {
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-    let rows = events();
-    for (event, key) in &rows {
-        sqlx::query(
-            "INSERT INTO outbox (event_id, kind, tenant_id, key_id, created_at, next_attempt_at) \
-             VALUES ($1, 'key.revoked', 'acme', $2, now(), now())",
-        )
-        .bind(event.to_string())
-        .bind(key.to_string())
+    let (script, written) = v2_rows("now()");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
         .execute(&mut conn)
         .await
         .unwrap();
-    }
-    sqlx::query("UPDATE outbox SET published_at = now(), live_ingestors = 1 WHERE id >= 2")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    for (event, _) in &rows[1..] {
-        sqlx::query(
-            "INSERT INTO event_acks (event_id, ingestor_id, applied_at) VALUES ($1, 'i-1', now())",
-        )
-        .bind(event.to_string())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
-    sqlx::query("DELETE FROM outbox WHERE id = 3")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    Written {
-        pending: rows[0].0,
-        applied: rows[1].0,
-    }
+    written
 }
 
 /// After the upgrade: old events keep their state and reports, the outbox

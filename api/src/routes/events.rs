@@ -11,14 +11,16 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::state::AppState;
 
-/// The header on every answer whose change emitted an event.
-pub const EVENT_ID_HEADER: &str = "Keyward-Event-Id";
+/// The header on every answer whose change emitted an event
+/// (`Keyward-Event-Id`; header names are case-insensitive).
+pub const EVENT_ID_HEADER: &str = "keyward-event-id";
 
 /// `answer` naming the event its change emitted.
 pub fn announcing(mut answer: HttpResponse, event: EventId) -> HttpResponse {
+    // A ULID is always a valid header value.
     if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&event.to_string()) {
         answer.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static("keyward-event-id"),
+            actix_web::http::header::HeaderName::from_static(EVENT_ID_HEADER),
             value,
         );
     }

@@ -15,7 +15,7 @@ use keyward_core::store::{ApiKey, KeyQuery, KeyUpdate, NewApiKey, RotatedKey, St
 use keyward_core::token::ApiKeyToken;
 use serde::{Deserialize, Serialize};
 
-use super::events::{EVENT_ID_HEADER, announcing};
+use super::events::announcing;
 use super::{decode_cursor, encode_cursor, parse_limit, parse_roles, resource};
 use crate::auth::{CachedPrincipal, TenantScope};
 use crate::error::{ApiError, ApiResult, Code, ErrorBody};
@@ -438,10 +438,11 @@ pub async fn rotate(
 /// revocation's event id in `Keyward-Event-Id` (the same id on a repeated
 /// DELETE: the one revocation there is).
 fn with_event(mut answer: actix_web::HttpResponseBuilder, key: &ApiKey) -> HttpResponse {
-    if let Some(revocation) = &key.revocation {
-        answer.insert_header((EVENT_ID_HEADER, revocation.event_id.to_string()));
+    let body = answer.json(key);
+    match &key.revocation {
+        Some(revocation) => announcing(body, revocation.event_id),
+        None => body,
     }
-    answer.json(key)
 }
 
 /// Admin check of a secret; 403 before the body is read for anyone else.

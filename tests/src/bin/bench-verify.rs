@@ -734,15 +734,8 @@ async fn propagation() {
     )
     .await;
     let http = reqwest::Client::new();
-    let admin = |m: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut req = http
-            .request(m, node.url(path))
-            .basic_auth("admin", Some(PASSWORD));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        req
-    };
+    let admin =
+        |m: reqwest::Method, path: &str, body: Option<Value>| admin(&http, &node, m, path, body);
     let verifier: Value = admin(
         reqwest::Method::POST,
         "/api/v1/tenants/_platform/apikeys",
@@ -867,6 +860,23 @@ async fn propagation() {
     broker.cleanup().await;
 }
 
+/// An admin request to the API at `node`, as `admin` (Basic).
+fn admin(
+    http: &reqwest::Client,
+    node: &Running,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::RequestBuilder {
+    let req = http
+        .request(method, node.url(path))
+        .basic_auth("admin", Some(PASSWORD));
+    match body {
+        Some(body) => req.json(&body),
+        None => req,
+    }
+}
+
 /// Clients load both ingestor nodes with one key; the key is rotated with
 /// a 5 s grace and each client switches to the new secret at its own moment
 /// within the first 3 s of the grace; the load goes on past the grace's
@@ -874,11 +884,7 @@ async fn propagation() {
 async fn rotation_under_load(http: &reqwest::Client, api: &Running, nodes: &[Running]) {
     const CLIENTS: u32 = 16;
     const GRACE_SECONDS: u64 = 5;
-    let admin = |m: reqwest::Method, path: &str, body: Value| {
-        http.request(m, api.url(path))
-            .basic_auth("admin", Some(PASSWORD))
-            .json(&body)
-    };
+    let admin = |m: reqwest::Method, path: &str, body: Value| admin(http, api, m, path, Some(body));
     let created: Value = admin(
         reqwest::Method::POST,
         "/api/v1/tenants/acme/apikeys",

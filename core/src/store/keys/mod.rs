@@ -1,6 +1,7 @@
 //! API keys: creation with their roles, reads, the verification read, the
-//! revoke (tombstone and `key.revoked` event in one transaction) and usage.
-//! SQL: `sql.rs`.
+//! revoke (tombstone and `key.revoked` event in one transaction), update
+//! and rotation (each with its event), and usage. Every change writes its
+//! audit record in its transaction. SQL: `sql.rs`.
 
 use async_trait::async_trait;
 use sqlx::FromRow;
