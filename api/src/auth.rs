@@ -67,6 +67,7 @@ impl Principal {
             crate::request_id::current(),
             chrono::Utc::now(),
         )
+        .by_superadmin(self.permissions.is_superadmin())
     }
 
     pub fn require_superadmin(&self) -> ApiResult<()> {

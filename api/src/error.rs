@@ -70,6 +70,7 @@ error_codes! {
     RoleInUse => ("role_in_use", CONFLICT, "The role is still held by a user, key or group."),
     TenantExists => ("tenant_exists", CONFLICT, "A tenant with this id exists."),
     InvalidState => ("invalid_state", CONFLICT, "Not possible in the current state."),
+    RequestTimeout => ("request_timeout", REQUEST_TIMEOUT, "The request did not arrive in time."),
     PayloadTooLarge => ("payload_too_large", PAYLOAD_TOO_LARGE, "The request body is over 64 KiB."),
     UnsupportedMediaType => ("unsupported_media_type", UNSUPPORTED_MEDIA_TYPE, "Send Content-Type: application/json."),
     UnknownRoles => ("unknown_roles", UNPROCESSABLE_ENTITY, "Some roles do not exist in this tenant."),
@@ -166,6 +167,11 @@ impl From<StoreError> for ApiError {
             StoreError::BuiltinRole => Self::new(Code::InvalidState).with_message(
                 "Built-in roles cannot be changed or deleted, nor their names taken.",
             ),
+            StoreError::ProtectedPrincipal => Self::new(Code::Forbidden).with_message(
+                "Only a superadmin may change or delete a user, key or group holding a built-in role.",
+            ),
+            StoreError::LastSuperadmin => Self::new(Code::InvalidState)
+                .with_message("The last superadmin user cannot be removed."),
             StoreError::InvalidState => Self::new(Code::InvalidState),
             StoreError::UnknownRoles(roles) => {
                 Self::new(Code::UnknownRoles).with_details(json!({"roles": roles}))
@@ -227,6 +233,11 @@ impl ResponseError for ApiError {
             }
             Code::Unavailable | Code::RateLimited => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            // The rest of a late body may still come: the connection
+            // cannot carry another request.
+            Code::RequestTimeout => {
+                response.force_close();
             }
             _ => {}
         }

@@ -15,6 +15,18 @@ use crate::error::{ApiError, Code};
 /// Bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// How long a client has to send a request's body (app data; 10 s when
+/// absent). A client trickling its body must not hold a connection and
+/// a worker's buffer for ever: past this the answer is `408`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub std::time::Duration);
+
+impl Default for BodyTimeout {
+    fn default() -> Self {
+        Self(std::time::Duration::from_secs(10))
+    }
+}
+
 /// A JSON request body. Unknown fields are refused (a typo such as
 /// `expiresAT` must not be silently ignored); the request DTOs say so with
 /// `deny_unknown_fields`.
@@ -70,6 +82,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
+        let timeout = req.app_data::<BodyTimeout>().copied().unwrap_or_default();
         let mut payload = payload.take();
         Box::pin(async move {
             if !is_json {
@@ -78,19 +91,26 @@ impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
             if declared.is_some_and(|n| n > BODY_LIMIT) {
                 return Err(ApiError::new(Code::PayloadTooLarge));
             }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|_| {
-                    ApiError::invalid("body", "The request body could not be read.")
-                })?;
-                if body.len() + chunk.len() > BODY_LIMIT {
-                    return Err(ApiError::new(Code::PayloadTooLarge));
-                }
-                body.extend_from_slice(&chunk);
-            }
+            let body = tokio::time::timeout(timeout.0, read_body(&mut payload))
+                .await
+                .map_err(|_| ApiError::new(Code::RequestTimeout))??;
             parse_json(&body).map(Json)
         })
     }
+}
+
+/// The whole body, at most `BODY_LIMIT` bytes.
+async fn read_body(payload: &mut Payload) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| ApiError::invalid("body", "The request body could not be read."))?;
+        if body.len() + chunk.len() > BODY_LIMIT {
+            return Err(ApiError::new(Code::PayloadTooLarge));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// Deserializes with the path of the offending field, in our own words:

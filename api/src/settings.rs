@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use keyward_core::config::{DatabaseSettings, LogSettings};
+use keyward_core::config::{DatabaseSettings, HttpLimits, LogSettings};
 use keyward_core::ids::Password;
 use keyward_core::password::Argon2Settings;
 use keyward_core::token::KeyPrefix;
@@ -64,6 +64,8 @@ pub struct Settings {
           default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub verify_cache_capacity: u64,
     #[command(flatten)]
+    pub http: HttpLimits,
+    #[command(flatten)]
     pub log: LogSettings,
 }
 
@@ -80,6 +82,7 @@ impl Settings {
             ingestor_liveness_seconds: 30,
             verify_cache_ttl_seconds: 60,
             verify_cache_capacity: 100_000,
+            http: HttpLimits::default(),
             log: LogSettings::default(),
         }
     }
@@ -117,6 +120,7 @@ mod tests {
         assert_eq!(cli.settings.key_prefix.as_str(), "kw");
         assert_eq!(cli.settings.verify_cache_ttl_seconds, 60);
         assert_eq!(cli.settings.verify_cache_capacity, 100_000);
+        assert_eq!(cli.settings.http, HttpLimits::default());
         let local = Settings::local(cli.settings.database.database_url.clone());
         assert_eq!(
             (local.verify_cache_ttl_seconds, local.argon2),

@@ -81,9 +81,14 @@ impl Application {
             dummy_hash,
             ingestor_liveness: std::time::Duration::from_secs(settings.ingestor_liveness_seconds),
         });
+        let limits = settings.http;
+        let body_timeout = extract::BodyTimeout(limits.request_timeout());
+        // `max_connections` is per worker: the setting is for the process.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(body_timeout)
                 .app_data(web::PathConfig::default().error_handler(extract::path_error))
                 .app_data(web::QueryConfig::default().error_handler(extract::query_error))
                 .wrap(actix_web::middleware::from_fn(observe::observe))
@@ -109,6 +114,9 @@ impl Application {
                 )
                 .default_service(web::to(routes::not_found))
         })
+        .workers(workers)
+        .client_request_timeout(limits.request_timeout())
+        .max_connections((limits.max_connections as usize).div_ceil(workers))
         .listen(listener)?
         .run();
         tracing::info!(port, "keyward-api listening");

@@ -66,6 +66,38 @@ pub struct DatabaseSettings {
     pub database_url: DatabaseUrl,
 }
 
+/// Limits of an HTTP server that faces clients it does not trust: a slow
+/// or idle client must not hold a connection (and the memory behind it)
+/// for ever, nor may clients open connections without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct HttpLimits {
+    /// Seconds a client has to send a request's head, and again to send
+    /// its body; past either the answer is `408` and the connection closes.
+    #[arg(long = "request-timeout-seconds", env = "KEYWARD_REQUEST_TIMEOUT_SECONDS",
+          default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub request_timeout_seconds: u64,
+    /// Connections served at once; more wait in the listen backlog until
+    /// one closes.
+    #[arg(long = "max-connections", env = "KEYWARD_MAX_CONNECTIONS",
+          default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout_seconds: 10,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl HttpLimits {
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.request_timeout_seconds)
+    }
+}
+
 /// `RUST_LOG` is read by the subscriber itself; the format is a setting.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogSettings {

@@ -1688,6 +1688,156 @@ async fn event_status_follows_the_outbox(s: S) {
     assert!(s.event_status(ev).await.unwrap().is_none(), "purged");
 }
 
+// ---------------------------------------------------------------- built-in role holders
+
+fn protected<T: std::fmt::Debug>(r: StoreResult<T>) {
+    assert!(
+        matches!(r, Err(StoreError::ProtectedPrincipal)),
+        "expected ProtectedPrincipal, got {r:?}"
+    );
+}
+
+fn last_superadmin<T: std::fmt::Debug>(r: StoreResult<T>) {
+    assert!(
+        matches!(r, Err(StoreError::LastSuperadmin)),
+        "expected LastSuperadmin, got {r:?}"
+    );
+}
+
+/// Only a superadmin changes a `_platform` user, key or group holding a
+/// built-in role (directly or through a group); nobody removes the last
+/// superadmin user. A refused change writes nothing.
+async fn builtin_role_holders_belong_to_superadmins(s: S) {
+    let p = TenantId::platform();
+    let sup = || change().by_superadmin(true);
+    let plain = change;
+    assert!(
+        s.bootstrap_user(&new_user(&p, "root", &[r("superadmin")]))
+            .await
+            .unwrap()
+    );
+    let ops = role(&s, &p, "platform-admin", admin_priv()).await;
+    let ops = vec![ops];
+    s.create_user(&new_user(&p, "ops", &ops), &sup())
+        .await
+        .unwrap();
+    s.create_user(&new_user(&p, "root2", &[r("superadmin")]), &sup())
+        .await
+        .unwrap();
+    s.create_user(&new_user(&p, "member", &[]), &sup())
+        .await
+        .unwrap();
+    let verifier = key(&s, &p, "ingestors", &[r("verifier")]).await;
+    let grouped = key(&s, &p, "grouped", &[]).await;
+    let spec = GroupSpec {
+        roles: vec![r("superadmin")],
+        users: vec![u("member")],
+        api_keys: vec![grouped.key_id],
+    };
+    s.put_group(&p, &g("supers"), &spec, &sup()).await.unwrap();
+
+    // A platform admin that is no superadmin: every such change refused.
+    let audited = audit_page(&s, Some(&p)).await.len();
+    protected(s.set_user_roles(&p, &u("root2"), &ops, &plain()).await);
+    protected(s.set_user_roles(&p, &u("member"), &ops, &plain()).await);
+    protected(s.delete_user(&p, &u("root2"), &plain()).await);
+    protected(s.delete_user(&p, &u("member"), &plain()).await);
+    protected(s.revoke_key(&p, verifier.key_id, &plain()).await);
+    protected(s.revoke_key(&p, grouped.key_id, &plain()).await);
+    let rename = KeyUpdate {
+        name: Some(KeyName::parse("renamed").unwrap()),
+        roles: None,
+        expires_at: None,
+    };
+    protected(s.update_key(&p, verifier.key_id, &rename, &plain()).await);
+    protected(
+        s.rotate_key(&p, verifier.key_id, &successor(), Duration::ZERO, &plain())
+            .await,
+    );
+    let emptied = GroupSpec {
+        roles: vec![],
+        users: vec![],
+        api_keys: vec![],
+    };
+    protected(s.put_group(&p, &g("supers"), &emptied, &plain()).await);
+    protected(s.delete_group(&p, &g("supers"), &plain()).await);
+    assert_eq!(
+        s.get_user(&p, &u("root2")).await.unwrap().roles,
+        vec![r("superadmin")]
+    );
+    assert_eq!(
+        s.get_key(&p, verifier.key_id, now()).await.unwrap().status,
+        KeyStatus::Active
+    );
+    assert_eq!(
+        s.get_group(&p, &g("supers")).await.unwrap().roles,
+        vec![r("superadmin")]
+    );
+    assert_eq!(
+        audit_page(&s, Some(&p)).await.len(),
+        audited,
+        "refusals write nothing"
+    );
+    // What holds no built-in role stays theirs to change, also in `_platform`.
+    s.set_user_roles(&p, &u("ops"), &[], &plain())
+        .await
+        .unwrap();
+    s.delete_user(&p, &u("ops"), &plain()).await.unwrap();
+
+    // A superadmin may, until the last superadmin user would go.
+    s.set_user_roles(&p, &u("root2"), &[], &sup())
+        .await
+        .unwrap();
+    s.delete_user(&p, &u("root2"), &sup()).await.unwrap();
+    s.revoke_key(&p, verifier.key_id, &sup()).await.unwrap();
+    s.delete_user(&p, &u("root"), &sup()).await.unwrap();
+    // `member` is the last one now, through the group.
+    last_superadmin(s.delete_user(&p, &u("member"), &sup()).await);
+    last_superadmin(s.delete_group(&p, &g("supers"), &sup()).await);
+    last_superadmin(s.put_group(&p, &g("supers"), &emptied, &sup()).await);
+    s.set_user_roles(&p, &u("member"), &[r("superadmin")], &sup())
+        .await
+        .unwrap();
+    // Direct now as well: the group may go, the direct role may not.
+    s.delete_group(&p, &g("supers"), &sup()).await.unwrap();
+    last_superadmin(s.set_user_roles(&p, &u("member"), &[], &sup()).await);
+    let left = s.user_grants(&p, &u("member")).await.unwrap();
+    assert!(Permissions::from_grants(p.clone(), left).is_superadmin());
+}
+
+/// Two superadmins removing each other at once: one wins, the other is
+/// refused — never both. Rounds, because the race is between two
+/// transactions' reads and commits: without the lock on the `_platform`
+/// row, PostgreSQL let both commit in some rounds of every run tried.
+async fn last_superadmin_holds_under_concurrent_removals(s: S) {
+    let p = TenantId::platform();
+    let sup = || change().by_superadmin(true);
+    assert!(
+        s.bootstrap_user(&new_user(&p, "s0", &[r("superadmin")]))
+            .await
+            .unwrap()
+    );
+    let remove = |name: String| {
+        let (s, p, change) = (Arc::clone(&s), p.clone(), sup());
+        tokio::spawn(async move { s.delete_user(&p, &u(&name), &change).await })
+    };
+    let mut survivor = "s0".to_owned();
+    for round in 1..=30 {
+        let other = format!("s{round}");
+        s.create_user(&new_user(&p, &other, &[r("superadmin")]), &sup())
+            .await
+            .unwrap();
+        let (a, b) = (remove(survivor.clone()), remove(other.clone()));
+        let (a, b) = (a.await.unwrap(), b.await.unwrap());
+        match (&a, &b) {
+            (Ok(()), Err(StoreError::LastSuperadmin)) => survivor = other,
+            (Err(StoreError::LastSuperadmin), Ok(())) => {}
+            _ => panic!("round {round}: {a:?} {b:?}"),
+        }
+        assert_eq!(s.list_users(&p).await.unwrap().len(), 1, "round {round}");
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1746,4 +1896,6 @@ conformance!(
     key_update_changes_and_announces,
     rotation_with_and_without_grace,
     audit_lists_filters_and_purges,
+    builtin_role_holders_belong_to_superadmins,
+    last_superadmin_holds_under_concurrent_removals,
 );

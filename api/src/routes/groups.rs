@@ -6,7 +6,7 @@ use keyward_core::store::{Group, GroupSpec};
 use serde::Deserialize;
 
 use super::events::announcing;
-use super::{Items, created_or_replaced, items, parse_list, parse_roles, resource};
+use super::{Items, MAX_MEMBERS, created_or_replaced, items, parse_list, parse_roles, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::Json;
@@ -51,8 +51,8 @@ pub async fn put(
     let body = body.0;
     let spec = GroupSpec {
         roles: parse_roles(&body.roles)?,
-        users: parse_list("users", &body.users, Username::parse)?,
-        api_keys: parse_list("apiKeys", &body.api_keys, KeyId::parse)?,
+        users: parse_list("users", &body.users, MAX_MEMBERS, Username::parse)?,
+        api_keys: parse_list("apiKeys", &body.api_keys, MAX_MEMBERS, KeyId::parse)?,
     };
     who.require_may_grant(&tenant, &spec.roles)?;
     let change = who.change();

@@ -40,13 +40,36 @@ pub fn created_or_replaced<T: Serialize>(created: bool, location: String, body: 
     }
 }
 
-/// Parses each entry of a list, naming the bad one (`roles[2]`); drops
-/// repeats, keeps the first-seen order.
+/// Longest lists a request may carry. Every entry is a row written (and
+/// a name checked) inside the change's transaction, while it holds the
+/// database's write lock: an unbounded list let one request stall every
+/// tenant's writes (issue #13's probe).
+pub const MAX_ROLES: usize = 64;
+/// Privileges of one role.
+pub const MAX_PRIVILEGES: usize = 64;
+/// Users, and API keys, of one group.
+pub const MAX_MEMBERS: usize = 1_000;
+
+/// `400 invalid_request` naming `field` when it has more than `max` entries.
+pub fn require_at_most(field: &str, len: usize, max: usize) -> ApiResult<()> {
+    if len > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} may have at most {max} entries"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses each entry of a list of at most `max`, naming the bad one
+/// (`roles[2]`); drops repeats, keeps the first-seen order.
 pub fn parse_list<T: PartialEq>(
     field: &str,
     raw: &[String],
+    max: usize,
     parse: impl Fn(&str) -> Result<T, InvalidValue>,
 ) -> ApiResult<Vec<T>> {
+    require_at_most(field, raw.len(), max)?;
     let mut out: Vec<T> = Vec::with_capacity(raw.len());
     for (i, value) in raw.iter().enumerate() {
         let parsed = parse(value).map_err(|e| {
@@ -63,7 +86,7 @@ pub fn parse_list<T: PartialEq>(
 }
 
 pub fn parse_roles(raw: &[String]) -> ApiResult<Vec<RoleName>> {
-    parse_list("roles", raw, RoleName::parse)
+    parse_list("roles", raw, MAX_ROLES, RoleName::parse)
 }
 
 /// `limit` of a paginated list: 1 to 200, default 50.

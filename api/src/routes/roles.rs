@@ -9,7 +9,7 @@ use keyward_core::store::Role;
 use serde::Deserialize;
 
 use super::events::announcing;
-use super::{Items, created_or_replaced, items, resource};
+use super::{Items, MAX_PRIVILEGES, created_or_replaced, items, require_at_most, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
@@ -49,6 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Parses privileges for a tenant role, naming the bad entry.
 fn parse_privileges(raw: &[RawPrivilege]) -> ApiResult<Vec<Privilege>> {
+    require_at_most("privileges", raw.len(), MAX_PRIVILEGES)?;
     raw.iter()
         .enumerate()
         .map(|(i, p)| {

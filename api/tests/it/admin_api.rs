@@ -5,7 +5,7 @@ use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
 use keyward_core::store::NewApiKey;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 // ------------------------------------------------------------- authentication
 
@@ -375,6 +375,142 @@ async fn platform_admins_cannot_mint_superadmins(app: TestApp) {
     assert_eq!(s, 403, "still not a superadmin");
 }
 
+/// An admin of `_platform` that is no superadmin cannot strip, delete or
+/// revoke what holds a built-in role (issue #13's probe); a superadmin can,
+/// but never the last superadmin user.
+async fn platform_admins_cannot_touch_superadmins_or_verifier_keys(app: TestApp) {
+    let role = json!({"privileges": [{"privilege": "admin"}]});
+    app.put("/api/v1/tenants/_platform/roles/ops", ADMIN, role)
+        .await;
+    let body = json!({"username": "op", "password": ADMIN_PASSWORD, "roles": ["ops"]});
+    assert_eq!(
+        app.post("/api/v1/tenants/_platform/users", ADMIN, body)
+            .await
+            .0,
+        201
+    );
+    let body = json!({"name": "ingestors", "roles": ["verifier"]});
+    let (s, key) = app
+        .post("/api/v1/tenants/_platform/apikeys", ADMIN, body)
+        .await;
+    assert_eq!(s, 201, "{key}");
+    let key_path = format!(
+        "/api/v1/tenants/_platform/apikeys/{}",
+        key["keyId"].as_str().unwrap()
+    );
+    let op = As::User("op", ADMIN_PASSWORD);
+
+    let (s, body) = app
+        .put(
+            "/api/v1/tenants/_platform/users/admin/roles",
+            op,
+            json!({"roles": ["ops"]}),
+        )
+        .await;
+    assert_error(s, &body, 403, "forbidden");
+    let (s, body) = app
+        .delete("/api/v1/tenants/_platform/users/admin", op)
+        .await;
+    assert_error(s, &body, 403, "forbidden");
+    let (s, body) = app.delete(&key_path, op).await;
+    assert_error(s, &body, 403, "forbidden");
+    let (s, body) = app.post(&format!("{key_path}/rotate"), op, json!({})).await;
+    assert_error(s, &body, 403, "forbidden");
+    let (s, body) = app.get(&key_path, ADMIN).await;
+    assert_eq!(
+        (s, body["status"].as_str()),
+        (200, Some("active")),
+        "{body}"
+    );
+
+    // The superadmin may revoke the verifier key, but not remove itself
+    // while it is the only superadmin user.
+    assert_eq!(app.delete(&key_path, ADMIN).await.0, 202);
+    let (s, body) = app
+        .delete("/api/v1/tenants/_platform/users/admin", ADMIN)
+        .await;
+    assert_error(s, &body, 409, "invalid_state");
+    let (s, body) = app
+        .put(
+            "/api/v1/tenants/_platform/users/admin/roles",
+            ADMIN,
+            json!({"roles": ["ops"]}),
+        )
+        .await;
+    assert_error(s, &body, 409, "invalid_state");
+    let (s, _) = app.get("/api/v1/tenants", ADMIN).await;
+    assert_eq!(s, 200, "still a superadmin");
+}
+
+/// Lists in a body are capped (issue #13's probe: ~11,500 role names in
+/// one request held SQLite's write lock for seconds): past the cap a 400
+/// names the field and nothing is written; at the cap the request works.
+async fn oversized_lists_are_400_naming_the_field(app: TestApp) {
+    let admin = app.tenant_with_admin("acme").await;
+    let admin = As::User(&admin, ADMIN_PASSWORD);
+    let names = |n: usize, prefix: &str| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    };
+    let privileges: Vec<Value> = (0..65).map(|_| json!({"privilege": "reader"})).collect();
+    let cases = [
+        (
+            "/api/v1/tenants/acme/roles/big",
+            json!({"privileges": privileges}),
+            "privileges",
+        ),
+        (
+            "/api/v1/tenants/acme/groups/big",
+            json!({"roles": names(65, "r")}),
+            "roles",
+        ),
+        (
+            "/api/v1/tenants/acme/groups/big",
+            json!({"users": names(1001, "u")}),
+            "users",
+        ),
+        (
+            "/api/v1/tenants/acme/groups/big",
+            json!({"apiKeys": names(1001, "k")}),
+            "apiKeys",
+        ),
+        (
+            "/api/v1/tenants/acme/users/nobody/roles",
+            json!({"roles": names(65, "r")}),
+            "roles",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let (s, answer) = app.put(path, admin, body).await;
+        let err = assert_error(s, &answer, 400, "invalid_request");
+        assert_eq!(err["details"]["field"], field, "{path}: {answer}");
+    }
+    let body = json!({"name": "k", "roles": names(65, "r")});
+    let (s, answer) = app.post("/api/v1/tenants/acme/apikeys", admin, body).await;
+    assert_error(s, &answer, 400, "invalid_request");
+    let (s, answer) = app.get("/api/v1/tenants/acme/groups/big", admin).await;
+    assert_error(s, &answer, 404, "group_not_found");
+
+    // At the cap: 64 roles checked in one statement, all named as unknown.
+    let (s, answer) = app
+        .put(
+            "/api/v1/tenants/acme/groups/big",
+            admin,
+            json!({"roles": names(64, "r")}),
+        )
+        .await;
+    let err = assert_error(s, &answer, 422, "unknown_roles");
+    assert_eq!(err["details"]["roles"].as_array().unwrap().len(), 64);
+    let (s, answer) = app
+        .put(
+            "/api/v1/tenants/acme/groups/big",
+            admin,
+            json!({"users": names(1000, "u")}),
+        )
+        .await;
+    let err = assert_error(s, &answer, 400, "invalid_request");
+    assert_eq!(err["details"]["users"].as_array().unwrap().len(), 1000);
+}
+
 // ------------------------------------------------------------- groups
 
 async fn group_admin_gains_and_loses_access_on_the_next_request(app: TestApp) {
@@ -643,8 +779,10 @@ on_both_stores!(
     tenant_isolation,
     users_lifecycle,
     platform_admins_cannot_mint_superadmins,
+    platform_admins_cannot_touch_superadmins_or_verifier_keys,
     group_admin_gains_and_loses_access_on_the_next_request,
     bad_input_is_4xx_and_writes_nothing,
+    oversized_lists_are_400_naming_the_field,
     unknown_routes_and_methods,
     health_ready_metrics,
     api_keys_authenticate_with_their_effective_roles,

@@ -7,6 +7,7 @@
 #[macro_use]
 mod support;
 
+mod abuse_limits;
 mod admin_api;
 mod cache_races;
 mod cli;

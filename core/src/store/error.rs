@@ -34,6 +34,10 @@ pub enum StoreError {
     UnknownUsers(Vec<Username>),
     #[error("unknown API keys: {0:?}")]
     UnknownKeys(Vec<KeyId>),
+    #[error("only a superadmin may change a principal or group holding a built-in role")]
+    ProtectedPrincipal,
+    #[error("the change would leave the platform without a superadmin user")]
+    LastSuperadmin,
     #[error("the revocation is not in a state that allows this")]
     InvalidState,
     #[error("the database is unavailable")]

@@ -384,6 +384,9 @@ pub struct Change {
     pub request_id: String,
     pub event_id: EventId,
     pub at: Timestamp,
+    /// The actor is a superadmin: only such a change may touch a
+    /// `_platform` principal or group that holds a built-in role.
+    pub by_superadmin: bool,
 }
 
 impl Change {
@@ -395,7 +398,14 @@ impl Change {
             request_id: request_id.into(),
             event_id: EventId::new(),
             at: crate::store::timestamp::truncate_micros(at),
+            by_superadmin: false,
         }
+    }
+
+    /// The same change, made by a superadmin or not.
+    pub fn by_superadmin(mut self, yes: bool) -> Self {
+        self.by_superadmin = yes;
+        self
     }
 }
 

@@ -6,6 +6,8 @@
 mod audit;
 #[path = "../backend.rs"]
 mod backend;
+#[path = "../rbac/builtin.rs"]
+mod builtin;
 #[path = "../ingestors/sql.rs"]
 mod ingestors;
 #[path = "../keys/sql.rs"]

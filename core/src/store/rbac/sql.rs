@@ -1,8 +1,11 @@
 //! Roles, users and groups SQL, compiled once per backend (see
 //! `store/mod.rs`).
 
+use std::collections::HashSet;
+
 use super::audit::record_in;
-use super::{Conn, Pool, SqlStore};
+use super::builtin::{self, PlatformChange, Target};
+use super::{Conn, Pool, SqlStore, sql, text_list};
 use crate::ids::{GroupName, RoleName, TenantId, Username};
 use crate::privilege::Privilege;
 use crate::rbac::RoleGrant;
@@ -15,9 +18,53 @@ use crate::store::rbac::{
 use crate::store::rows::{GrantRow, NameLinkRow, fold_grants, links_by_owner};
 use crate::store::timestamp::{Ts, truncate_micros};
 use crate::store::{
-    Change, Group, GroupSpec, NewUser, RBAC_CHANGED, Role, StoreError, StoreResult, User,
+    Change, Dialect, Group, GroupSpec, NewUser, RBAC_CHANGED, Role, StoreError, StoreResult, User,
     UserCredentials,
 };
+
+/// Which of a list (`$2`) a tenant (`$1`) has: one statement, whatever
+/// the list's length.
+const EXISTING_ROLES: Dialect = Dialect {
+    sqlite: "SELECT name FROM roles \
+             WHERE tenant_id = $1 AND name IN (SELECT value FROM json_each($2))",
+    postgres: "SELECT name FROM roles WHERE tenant_id = $1 AND name = ANY($2)",
+};
+const EXISTING_USERS: Dialect = Dialect {
+    sqlite: "SELECT username FROM users \
+             WHERE tenant_id = $1 AND username IN (SELECT value FROM json_each($2))",
+    postgres: "SELECT username FROM users WHERE tenant_id = $1 AND username = ANY($2)",
+};
+const EXISTING_KEYS: Dialect = Dialect {
+    sqlite: "SELECT key_id FROM api_keys \
+             WHERE tenant_id = $1 AND key_id IN (SELECT value FROM json_each($2))",
+    postgres: "SELECT key_id FROM api_keys WHERE tenant_id = $1 AND key_id = ANY($2)",
+};
+
+/// The entries of `names` that `tenant` does not have, in their order.
+async fn missing<T: ToString + Clone>(
+    conn: &mut Conn,
+    statement: &Dialect,
+    tenant: &TenantId,
+    names: &[T],
+) -> StoreResult<Vec<T>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted: Vec<String> = names.iter().map(ToString::to_string).collect();
+    let found: HashSet<String> = sqlx::query_scalar(sql(statement))
+        .bind(tenant.as_str())
+        .bind(text_list(wanted.clone()))
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(names
+        .iter()
+        .zip(&wanted)
+        .filter(|(_, w)| !found.contains(*w))
+        .map(|(n, _)| n.clone())
+        .collect())
+}
 
 /// Role names of `names` that `tenant` does not have.
 async fn missing_roles(
@@ -25,19 +72,8 @@ async fn missing_roles(
     tenant: &TenantId,
     names: &[RoleName],
 ) -> StoreResult<Vec<String>> {
-    let mut missing = Vec::new();
-    for name in names {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM roles WHERE tenant_id = $1 AND name = $2")
-                .bind(tenant.as_str())
-                .bind(name.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
-        if found.is_none() {
-            missing.push(name.to_string());
-        }
-    }
-    Ok(missing)
+    let missing = missing(conn, &EXISTING_ROLES, tenant, names).await?;
+    Ok(missing.iter().map(ToString::to_string).collect())
 }
 
 /// Fails with `UnknownRoles` unless every role exists.
@@ -459,6 +495,7 @@ impl RbacStore for SqlStore {
         if exists.is_none() {
             return Err(StoreError::UserNotFound);
         }
+        let guard = PlatformChange::begin(&mut tx, tenant, Target::User(username), change).await?;
         require_roles(&mut tx, tenant, roles).await?;
         sqlx::query("DELETE FROM user_roles WHERE tenant_id = $1 AND username = $2")
             .bind(tenant.as_str())
@@ -477,6 +514,7 @@ impl RbacStore for SqlStore {
             username.as_str(),
         )
         .await?;
+        builtin::finish(guard, &mut tx).await?;
         let user = users_in(&mut tx, tenant, Some(username))
             .await?
             .pop()
@@ -493,6 +531,7 @@ impl RbacStore for SqlStore {
         change: &Change,
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
+        let guard = PlatformChange::begin(&mut tx, tenant, Target::User(username), change).await?;
         let deleted = sqlx::query("DELETE FROM users WHERE tenant_id = $1 AND username = $2")
             .bind(tenant.as_str())
             .bind(username.as_str())
@@ -506,6 +545,7 @@ impl RbacStore for SqlStore {
             .await?;
         let target = username.as_str();
         record_in(&mut tx, change, tenant, Action::UserDelete, target, None).await?;
+        builtin::finish(guard, &mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -558,34 +598,13 @@ impl RbacStore for SqlStore {
     ) -> StoreResult<(Group, bool)> {
         let now = Ts(change.at);
         let mut tx = self.begin_write().await?;
+        let guard = PlatformChange::begin(&mut tx, tenant, Target::Group(name), change).await?;
         require_roles(&mut tx, tenant, &spec.roles).await?;
-        let mut unknown_users = Vec::new();
-        for user in &spec.users {
-            let found: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM users WHERE tenant_id = $1 AND username = $2")
-                    .bind(tenant.as_str())
-                    .bind(user.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if found.is_none() {
-                unknown_users.push(user.clone());
-            }
-        }
+        let unknown_users = missing(&mut tx, &EXISTING_USERS, tenant, &spec.users).await?;
         if !unknown_users.is_empty() {
             return Err(StoreError::UnknownUsers(unknown_users));
         }
-        let mut unknown_keys = Vec::new();
-        for key in &spec.api_keys {
-            let found: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM api_keys WHERE tenant_id = $1 AND key_id = $2")
-                    .bind(tenant.as_str())
-                    .bind(key.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if found.is_none() {
-                unknown_keys.push(*key);
-            }
-        }
+        let unknown_keys = missing(&mut tx, &EXISTING_KEYS, tenant, &spec.api_keys).await?;
         if !unknown_keys.is_empty() {
             return Err(StoreError::UnknownKeys(unknown_keys));
         }
@@ -647,6 +666,7 @@ impl RbacStore for SqlStore {
             .await?;
         self.rbac_changed(&mut tx, change, tenant, Action::GroupPut, name.as_str())
             .await?;
+        builtin::finish(guard, &mut tx).await?;
         let group = groups_in(&mut tx, tenant, Some(name))
             .await?
             .pop()
@@ -678,6 +698,7 @@ impl RbacStore for SqlStore {
         change: &Change,
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
+        let guard = PlatformChange::begin(&mut tx, tenant, Target::Group(name), change).await?;
         self.notify_keys(&mut tx, &KeyChange::Tenant(tenant.clone()))
             .await?;
         let deleted = sqlx::query("DELETE FROM rbac_groups WHERE tenant_id = $1 AND name = $2")
@@ -690,6 +711,7 @@ impl RbacStore for SqlStore {
         }
         self.rbac_changed(&mut tx, change, tenant, Action::GroupDelete, name.as_str())
             .await?;
+        builtin::finish(guard, &mut tx).await?;
         tx.commit().await?;
         Ok(())
     }

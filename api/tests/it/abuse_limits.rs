@@ -1,0 +1,132 @@
+//! Clients that would hold the server's connections: a trickled head, a
+//! trickled body, more connections than the server takes (issue #13).
+//! Store-independent: SQLite only.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use keyward_core::config::HttpLimits;
+use keyward_core::testing::TestDatabase;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{ADMIN_PASSWORD, TestApp, test_settings};
+
+async fn app_with(http: HttpLimits) -> TestApp {
+    let db = TestDatabase::sqlite().await;
+    let settings = keyward_api::settings::Settings {
+        http,
+        ..test_settings(&db.url)
+    };
+    TestApp::start_with(db, settings).await
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Everything the server sends until it closes the connection (at most
+/// `within`), and how long that took.
+async fn until_closed(stream: &mut TcpStream, within: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((start + within).into(), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "still open after {within:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+}
+
+fn admin_basic() -> String {
+    let pair = format!("admin:{ADMIN_PASSWORD}");
+    base64::engine::general_purpose::STANDARD.encode(pair)
+}
+
+/// An authenticated client that sends part of its body and stops: `408
+/// request_timeout` after the timeout, and the connection is closed
+/// (without the limit it stayed open for ever: 200 of 200 after 25 s).
+#[actix_web::test]
+async fn a_trickled_body_is_408_and_closes() {
+    let app = app_with(HttpLimits {
+        request_timeout_seconds: 1,
+        ..HttpLimits::default()
+    })
+    .await;
+    let mut stream = connect(&app).await;
+    let head = format!(
+        "POST /api/v1/tenants HTTP/1.1\r\nHost: keyward\r\nAuthorization: Basic {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"id\":",
+        admin_basic()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (answer, took) = until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    // Nothing was created from the half body.
+    let (s, body) = app.get("/api/v1/tenants", crate::support::ADMIN).await;
+    assert_eq!(
+        (s, body["items"].as_array().unwrap().len()),
+        (200, 1),
+        "{body}"
+    );
+}
+
+/// A client that never finishes its request head is cut off too.
+#[actix_web::test]
+async fn a_trickled_head_is_cut_off() {
+    let app = app_with(HttpLimits {
+        request_timeout_seconds: 1,
+        ..HttpLimits::default()
+    })
+    .await;
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: keyward\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
+
+/// Past `max_connections` the server takes no further connection until one
+/// closes: the next client waits in the backlog, then is served.
+#[actix_web::test]
+async fn connections_past_the_maximum_wait_for_a_free_one() {
+    // One per worker thread: the limit is spread over the workers, so the
+    // smallest total is their number.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let app = app_with(HttpLimits {
+        request_timeout_seconds: 60,
+        max_connections: u32::try_from(workers).unwrap(),
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..workers {
+        idle.push(connect(&app).await);
+    }
+    // Let the server take them in.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut late = connect(&app).await;
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: keyward\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(800), late.read(&mut buf)).await;
+    assert!(early.is_err(), "served past the maximum: {early:?}");
+    drop(idle);
+    let (answer, _) = until_closed(&mut late, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
