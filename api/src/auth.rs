@@ -9,6 +9,7 @@
 //! change counts from the very next request.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -120,11 +121,13 @@ fn principal_of(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let client = req.peer_addr().map(|a| a.ip());
     let req = (!cached_key_permissions).then(|| req.clone());
     async move {
         let state = state.ok_or_else(|| ApiError::new(Code::Internal))?;
         let authorization = authorization.ok_or_else(|| unauthenticated("Missing credentials."))?;
-        let principal = authenticate_with(&state, &authorization, cached_key_permissions).await?;
+        let principal =
+            authenticate_with(&state, &authorization, client, cached_key_permissions).await?;
         tracing::Span::current().record("principal", tracing::field::display(&principal.id));
         // Names the caller in the audit record of a refusal that follows
         // (verify, the only caller of cached permissions, changes nothing).
@@ -195,12 +198,13 @@ impl FromRequest for CachedPrincipal {
 async fn authenticate_with(
     state: &AppState,
     authorization: &str,
+    client: Option<IpAddr>,
     cached_key_permissions: bool,
 ) -> ApiResult<Principal> {
     let (scheme, credentials) = authorization.split_once(' ').unwrap_or((authorization, ""));
     let credentials = credentials.trim();
     if scheme.eq_ignore_ascii_case("basic") {
-        basic(state, credentials).await
+        basic(state, credentials, client).await
     } else if scheme.eq_ignore_ascii_case("bearer") {
         bearer(state, credentials, cached_key_permissions).await
     } else {
@@ -208,18 +212,24 @@ async fn authenticate_with(
     }
 }
 
+fn bad_password() -> ApiError {
+    unauthenticated("Invalid username or password.")
+}
+
 /// A password proven within the cache TTL is answered from memory (admin
-/// tooling pays one argon2 proof a minute, not one a request); otherwise
-/// argon2 on the bounded pool (`503` when it is full), then the user's
-/// grants, remembered unless the user, its roles or its tenant's RBAC
-/// changed while they were read.
-async fn basic(state: &AppState, credentials: &str) -> ApiResult<Principal> {
-    let bad = || unauthenticated("Invalid username or password.");
+/// tooling pays one argon2 proof a minute, not one a request); otherwise,
+/// within the failed-proof limits of the username and the client
+/// (`failed_proofs`), a proof.
+async fn basic(
+    state: &AppState,
+    credentials: &str,
+    client: Option<IpAddr>,
+) -> ApiResult<Principal> {
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(credentials)
-        .map_err(|_| bad())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
-    let (username, password) = decoded.split_once(':').ok_or_else(bad)?;
+        .map_err(|_| bad_password())?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad_password())?;
+    let (username, password) = decoded.split_once(':').ok_or_else(bad_password)?;
     let proof = proof_digest(&state.proof_key, username, password);
     if let Some(proven) = state.proven.get(&proof) {
         return Ok(Principal {
@@ -227,6 +237,25 @@ async fn basic(state: &AppState, credentials: &str) -> ApiResult<Principal> {
             permissions: Arc::clone(&proven.value.permissions),
         });
     }
+    let attempt = state.failed_proofs.attempt(username, client)?;
+    let proved = prove(state, username, password, proof).await;
+    // Only a wrong username or password counts.
+    if !matches!(&proved, Err(e) if e.code == Code::Unauthenticated) {
+        attempt.uncounted();
+    }
+    proved
+}
+
+/// argon2 on the bounded pool (`503` when it is full), then the user's
+/// grants, remembered unless the user, its roles or its tenant's RBAC
+/// changed while they were read.
+async fn prove(
+    state: &AppState,
+    username: &str,
+    password: &str,
+    proof: blake3::Hash,
+) -> ApiResult<Principal> {
+    let bad = bad_password;
     let filled = state.generations.snapshot();
     let found = match Username::parse(username) {
         Ok(u) => state.store.user_credentials(&u).await?,

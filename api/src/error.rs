@@ -86,6 +86,8 @@ pub struct ApiError {
     /// Client-safe: our own words, never a library's.
     pub message: String,
     pub details: Option<Value>,
+    /// Seconds for `Retry-After` (`503`/`429`; 1 when unset).
+    pub retry_after: Option<u64>,
     /// The cause, for the log only.
     cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     /// Set when the error is answered outside the request's task.
@@ -98,9 +100,15 @@ impl ApiError {
             code,
             message: code.default_message().to_owned(),
             details: None,
+            retry_after: None,
             cause: None,
             request_id: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
@@ -232,7 +240,8 @@ impl ResponseError for ApiError {
                 ));
             }
             Code::Unavailable | Code::RateLimited => {
-                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+                let seconds = self.retry_after.unwrap_or(1);
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from(seconds)));
             }
             // The rest of a late body may still come: the connection
             // cannot carry another request.

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod denied;
 pub mod error;
 pub mod extract;
+pub mod failed_proofs;
 pub mod fill_gate;
 pub mod generations;
 pub mod key_loader;

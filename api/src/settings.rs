@@ -63,6 +63,17 @@ pub struct Settings {
     #[arg(long = "verify-cache-capacity", env = "KEYWARD_VERIFY_CACHE_CAPACITY",
           default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub verify_cache_capacity: u64,
+    /// Failed Basic proofs allowed per username per minute; past it the
+    /// username gets `429 rate_limited` until its minute ends (a password
+    /// proven within the minute before keeps working).
+    #[arg(long = "failed-logins-per-username", env = "KEYWARD_FAILED_LOGINS_PER_USERNAME",
+          default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub failed_logins_per_username: u32,
+    /// Failed Basic proofs allowed per client address per minute, whatever
+    /// the usernames.
+    #[arg(long = "failed-logins-per-client", env = "KEYWARD_FAILED_LOGINS_PER_CLIENT",
+          default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub failed_logins_per_client: u32,
     #[command(flatten)]
     pub http: HttpLimits,
     #[command(flatten)]
@@ -70,6 +81,14 @@ pub struct Settings {
 }
 
 impl Settings {
+    pub fn failed_proof_limits(&self) -> crate::failed_proofs::Limits {
+        crate::failed_proofs::Limits {
+            per_username: self.failed_logins_per_username,
+            per_client: self.failed_logins_per_client,
+            window: std::time::Duration::from_secs(60),
+        }
+    }
+
     /// Every setting at its default, on `database_url` and a free port:
     /// what tests and benchmarks start in-process.
     pub fn local(database_url: keyward_core::config::DatabaseUrl) -> Self {
@@ -82,6 +101,8 @@ impl Settings {
             ingestor_liveness_seconds: 30,
             verify_cache_ttl_seconds: 60,
             verify_cache_capacity: 100_000,
+            failed_logins_per_username: 10,
+            failed_logins_per_client: 50,
             http: HttpLimits::default(),
             log: LogSettings::default(),
         }
@@ -121,6 +142,13 @@ mod tests {
         assert_eq!(cli.settings.verify_cache_ttl_seconds, 60);
         assert_eq!(cli.settings.verify_cache_capacity, 100_000);
         assert_eq!(cli.settings.http, HttpLimits::default());
+        assert_eq!(
+            (
+                cli.settings.failed_logins_per_username,
+                cli.settings.failed_logins_per_client
+            ),
+            (10, 50)
+        );
         let local = Settings::local(cli.settings.database.database_url.clone());
         assert_eq!(
             (local.verify_cache_ttl_seconds, local.argon2),

@@ -13,6 +13,7 @@ use keyward_core::password::PasswordHasher;
 use keyward_core::store;
 
 use crate::bootstrap::bootstrap_admin;
+use crate::failed_proofs::FailedProofs;
 use crate::fill_gate::FillGates;
 use crate::generations::Generations;
 use crate::routes::health::DatabaseReadiness;
@@ -74,6 +75,7 @@ impl Application {
                 Arc::clone(&generations),
             ),
             proof_key: random_key(),
+            failed_proofs: FailedProofs::new(settings.failed_proof_limits()),
             generations,
             gates: Arc::clone(&gates),
             verifier,

@@ -18,6 +18,8 @@ pub struct AppState {
     /// digest under `proof_key`, random per process.
     pub proven: ProvenPasswords,
     pub proof_key: [u8; 32],
+    /// Failed Basic proofs per username and per client address.
+    pub failed_proofs: crate::failed_proofs::FailedProofs,
     /// Bumped after every change a cached answer may depend on.
     pub generations: Arc<Generations>,
     pub gates: Arc<crate::fill_gate::FillGates>,

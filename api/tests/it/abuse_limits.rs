@@ -10,7 +10,12 @@ use keyward_core::testing::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{ADMIN_PASSWORD, TestApp, test_settings};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{
+    ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, metric_value, read, test_settings,
+};
 
 async fn app_with(http: HttpLimits) -> TestApp {
     let db = TestDatabase::sqlite().await;
@@ -129,4 +134,82 @@ async fn connections_past_the_maximum_wait_for_a_free_one() {
     drop(idle);
     let (answer, _) = until_closed(&mut late, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// Failed Basic proofs are limited per username and per client address:
+/// `429 rate_limited` with `Retry-After`, and no argon2 proof runs for a
+/// refused attempt. A password proven before keeps working from memory; a
+/// proof that succeeds does not count.
+#[actix_web::test]
+async fn failed_password_proofs_are_limited_per_username_and_client() {
+    let db = TestDatabase::sqlite().await;
+    let settings = keyward_api::settings::Settings {
+        failed_logins_per_username: 3,
+        failed_logins_per_client: 6,
+        ..test_settings(&db.url)
+    };
+    let app = TestApp::start_with(db, settings).await;
+    assert_eq!(app.get("/api/v1/tenants", ADMIN).await.0, 200, "proven");
+    let wrong = As::User("admin", "not the password at all");
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/v1/tenants", wrong).await.0, 401);
+    }
+    let proofs = || async {
+        metric_value(
+            &app.metrics_text().await,
+            "keyward_argon2_duration_seconds_count",
+        )
+    };
+    let before = proofs().await;
+    let res = app
+        .request(Method::GET, "/api/v1/tenants", wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let (s, body) = read(res).await;
+    assert_error(s, &body, 429, "rate_limited");
+    assert_eq!(proofs().await, before, "a refused attempt runs no proof");
+    assert_eq!(
+        app.get("/api/v1/tenants", ADMIN).await.0,
+        200,
+        "remembered proof"
+    );
+
+    // Successful first proofs of other users do not count against the
+    // client; failures under other usernames do.
+    for name in ["carol", "dave"] {
+        let body = json!({"username": name, "password": ADMIN_PASSWORD});
+        assert_eq!(
+            app.post("/api/v1/tenants/_platform/users", ADMIN, body)
+                .await
+                .0,
+            201
+        );
+        let (s, _) = app
+            .get(
+                "/api/v1/tenants/_platform/users",
+                As::User(name, ADMIN_PASSWORD),
+            )
+            .await;
+        assert_eq!(s, 403, "{name} proven (no permission, but authenticated)");
+    }
+    for name in ["x1", "x2", "x3"] {
+        assert_eq!(
+            app.get("/api/v1/tenants", As::User(name, "wrong password!"))
+                .await
+                .0,
+            401
+        );
+    }
+    let (s, body) = app
+        .get("/api/v1/tenants", As::User("x4", "wrong password!"))
+        .await;
+    assert_error(s, &body, 429, "rate_limited");
 }
