@@ -9,6 +9,7 @@ mod support;
 
 mod abuse_limits;
 mod admin_api;
+mod authz_matrix;
 mod cache_races;
 mod cli;
 mod keys_api;
