@@ -314,7 +314,7 @@ fn floor_server() -> String {
     async fn answer(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
         let body: ApiKeyBody = keyward_api::extract::read_json(&req, payload).await?;
         Ok(HttpResponse::Ok().json(serde_json::json!({
-            "valid": true, "tenantId": "acme", "keyId": body.api_key.get(3..29),
+            "valid": true, "tenantId": "acme", "keyId": body.api_key.expose().get(3..29),
             "roles": ["shippers"],
             "privileges": [{"privilege": "ingestor", "resource": {"stream": "clicks-*"}}],
             "expiresAt": null, "cacheTtlSeconds": 60,

@@ -19,6 +19,7 @@ use base64::Engine;
 use keyward_core::ids::{KeyId, RoleName, TenantId, Username};
 use keyward_core::rbac::Permissions;
 use keyward_core::store::Change;
+use zeroize::Zeroizing;
 
 use crate::denied::Caller;
 use crate::error::{ApiError, ApiResult, Code};
@@ -120,7 +121,7 @@ fn principal_of(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .map(|v| Zeroizing::new(v.to_owned()));
     let client = req.peer_addr().map(|a| a.ip());
     let req = (!cached_key_permissions).then(|| req.clone());
     async move {
@@ -228,7 +229,8 @@ async fn basic(
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(credentials)
         .map_err(|_| bad_password())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| bad_password())?;
+    // Wiped when this request is done with it (so is the header's copy).
+    let decoded = Zeroizing::new(String::from_utf8(decoded).map_err(|_| bad_password())?);
     let (username, password) = decoded.split_once(':').ok_or_else(bad_password)?;
     let proof = proof_digest(&state.proof_key, username, password);
     if let Some(proven) = state.proven.get(&proof) {

@@ -285,7 +285,8 @@ ulid_type!(
     "id"
 );
 
-/// A user's password: 12 to 256 characters. Its `Debug` shows nothing.
+/// A user's password: 12 to 256 characters. Its `Debug` shows nothing;
+/// it is wiped when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Password(String);
 
@@ -308,7 +309,13 @@ impl Password {
 
 impl fmt::Debug for Password {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(***)")
+        f.write_str("Password([redacted])")
+    }
+}
+
+impl Drop for Password {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
@@ -374,6 +381,6 @@ mod tests {
         assert!(Password::parse("short").is_err());
         assert!(Password::parse(&"x".repeat(257)).is_err());
         let p = Password::parse("correct horse battery").unwrap();
-        assert_eq!(format!("{p:?}"), "Password(***)");
+        assert_eq!(format!("{p:?}"), "Password([redacted])");
     }
 }

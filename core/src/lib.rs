@@ -20,6 +20,7 @@ pub mod password;
 pub mod privilege;
 pub mod rbac;
 pub mod reconnect;
+pub mod secret;
 pub mod single_flight;
 pub mod store;
 pub mod telemetry;

@@ -146,7 +146,14 @@ impl ApiKeyToken {
 
 impl fmt::Debug for ApiKeyToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ApiKeyToken({}…)", self.start())
+        write!(f, "ApiKeyToken({}…[redacted])", self.start())
+    }
+}
+
+/// The token holds the whole secret: wiped when dropped.
+impl Drop for ApiKeyToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.full);
     }
 }
 

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use keyward_core::digest::KeyDigest;
 use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
 use keyward_core::privilege::Privilege;
+use keyward_core::secret::SecretString;
 use keyward_core::store::{ApiKey, KeyQuery, KeyUpdate, NewApiKey, RotatedKey, StatusFilter};
 use keyward_core::token::ApiKeyToken;
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,8 @@ pub struct CreateKey {
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key: ApiKey,
-    pub secret: String,
+    #[schema(value_type = String)]
+    pub secret: SecretString,
 }
 
 /// Any of the three; a field left out stays as it is.
@@ -81,7 +83,8 @@ const MAX_GRACE_SECONDS: i64 = 604_800;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ApiKeyBody {
-    pub api_key: String,
+    #[schema(value_type = String)]
+    pub api_key: SecretString,
 }
 
 #[derive(Deserialize)]
@@ -206,7 +209,7 @@ pub async fn create(
         .insert_header(("Location", location(&tenant, key_id)))
         .json(CreatedKey {
             key,
-            secret: token.expose_secret().to_owned(),
+            secret: token.expose_secret().to_owned().into(),
         }))
 }
 
@@ -381,7 +384,8 @@ pub async fn update(
 pub struct RotatedKeyBody {
     #[serde(flatten)]
     pub key: ApiKey,
-    pub secret: String,
+    #[schema(value_type = String)]
+    pub secret: SecretString,
 }
 
 /// Rotate a key: a new key with the same name, roles, groups and expiry;
@@ -429,7 +433,7 @@ pub async fn rotate(
         .insert_header(("Location", location(&tenant, new_id)))
         .json(RotatedKeyBody {
             key: rotated.key,
-            secret: token.expose_secret().to_owned(),
+            secret: token.expose_secret().to_owned().into(),
         });
     Ok(announcing(answer, change.event_id))
 }
@@ -457,7 +461,7 @@ pub async fn validate(
 ) -> ApiResult<HttpResponse> {
     let tenant = scope.tenant;
     let body: ApiKeyBody = read_json(&req, payload).await?;
-    let answer = match state.verifier.verify(&body.api_key).await? {
+    let answer = match state.verifier.verify(body.api_key.expose()).await? {
         Outcome::Valid(v) if v.permissions.tenant == tenant => Validation {
             valid: true,
             key_id: Some(v.key_id),
@@ -492,7 +496,7 @@ pub async fn verify(
         return Err(ApiError::new(Code::Forbidden));
     }
     let body: ApiKeyBody = read_json(&req, payload).await?;
-    let answer = match state.verifier.verify(&body.api_key).await? {
+    let answer = match state.verifier.verify(body.api_key.expose()).await? {
         Outcome::Valid(v) => {
             // Made once per cached key, then shared (`KeyState::answer`).
             if let Some(made) = v.answer.get() {

@@ -5,6 +5,7 @@ use actix_web::{HttpResponse, web};
 use keyward_core::ids::{Password, TenantId, Username};
 use keyward_core::privilege::Privilege;
 use keyward_core::rbac::{EffectiveRole, Permissions};
+use keyward_core::secret::SecretString;
 use keyward_core::store::{NewUser, User};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +21,8 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub username: String,
-    pub password: String,
+    #[schema(value_type = String)]
+    pub password: SecretString,
     #[serde(default)]
     pub roles: Vec<String>,
 }
@@ -73,8 +75,8 @@ pub async fn create(
     let body = body.0;
     let username = Username::parse(&body.username)?;
     // Never echo the password, not even in a validation message.
-    let password =
-        Password::parse(&body.password).map_err(|e| ApiError::invalid("password", e.reason))?;
+    let password = Password::parse(body.password.expose())
+        .map_err(|e| ApiError::invalid("password", e.reason))?;
     let roles = parse_roles(&body.roles)?;
     who.require_may_grant(&tenant, &roles)?;
     let user = NewUser {
