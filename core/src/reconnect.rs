@@ -1,42 +1,54 @@
 //! How fast a lost connection (the broker, for the sync worker and for
 //! ingestors) is tried again: 100 ms doubling to 5 s, with jitter, for
-//! ever: a process without its broker has nothing better to do.
-//!
-//! Built on the `backoff` crate (RUSTSEC-2025-0012, acknowledged in
-//! `deny.toml`); see also the sync worker's `retry.rs`.
+//! ever: a process without its broker has nothing better to do. Also the
+//! jitter the sync worker's retry schedule spreads its delays with.
+//! (Written here rather than taken from the `backoff` crate, which is
+//! unmaintained and pulled in the unmaintained `instant`.)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backoff::SystemClock;
-use backoff::backoff::Backoff;
-use backoff::exponential::ExponentialBackoff;
+const INITIAL: Duration = Duration::from_millis(100);
+const MAX: Duration = Duration::from_secs(5);
+/// ±30 %: processes that lost the broker together do not all come back
+/// in the same millisecond.
+const JITTER: f64 = 0.3;
+
+/// `base` spread uniformly by ± `factor` (0.2 = ±20 %).
+pub fn jittered(base: Duration, factor: f64) -> Duration {
+    if factor <= 0.0 {
+        return base;
+    }
+    let mut bytes = [0u8; 8];
+    // Should the system's source fail, no spread: jitter only spreads load.
+    let unit = match getrandom::fill(&mut bytes) {
+        // 53 random bits as a fraction in [0, 1).
+        Ok(()) => (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64,
+        Err(_) => 0.5,
+    };
+    base.mul_f64((1.0 - factor + 2.0 * factor * unit).max(0.0))
+}
 
 /// The delays between reconnection attempts.
-pub struct Reconnect(ExponentialBackoff<SystemClock>);
+pub struct Reconnect {
+    next: Duration,
+}
 
 impl Default for Reconnect {
     fn default() -> Self {
-        Self(ExponentialBackoff {
-            current_interval: Duration::from_millis(100),
-            initial_interval: Duration::from_millis(100),
-            randomization_factor: 0.3,
-            multiplier: 2.0,
-            max_interval: Duration::from_secs(5),
-            start_time: Instant::now(),
-            max_elapsed_time: None,
-            clock: SystemClock::default(),
-        })
+        Self { next: INITIAL }
     }
 }
 
 impl Reconnect {
     pub fn next_delay(&mut self) -> Duration {
-        self.0.next_backoff().unwrap_or(self.0.max_interval)
+        let delay = jittered(self.next, JITTER);
+        self.next = (self.next * 2).min(MAX);
+        delay
     }
 
     /// After a connection that worked: the next loss starts from the start.
     pub fn reset(&mut self) {
-        self.0.reset();
+        self.next = INITIAL;
     }
 }
 
@@ -55,5 +67,14 @@ mod tests {
         assert!(r.next_delay() > first);
         r.reset();
         assert!(r.next_delay() <= Duration::from_millis(130));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_spread() {
+        let base = Duration::from_secs(10);
+        let got: Vec<Duration> = (0..200).map(|_| jittered(base, 0.2)).collect();
+        assert!(got.iter().all(|d| (8.0..=12.0).contains(&d.as_secs_f64())));
+        assert!(got.iter().any(|d| *d != got[0]), "it spreads");
+        assert_eq!(jittered(base, 0.0), base);
     }
 }

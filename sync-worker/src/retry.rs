@@ -1,17 +1,11 @@
 //! The retry schedule of events the broker did not confirm: when one is
 //! tried next, or given up on. (How fast a lost broker is reconnected to
 //! is `keyward_core::reconnect`, shared with ingestors.)
-//!
-//! Built on the `backoff` crate (RUSTSEC-2025-0012: unmaintained, no known
-//! flaw; acknowledged in `deny.toml`). Only this module and
-//! `keyward_core::reconnect` name it, so swapping it touches those two.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use backoff::SystemClock;
-use backoff::backoff::Backoff;
-use backoff::exponential::ExponentialBackoff;
 use chrono::{DateTime, Utc};
+use keyward_core::reconnect::jittered;
 
 /// Exponential backoff with jitter and a cap, and the limits after which
 /// an event is dead-lettered.
@@ -41,20 +35,7 @@ impl RetrySchedule {
         let exponent = failures.saturating_sub(1).min(64) as i32;
         let base = self.initial.as_secs_f64() * self.multiplier.powi(exponent);
         let base = Duration::from_secs_f64(base.min(self.max_interval.as_secs_f64()));
-        let mut backoff = ExponentialBackoff::<SystemClock> {
-            current_interval: base,
-            initial_interval: self.initial,
-            randomization_factor: self.jitter,
-            multiplier: self.multiplier,
-            max_interval: self.max_interval,
-            start_time: Instant::now(),
-            max_elapsed_time: None,
-            clock: SystemClock::default(),
-        };
-        backoff
-            .next_backoff()
-            .unwrap_or(base)
-            .min(self.max_interval)
+        jittered(base, self.jitter).min(self.max_interval)
     }
 
     /// After the `failures`-th failed attempt of an event written at
