@@ -196,20 +196,65 @@ impl FromRequest for CachedPrincipal {
     }
 }
 
+/// What an `Authorization` header presents.
+pub enum Presented<'a> {
+    /// `Basic`: the decoded `username:password`, wiped when dropped.
+    Basic(BasicPair),
+    /// `Bearer`: an API key, not yet parsed.
+    Bearer(&'a str),
+}
+
+/// A decoded Basic pair: split at its first `:`.
+pub struct BasicPair {
+    decoded: Zeroizing<String>,
+    colon: usize,
+}
+
+impl BasicPair {
+    pub fn username(&self) -> &str {
+        &self.decoded[..self.colon]
+    }
+
+    pub fn password(&self) -> &str {
+        &self.decoded[self.colon + 1..]
+    }
+}
+
+/// Reads an `Authorization` header: scheme (any case), then Basic's
+/// base64 of UTF-8 `username:password` or Bearer's key. Anything else is
+/// `401 unauthenticated`.
+pub fn parse_authorization(header: &str) -> ApiResult<Presented<'_>> {
+    let (scheme, credentials) = header.split_once(' ').unwrap_or((header, ""));
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let bytes = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(credentials)
+                .map_err(|_| bad_password())?,
+        );
+        let decoded = Zeroizing::new(
+            std::str::from_utf8(&bytes)
+                .map_err(|_| bad_password())?
+                .to_owned(),
+        );
+        let colon = decoded.find(':').ok_or_else(bad_password)?;
+        Ok(Presented::Basic(BasicPair { decoded, colon }))
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Presented::Bearer(credentials))
+    } else {
+        Err(unauthenticated("Unsupported authorization scheme."))
+    }
+}
+
 async fn authenticate_with(
     state: &AppState,
     authorization: &str,
     client: Option<IpAddr>,
     cached_key_permissions: bool,
 ) -> ApiResult<Principal> {
-    let (scheme, credentials) = authorization.split_once(' ').unwrap_or((authorization, ""));
-    let credentials = credentials.trim();
-    if scheme.eq_ignore_ascii_case("basic") {
-        basic(state, credentials, client).await
-    } else if scheme.eq_ignore_ascii_case("bearer") {
-        bearer(state, credentials, cached_key_permissions).await
-    } else {
-        Err(unauthenticated("Unsupported authorization scheme."))
+    match parse_authorization(authorization)? {
+        Presented::Basic(pair) => basic(state, &pair, client).await,
+        Presented::Bearer(key) => bearer(state, key, cached_key_permissions).await,
     }
 }
 
@@ -221,17 +266,8 @@ fn bad_password() -> ApiError {
 /// tooling pays one argon2 proof a minute, not one a request); otherwise,
 /// within the failed-proof limits of the username and the client
 /// (`failed_proofs`), a proof.
-async fn basic(
-    state: &AppState,
-    credentials: &str,
-    client: Option<IpAddr>,
-) -> ApiResult<Principal> {
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(credentials)
-        .map_err(|_| bad_password())?;
-    // Wiped when this request is done with it (so is the header's copy).
-    let decoded = Zeroizing::new(String::from_utf8(decoded).map_err(|_| bad_password())?);
-    let (username, password) = decoded.split_once(':').ok_or_else(bad_password)?;
+async fn basic(state: &AppState, pair: &BasicPair, client: Option<IpAddr>) -> ApiResult<Principal> {
+    let (username, password) = (pair.username(), pair.password());
     let proof = proof_digest(&state.proof_key, username, password);
     if let Some(proven) = state.proven.get(&proof) {
         return Ok(Principal {
@@ -338,4 +374,41 @@ async fn bearer(state: &AppState, credentials: &str, cached: bool) -> ApiResult<
         id: PrincipalId::Key(key.key_id),
         permissions: Arc::new(Permissions::from_grants(key.tenant_id, key.grants)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(pair: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair)
+        )
+    }
+
+    #[test]
+    fn authorization_headers() {
+        let Ok(Presented::Basic(p)) = parse_authorization(&basic("alice:pa:ss word")) else {
+            panic!("basic");
+        };
+        assert_eq!((p.username(), p.password()), ("alice", "pa:ss word"));
+        let Ok(Presented::Bearer(k)) = parse_authorization("bearer  kw_x_y ") else {
+            panic!("bearer");
+        };
+        assert_eq!(k, "kw_x_y");
+        for bad in [
+            "",
+            "Basic",
+            "Basic !!!",
+            &basic("no colon"),
+            "Digest x",
+            "Basic /w==",
+        ] {
+            let Err(e) = parse_authorization(bad) else {
+                panic!("{bad:?} accepted");
+            };
+            assert_eq!(e.code, Code::Unauthenticated, "{bad:?}");
+        }
+    }
 }

@@ -39,20 +39,37 @@ pub async fn consume(store: Arc<dyn IngestorStore>, mut consumer: Consumer) {
     }
 }
 
+/// Why a message on the reports queue is not taken.
+#[derive(Debug)]
+pub enum Unreadable {
+    /// Not a report at all (not JSON, or not of either shape).
+    Malformed(serde_json::Error),
+    /// A report whose field (named) holds what no ingestor sends.
+    Invalid(&'static str),
+}
+
+/// A report as the worker takes it: decoded and every field checked
+/// before anything reaches the database.
+pub fn decode_report(data: &[u8]) -> Result<ReportMessage, Unreadable> {
+    let message: ReportMessage = serde_json::from_slice(data).map_err(Unreadable::Malformed)?;
+    check(&message).map_err(Unreadable::Invalid)?;
+    Ok(message)
+}
+
 async fn handle(store: &dyn IngestorStore, delivery: &Delivery) -> lapin::Result<bool> {
-    let message: ReportMessage = match serde_json::from_slice(&delivery.data) {
+    let message = match decode_report(&delivery.data) {
         Ok(m) => m,
-        Err(e) => {
+        Err(Unreadable::Malformed(e)) => {
             metrics::counter!("keyward_acks_total", "result" => "malformed").increment(1);
             tracing::warn!(error = %e, "dropping a message on the reports queue that is not a report");
             return delivery.reject(BasicRejectOptions { requeue: false }).await;
         }
+        Err(Unreadable::Invalid(field)) => {
+            metrics::counter!("keyward_acks_total", "result" => "invalid").increment(1);
+            tracing::warn!(field, "dropping a report with a field no ingestor sends");
+            return delivery.reject(BasicRejectOptions { requeue: false }).await;
+        }
     };
-    if let Err(field) = check(&message) {
-        metrics::counter!("keyward_acks_total", "result" => "invalid").increment(1);
-        tracing::warn!(field, "dropping a report with a field no ingestor sends");
-        return delivery.reject(BasicRejectOptions { requeue: false }).await;
-    }
     match record(store, &message).await {
         Ok(kind) => {
             metrics::counter!("keyward_acks_total", "result" => kind).increment(1);
