@@ -47,6 +47,8 @@ pub fn free_port() -> u16 {
 pub struct Running {
     pub child: Child,
     pub port: u16,
+    /// Reads stderr while the process runs (`drain_stderr`).
+    drained: Option<tokio::task::JoinHandle<String>>,
 }
 
 impl Running {
@@ -54,9 +56,26 @@ impl Running {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Reads stderr from now on, so that a process logging more than a
+    /// pipe holds (trace level) does not stall on a full pipe;
+    /// `stderr_text` then returns all of it.
+    pub fn drain_stderr(&mut self) {
+        use tokio::io::AsyncReadExt;
+        if let Some(mut stderr) = self.child.stderr.take() {
+            self.drained = Some(tokio::spawn(async move {
+                let mut all = Vec::new();
+                let _ = stderr.read_to_end(&mut all).await;
+                String::from_utf8_lossy(&all).into_owned()
+            }));
+        }
+    }
+
     /// Everything the process wrote to stderr; call once it has exited.
     pub async fn stderr_text(&mut self) -> String {
         use tokio::io::AsyncReadExt;
+        if let Some(drained) = self.drained.take() {
+            return drained.await.expect("stderr reader");
+        }
         let mut err = String::new();
         if let Some(mut stderr) = self.child.stderr.take() {
             stderr.read_to_string(&mut err).await.expect("read stderr");
@@ -102,6 +121,7 @@ pub fn start(name: &str, env: &[(&str, &str)]) -> Running {
     Running {
         child: cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}")),
         port,
+        drained: None,
     }
 }
 

@@ -7,4 +7,5 @@
 mod binaries;
 mod ingestor_cache_races;
 mod ingestors;
+mod secret_scan;
 mod worker;
