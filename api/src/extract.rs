@@ -173,12 +173,11 @@ const MAX_SHOWN: usize = 64;
 /// characters escaped and at most `MAX_SHOWN` characters (then `…`) — an
 /// error must not carry a client's payload back verbatim, or into logs.
 fn shown(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .take(MAX_SHOWN)
-        .flat_map(char::escape_debug)
-        .collect();
-    if name.chars().nth(MAX_SHOWN).is_some() {
+    // Escaped first, then cut: an escape can be ten times its character
+    // (`\u{10ffff}`), and the cut is a promise about what is sent back.
+    let mut escaped = name.chars().flat_map(char::escape_debug);
+    let mut out: String = escaped.by_ref().take(MAX_SHOWN).collect();
+    if escaped.next().is_some() {
         out.push('…');
     }
     out
@@ -242,5 +241,10 @@ mod tests {
         assert_eq!(field, format!("{}…", "y".repeat(MAX_SHOWN)));
         let field = field_of(r#"{"name": "a", "roles": [], "a\nb\u0000": 1}"#);
         assert_eq!(field, r"a\nb\0");
+        // Found by fuzzing: the cut applies to what is sent back, after
+        // escaping (each DEL escapes to six characters).
+        let dels = r"\u007f".repeat(40);
+        let field = field_of(&format!(r#"{{"name": "a", "roles": [], "{dels}": 1}}"#));
+        assert_eq!(field.chars().count(), MAX_SHOWN + 1, "{field}");
     }
 }
