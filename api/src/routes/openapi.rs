@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::{audit, events, groups, ingestors, keys, roles, tenants, users};
+use keyward_core::store::audit::Action;
+
 use crate::error::Code;
 use crate::extract::BODY_LIMIT;
 
@@ -111,8 +113,12 @@ fn build() -> Value {
                 {
                     op["operationId"] = json!(format!("{tag}.{id}"));
                 }
+                describe_parameters(op);
                 let authenticated = op.get("security").is_some();
                 let has_body = op.get("requestBody").is_some();
+                let in_tenant = op["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == "t"));
                 let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
                     continue;
                 };
@@ -128,9 +134,20 @@ fn build() -> Value {
                     );
                     add("401", "`unauthenticated` (with `WWW-Authenticate`)");
                     add("403", "`forbidden`");
+                    add(
+                        "429",
+                        "`rate_limited`: too many failed password proofs (with `Retry-After`)",
+                    );
                     add("503", "`unavailable` (with `Retry-After`)");
                 }
+                if in_tenant {
+                    add(
+                        "404",
+                        "`tenant_not_found` (a superadmin naming a tenant that does not exist)",
+                    );
+                }
                 if has_body {
+                    add("408", "`request_timeout`: the body did not arrive in time");
                     add("413", "`payload_too_large`");
                     add("415", "`unsupported_media_type`");
                 }
@@ -145,6 +162,31 @@ fn build() -> Value {
         }
     }
     doc
+}
+
+/// Path and query parameters with the schema of what they hold (the
+/// handlers take them as strings): a client or a schema fuzzer then knows
+/// a valid tenant id, name or ULID.
+fn describe_parameters(op: &mut Value) {
+    let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for p in params {
+        let schema = match p["name"].as_str() {
+            Some("t" | "tenant") => json!({"$ref": "#/components/schemas/TenantId"}),
+            Some("name" | "u") => json!({"$ref": "#/components/schemas/RoleName"}),
+            Some("keyId") => json!({"$ref": "#/components/schemas/KeyId"}),
+            Some("eventId") => json!({"$ref": "#/components/schemas/EventId"}),
+            Some("status") => {
+                json!({"type": "string", "enum": ["active", "revoked", "expired", "all"]})
+            }
+            Some("action") => json!({"type": "string",
+                "enum": Action::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>()}),
+            Some("limit") => json!({"type": "integer", "minimum": 1, "maximum": 200}),
+            _ => continue,
+        };
+        p["schema"] = schema;
+    }
 }
 
 /// `/api/v1/apikeys…` answers like `/api/v1/tenants/{t}/apikeys…` for the
