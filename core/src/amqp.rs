@@ -41,6 +41,86 @@ pub async fn declare_reports_queue(channel: &Channel, queue: &str) -> lapin::Res
         .map(drop)
 }
 
+/// The longest message a consumer reads; a longer one is dead-lettered
+/// unread (ours are a few hundred bytes).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How many messages a dead-letter queue keeps: the oldest go first, so a
+/// flood of garbage costs the broker a bounded amount of disk.
+const DEAD_LETTER_MAX_LENGTH: i64 = 10_000;
+
+/// Where a consumer of `queue` puts messages it cannot take.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// Declares `queue`'s dead-letter queue: durable, at most
+/// `DEAD_LETTER_MAX_LENGTH` messages (the oldest dropped).
+pub async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_MAX_LENGTH),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    channel
+        .queue_declare(
+            dead_letter_queue(queue).as_str().into(),
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await
+        .map(drop)
+}
+
+/// Moves a message a consumer of `queue` cannot take to its dead-letter
+/// queue, with why (`x-keyward-reason`) and at most `MAX_MESSAGE_BYTES` of
+/// its body, for an operator to look at; then acknowledges it. The channel
+/// must be in confirm mode: the original is acknowledged only once the
+/// broker has the copy. On failure the original is rejected without
+/// requeue: it must never come back for ever.
+pub async fn dead_letter(
+    channel: &Channel,
+    queue: &str,
+    delivery: &lapin::message::Delivery,
+    reason: &str,
+) -> lapin::Result<bool> {
+    use lapin::options::{BasicAckOptions, BasicPublishOptions, BasicRejectOptions};
+    let body = &delivery.data[..delivery.data.len().min(MAX_MESSAGE_BYTES)];
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-keyward-reason".into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        "x-keyward-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(delivery.data.len()).unwrap_or(i64::MAX)),
+    );
+    let properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers);
+    let copied = async {
+        channel
+            .basic_publish(
+                "".into(),
+                dead_letter_queue(queue).as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await
+    }
+    .await;
+    match copied {
+        Ok(confirm) if confirm.is_ack() => delivery.ack(BasicAckOptions::default()).await,
+        _ => delivery.reject(BasicRejectOptions { requeue: false }).await,
+    }
+}
+
 /// How an ingestor's durable queue is kept by the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueType {

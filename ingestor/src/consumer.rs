@@ -25,7 +25,7 @@ use keyward_core::events::{EventMessage, ReportMessage, ingestor_queue};
 use keyward_core::reconnect::Reconnect;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
@@ -144,6 +144,7 @@ impl RevocationConsumer {
             QueueType::Classic
         };
         amqp::declare_bound_queue(&channel, &queue, &s.exchange, &s.binding, kind).await?;
+        amqp::declare_dead_letter_queue(&channel, &queue).await?;
         amqp::declare_reports_queue(&channel, &s.acks_queue).await?;
         channel
             .basic_qos(s.prefetch, BasicQosOptions::default())
@@ -194,15 +195,25 @@ impl RevocationConsumer {
     /// tombstone stays a tombstone, an eviction of what is gone changes
     /// nothing, and the worker counts one ack per ingestor and event.
     async fn apply(&self, channel: &Channel, delivery: Delivery) -> Result<(), Lost> {
-        let event: EventMessage = match serde_json::from_slice(&delivery.data) {
+        let decoded = if delivery.data.len() > amqp::MAX_MESSAGE_BYTES {
+            Err("oversized".to_owned())
+        } else {
+            serde_json::from_slice::<EventMessage>(&delivery.data).map_err(|e| e.to_string())
+        };
+        let event = match decoded {
             Ok(e) => e,
-            Err(e) => {
+            Err(why) => {
                 // Not requeued: it would come back for ever. An event type
-                // newer than this node is logged here, not guessed at.
-                tracing::warn!(error = %e, "dropping a message that is not a known event");
-                delivery
-                    .reject(BasicRejectOptions { requeue: false })
-                    .await?;
+                // newer than this node is kept for a look, not guessed at.
+                metrics::counter!("keyward_events_dead_lettered_total").increment(1);
+                tracing::warn!(error = %why, bytes = delivery.data.len(), "dead-lettering a message that is not a known event");
+                amqp::dead_letter(
+                    channel,
+                    &self.settings.queue(),
+                    &delivery,
+                    "not a known event",
+                )
+                .await?;
                 return Ok(());
             }
         };

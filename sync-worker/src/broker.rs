@@ -90,6 +90,11 @@ impl Broker {
             .await?;
         let reports = conn.create_channel().await?;
         amqp::declare_reports_queue(&reports, acks_queue).await?;
+        amqp::declare_dead_letter_queue(&reports, acks_queue).await?;
+        // Dead-lettered reports are acknowledged once the broker has them.
+        reports
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         reports
             .basic_qos(REPORTS_PREFETCH, BasicQosOptions::default())
             .await?;
@@ -192,6 +197,14 @@ impl Broker {
                 properties,
             )
             .await
+    }
+
+    /// Where the reports consumer puts what it cannot take.
+    pub fn dead_letters(&self) -> crate::reports::DeadLetters {
+        crate::reports::DeadLetters {
+            channel: self.reports.clone(),
+            queue: self.acks_queue.to_string(),
+        }
     }
 
     /// Starts consuming the reports queue (manual acks).

@@ -3,27 +3,43 @@
 //!
 //! A message is acknowledged to the broker only after the store has it.
 //! Only an unavailable database hands it back (requeue, after a pause); a
-//! message that is not one of ours, whose fields are not what an ingestor
-//! sends (ids of `[A-Za-z0-9._-]`, bounded), or that the database refuses
-//! for its content is rejected without requeue and counted: such a message
-//! would otherwise come back for ever and starve the real reports.
+//! message that is not one of ours (or longer than any of ours), whose
+//! fields are not what an ingestor sends (ids of `[A-Za-z0-9._-]`,
+//! bounded), or that the database refuses for its content is moved to the
+//! queue's dead-letter queue (`{queue}.dead`, bounded) and counted, never
+//! requeued: such a message would otherwise come back for ever and starve
+//! the real reports.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use keyward_core::amqp;
 use keyward_core::events::ReportMessage;
 use keyward_core::store::{IngestorStore, StoreError, StoreResult, error::chain};
-use lapin::Consumer;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{Channel, Consumer};
 
 /// Pause after a database failure before taking the next message.
 const STORE_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// Where the consumer puts what it cannot take: the reports queue's
+/// dead-letter queue, through `channel` (in confirm mode).
+pub struct DeadLetters {
+    pub channel: Channel,
+    pub queue: String,
+}
+
+impl DeadLetters {
+    async fn put(&self, delivery: &Delivery, reason: &str) -> lapin::Result<bool> {
+        amqp::dead_letter(&self.channel, &self.queue, delivery, reason).await
+    }
+}
+
 /// Consumes until the stream ends or fails (the connection is gone).
-pub async fn consume(store: Arc<dyn IngestorStore>, mut consumer: Consumer) {
+pub async fn consume(store: Arc<dyn IngestorStore>, dead: DeadLetters, mut consumer: Consumer) {
     while let Some(delivery) = consumer.next().await {
         let delivery = match delivery {
             Ok(d) => d,
@@ -32,7 +48,7 @@ pub async fn consume(store: Arc<dyn IngestorStore>, mut consumer: Consumer) {
                 return;
             }
         };
-        if let Err(e) = handle(store.as_ref(), &delivery).await {
+        if let Err(e) = handle(store.as_ref(), &dead, &delivery).await {
             tracing::warn!(error = %e, "answering a report failed");
             return;
         }
@@ -42,6 +58,8 @@ pub async fn consume(store: Arc<dyn IngestorStore>, mut consumer: Consumer) {
 /// Why a message on the reports queue is not taken.
 #[derive(Debug)]
 pub enum Unreadable {
+    /// Longer than any report (`amqp::MAX_MESSAGE_BYTES`): not read.
+    Oversized,
     /// Not a report at all (not JSON, or not of either shape).
     Malformed(serde_json::Error),
     /// A report whose field (named) holds what no ingestor sends.
@@ -51,23 +69,41 @@ pub enum Unreadable {
 /// A report as the worker takes it: decoded and every field checked
 /// before anything reaches the database.
 pub fn decode_report(data: &[u8]) -> Result<ReportMessage, Unreadable> {
+    if data.len() > amqp::MAX_MESSAGE_BYTES {
+        return Err(Unreadable::Oversized);
+    }
     let message: ReportMessage = serde_json::from_slice(data).map_err(Unreadable::Malformed)?;
     check(&message).map_err(Unreadable::Invalid)?;
     Ok(message)
 }
 
-async fn handle(store: &dyn IngestorStore, delivery: &Delivery) -> lapin::Result<bool> {
+async fn handle(
+    store: &dyn IngestorStore,
+    dead: &DeadLetters,
+    delivery: &Delivery,
+) -> lapin::Result<bool> {
     let message = match decode_report(&delivery.data) {
         Ok(m) => m,
+        Err(Unreadable::Oversized) => {
+            metrics::counter!("keyward_acks_total", "result" => "oversized").increment(1);
+            tracing::warn!(
+                bytes = delivery.data.len(),
+                "dead-lettering an oversized message on the reports queue"
+            );
+            return dead.put(delivery, "oversized").await;
+        }
         Err(Unreadable::Malformed(e)) => {
             metrics::counter!("keyward_acks_total", "result" => "malformed").increment(1);
-            tracing::warn!(error = %e, "dropping a message on the reports queue that is not a report");
-            return delivery.reject(BasicRejectOptions { requeue: false }).await;
+            tracing::warn!(error = %e, "dead-lettering a message on the reports queue that is not a report");
+            return dead.put(delivery, "malformed").await;
         }
         Err(Unreadable::Invalid(field)) => {
             metrics::counter!("keyward_acks_total", "result" => "invalid").increment(1);
-            tracing::warn!(field, "dropping a report with a field no ingestor sends");
-            return delivery.reject(BasicRejectOptions { requeue: false }).await;
+            tracing::warn!(
+                field,
+                "dead-lettering a report with a field no ingestor sends"
+            );
+            return dead.put(delivery, &format!("invalid {field}")).await;
         }
     };
     match record(store, &message).await {
@@ -77,8 +113,8 @@ async fn handle(store: &dyn IngestorStore, delivery: &Delivery) -> lapin::Result
         }
         Err(e) if !matches!(e, StoreError::Unavailable(_)) => {
             metrics::counter!("keyward_acks_total", "result" => "refused").increment(1);
-            tracing::warn!(error = %chain(&e), "the database refused a report; dropped");
-            delivery.reject(BasicRejectOptions { requeue: false }).await
+            tracing::warn!(error = %chain(&e), "the database refused a report; dead-lettered");
+            dead.put(delivery, "refused by the database").await
         }
         Err(e) => {
             metrics::counter!("keyward_acks_total", "result" => "requeued").increment(1);

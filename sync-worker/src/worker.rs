@@ -136,7 +136,11 @@ impl Worker {
                 return SessionEnd::Lost;
             }
         };
-        let reports = tokio::spawn(crate::reports::consume(Arc::clone(&self.reports), consumer));
+        let reports = tokio::spawn(crate::reports::consume(
+            Arc::clone(&self.reports),
+            broker.dead_letters(),
+            consumer,
+        ));
         // Aborting the consumer hands its unacked messages back to the
         // broker when the channel closes: nothing is lost.
         let _abort_reports = AbortOnDrop(reports.abort_handle());

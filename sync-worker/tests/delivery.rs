@@ -404,8 +404,10 @@ async fn acks_record_heartbeats_and_applied_events() {
     let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]).await;
 
     broker.send_ack(&serde_json::json!("not an ack")).await;
-    // Poison: ids the database refuses or that no ingestor sends. Dropped
-    // once each, never handed back: they must not starve the real ones.
+    broker.send_raw_ack(&vec![b'x'; 100 * 1024]).await;
+    // Poison: ids the database refuses or that no ingestor sends. Dead-
+    // lettered once each, never handed back: they must not starve the
+    // real ones.
     for _ in 0..20 {
         for id in ["nul\u{0}byte", &"x".repeat(8_000)] {
             broker
@@ -461,6 +463,16 @@ async fn acks_record_heartbeats_and_applied_events() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(invalid >= 40.0, "{metrics}");
+    // Everything refused is in the dead-letter queue, for a look.
+    let dead = broker.take_dead_letters(&broker.acks_queue).await;
+    let count = |reason: &str| dead.iter().filter(|(r, _)| r == reason).count();
+    assert_eq!(count("malformed"), 1, "{dead:?}");
+    assert_eq!(count("invalid ingestorId"), 40, "{dead:?}");
+    assert_eq!(count("oversized"), 1, "{dead:?}");
+    assert!(
+        dead.iter().all(|(_, len)| *len <= 64 * 1024),
+        "bodies are cut"
+    );
     worker.stop().await;
     broker.cleanup().await;
 }

@@ -135,9 +135,57 @@ impl TestBroker {
             .expect("publish ack");
     }
 
+    /// Publishes raw bytes to the acks queue.
+    pub async fn send_raw_ack(&self, body: &[u8]) {
+        keyward_core::amqp::declare_reports_queue(&self.channel, &self.acks_queue)
+            .await
+            .expect("declare the reports queue");
+        self.channel
+            .basic_publish(
+                "".into(),
+                self.acks_queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish raw ack");
+    }
+
+    /// Takes every message from `queue`'s dead-letter queue: each one's
+    /// `x-keyward-reason` and body length.
+    pub async fn take_dead_letters(&self, queue: &str) -> Vec<(String, usize)> {
+        let dead = keyward_core::amqp::dead_letter_queue(queue);
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                dead.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            let reason = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-keyward-reason").cloned())
+                .map(|v| match v {
+                    lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            out.push((reason, message.delivery.data.len()));
+        }
+        out
+    }
+
     /// Deletes everything this test made on the broker.
     pub async fn cleanup(self) {
-        for q in self.queues.iter().chain([&self.acks_queue]) {
+        let dead = keyward_core::amqp::dead_letter_queue(&self.acks_queue);
+        for q in self.queues.iter().chain([&self.acks_queue, &dead]) {
             let _ = self
                 .channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())

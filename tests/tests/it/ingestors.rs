@@ -174,9 +174,10 @@ impl System {
         let ch = &self.broker.channel;
         for name in ["a", "b", "lib"] {
             let queue = format!("keyward.ingestor.{}-{name}", self.prefix);
-            let _ = ch
-                .queue_delete(queue.as_str().into(), Default::default())
-                .await;
+            let dead = keyward_core::amqp::dead_letter_queue(&queue);
+            for q in [queue, dead] {
+                let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+            }
         }
         drop((self.api, self.worker, self.db));
         self.broker.cleanup().await;
@@ -354,6 +355,40 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
         .unwrap();
     assert!(m.contains("keyward_ingest_total"), "{m}");
     assert!(m.contains("keyward_revocation_propagation_seconds"), "{m}");
+
+    // A message that is no event, and an oversized one: each node moves
+    // them to its dead-letter queue and goes on (never requeued).
+    for body in [b"not an event".to_vec(), vec![b'{'; 100 * 1024]] {
+        sys.broker
+            .channel
+            .basic_publish(
+                sys.broker.exchange.as_str().into(),
+                "key.revoked.acme".into(),
+                Default::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    for name in ["a", "b"] {
+        let queue = format!("keyward.ingestor.{}-{name}", sys.prefix);
+        let mut dead = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while dead.len() < 2 && Instant::now() < deadline {
+            dead.extend(sys.broker.take_dead_letters(&queue).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(dead.len(), 2, "{name}: {dead:?}");
+        let ok =
+            |(reason, len): &(String, usize)| reason == "not a known event" && *len <= 64 * 1024;
+        assert!(dead.iter().all(ok), "{name}: {dead:?}");
+    }
+    assert_eq!(
+        ingest(http, &a, "clicks-eu", &secret).await,
+        401,
+        "still serving"
+    );
 
     // Neither the caller's key nor the node's own verifier key is logged.
     for mut node in [a, b] {
