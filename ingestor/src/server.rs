@@ -17,6 +17,8 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 pub struct IngestState {
     pub verifier: Arc<Verifier>,
+    /// How long a client has to send its body (`408` after).
+    pub body_timeout: std::time::Duration,
 }
 
 /// `POST /ingest/{stream}` and the ops routes; `connected` (the revocation
@@ -81,31 +83,47 @@ async fn ingest(
             );
         }
     }
-    let mut size = 0usize;
-    while let Some(chunk) = payload.next().await {
-        match chunk {
-            Ok(bytes) => {
-                size += bytes.len();
-                if size > MAX_BODY {
-                    return refuse(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "Bodies are limited to 1 MiB.",
-                    );
-                }
-            }
-            Err(_) => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "The body could not be read.",
-                );
-            }
+    let size = match tokio::time::timeout(state.body_timeout, read_body(&mut payload)).await {
+        Ok(Ok(size)) => size,
+        Ok(Err(refused)) => return refused,
+        Err(_) => {
+            // The rest of the body may still come: close the connection.
+            let mut res = refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "The body did not arrive in time.",
+            );
+            res.head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            return res;
         }
-    }
+    };
     keyward_core::telemetry::counter("keyward_ingest_total", &[("result", "accepted")])
         .increment(1);
     HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "bytes": size}))
+}
+
+/// Reads and counts the body, at most `MAX_BODY` bytes.
+async fn read_body(payload: &mut web::Payload) -> Result<usize, HttpResponse> {
+    let mut size = 0usize;
+    while let Some(chunk) = payload.next().await {
+        let Ok(bytes) = chunk else {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "The body could not be read.",
+            ));
+        };
+        size += bytes.len();
+        if size > MAX_BODY {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Bodies are limited to 1 MiB.",
+            ));
+        }
+    }
+    Ok(size)
 }
 
 /// An error answer in the API's shape (API.md §9), counted by code.

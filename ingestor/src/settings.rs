@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use keyward_core::config::{AmqpSettings, LogSettings, parse_amqp_name};
+use keyward_core::config::{AmqpSettings, HttpLimits, LogSettings, parse_amqp_name};
 use keyward_core::events::{ALL_EVENTS, DEFAULT_ACKS_QUEUE};
 use keyward_core::token::ApiKeyToken;
 
@@ -61,6 +61,8 @@ pub struct Settings {
     #[arg(long = "cache-capacity", env = "KEYWARD_CACHE_CAPACITY", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub cache_capacity: u64,
+    #[command(flatten)]
+    pub http: HttpLimits,
     #[command(flatten)]
     pub log: LogSettings,
 }

@@ -56,7 +56,13 @@ impl Application {
             Arc::clone(&verifier),
         );
         let connected = consumer.connected();
-        let state = web::Data::new(IngestState { verifier });
+        let limits = settings.http;
+        let state = web::Data::new(IngestState {
+            verifier,
+            body_timeout: limits.request_timeout(),
+        });
+        // `max_connections` is per worker: the setting is for the process.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let port = listener.local_addr()?.port();
@@ -67,6 +73,9 @@ impl Application {
                 .app_data(state.clone())
                 .configure(|cfg| server::configure(cfg, Arc::clone(&connected)))
         })
+        .workers(workers)
+        .client_request_timeout(limits.request_timeout())
+        .max_connections((limits.max_connections as usize).div_ceil(workers))
         .listen(listener)?
         .run();
         tracing::info!(port, ingestor_id = %ingestor_id, "keyward-ingestor listening");

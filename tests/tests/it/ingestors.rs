@@ -172,7 +172,7 @@ impl System {
 
     async fn cleanup(self) {
         let ch = &self.broker.channel;
-        for name in ["a", "b", "lib"] {
+        for name in ["a", "b", "c", "lib"] {
             let queue = format!("keyward.ingestor.{}-{name}", self.prefix);
             let dead = keyward_core::amqp::dead_letter_queue(&queue);
             for q in [queue, dead] {
@@ -403,6 +403,37 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
             assert!(!log.contains(secret), "a secret in the ingestor's log");
         }
     }
+    sys.cleanup().await;
+}
+
+/// A client with a valid key that trickles its body is cut off: `408`
+/// after `KEYWARD_REQUEST_TIMEOUT_SECONDS`, and the connection closes.
+#[tokio::test]
+async fn an_ingestor_cuts_off_a_trickled_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let amqp = keyward_tests::amqp::amqp_url();
+    let node = sys
+        .ingestor_with("c", &amqp, &[("KEYWARD_REQUEST_TIMEOUT_SECONDS", "1")])
+        .await;
+    let (_, secret) = sys.key().await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /ingest/clicks-eu HTTP/1.1\r\nHost: node\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Length: 100\r\n\r\npartial"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    drop(node);
     sys.cleanup().await;
 }
 
