@@ -120,22 +120,11 @@ impl TestBroker {
 
     /// Publishes `body` to the acks queue, as an ingestor would.
     pub async fn send_ack(&self, body: &serde_json::Value) {
-        keyward_core::amqp::declare_reports_queue(&self.channel, &self.acks_queue)
-            .await
-            .expect("declare the reports queue");
-        self.channel
-            .basic_publish(
-                "".into(),
-                self.acks_queue.as_str().into(),
-                lapin::options::BasicPublishOptions::default(),
-                body.to_string().as_bytes(),
-                lapin::BasicProperties::default(),
-            )
-            .await
-            .expect("publish ack");
+        self.send_raw_ack(body.to_string().as_bytes()).await;
     }
 
-    /// Publishes raw bytes to the acks queue.
+    /// Publishes raw bytes to the acks queue (declared as the worker
+    /// declares it, so it exists before the worker first connects).
     pub async fn send_raw_ack(&self, body: &[u8]) {
         keyward_core::amqp::declare_reports_queue(&self.channel, &self.acks_queue)
             .await
@@ -149,7 +138,22 @@ impl TestBroker {
                 lapin::BasicProperties::default(),
             )
             .await
-            .expect("publish raw ack");
+            .expect("publish to the acks queue");
+    }
+
+    /// Publishes raw bytes to the exchange with `routing_key`, as the
+    /// worker would (or as a forger could).
+    pub async fn publish_event(&self, routing_key: &str, body: &[u8]) {
+        self.channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish to the exchange");
     }
 
     /// Takes every message from `queue`'s dead-letter queue: each one's

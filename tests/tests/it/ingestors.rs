@@ -324,16 +324,8 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
     let body = json!({"eventId": event_id, "type": "key.revoked", "tenantId": "acme",
                       "keyId": key_id, "revokedAt": chrono::Utc::now(), "sequence": 1});
     sys.broker
-        .channel
-        .basic_publish(
-            sys.broker.exchange.as_str().into(),
-            "key.revoked.acme".into(),
-            Default::default(),
-            body.to_string().as_bytes(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+        .publish_event("key.revoked.acme", body.to_string().as_bytes())
+        .await;
     eventually("duplicate applied", Duration::from_secs(5), || async {
         let m = reqwest::get(a.url("/metrics"))
             .await
@@ -359,17 +351,7 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
     // A message that is no event, and an oversized one: each node moves
     // them to its dead-letter queue and goes on (never requeued).
     for body in [b"not an event".to_vec(), vec![b'{'; 100 * 1024]] {
-        sys.broker
-            .channel
-            .basic_publish(
-                sys.broker.exchange.as_str().into(),
-                "key.revoked.acme".into(),
-                Default::default(),
-                &body,
-                Default::default(),
-            )
-            .await
-            .unwrap();
+        sys.broker.publish_event("key.revoked.acme", &body).await;
     }
     for name in ["a", "b"] {
         let queue = format!("keyward.ingestor.{}-{name}", sys.prefix);

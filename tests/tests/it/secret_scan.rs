@@ -64,6 +64,20 @@ async fn call(
     value
 }
 
+/// `POST /api/v1/verify` of `key` as the node holding `verifier`.
+async fn verify(api: &Running, seen: &mut Seen, verifier: &str, key: &str) {
+    let body = json!({"apiKey": key});
+    call(
+        api,
+        seen,
+        Method::POST,
+        "/api/v1/verify",
+        ("bearer", verifier),
+        Some(body),
+    )
+    .await;
+}
+
 /// Drives the API; returns what was seen.
 async fn drive(api: &Running) -> Seen {
     let mut seen = Seen {
@@ -174,15 +188,7 @@ async fn drive(api: &Running) -> Seen {
     )
     .await;
     let body = json!({"apiKey": secret});
-    call(
-        api,
-        s,
-        Method::POST,
-        "/api/v1/verify",
-        ("bearer", &verifier),
-        Some(body.clone()),
-    )
-    .await;
+    verify(api, s, &verifier, secret.as_str()).await;
     call(
         api,
         s,
@@ -194,15 +200,7 @@ async fn drive(api: &Running) -> Seen {
     .await;
     // A wrong secret for a real key id, and garbage.
     let forged = format!("{}{}", &secret[..secret.len() - 6], "AAAAAA");
-    call(
-        api,
-        s,
-        Method::POST,
-        "/api/v1/verify",
-        ("bearer", &verifier),
-        Some(json!({"apiKey": forged})),
-    )
-    .await;
+    verify(api, s, &verifier, forged.as_str()).await;
     call(
         api,
         s,
@@ -241,15 +239,7 @@ async fn drive(api: &Running) -> Seen {
     )
     .await;
     let new_secret = rotated["secret"].as_str().unwrap().to_owned();
-    call(
-        api,
-        s,
-        Method::POST,
-        "/api/v1/verify",
-        ("bearer", &verifier),
-        Some(json!({"apiKey": new_secret})),
-    )
-    .await;
+    verify(api, s, &verifier, new_secret.as_str()).await;
     call(
         api,
         s,
