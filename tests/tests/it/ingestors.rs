@@ -32,6 +32,11 @@ struct System {
 impl System {
     /// `liveness`: the worker's and the API's liveness window, in seconds.
     async fn start(liveness: &str) -> Option<Self> {
+        Self::start_with(liveness, &[]).await
+    }
+
+    /// With `worker_env` added to the worker's settings.
+    async fn start_with(liveness: &str, worker_env: &[(&str, &str)]) -> Option<Self> {
         let db = TestDatabase::postgres_unmigrated().await?;
         let broker = TestBroker::new().await?;
         let mut api = start_api(&[
@@ -40,16 +45,17 @@ impl System {
             ("KEYWARD_INGESTOR_LIVENESS_SECONDS", liveness),
         ]);
         api.wait_ready("/readyz", READY).await;
-        let mut worker = start(
-            "keyward-sync-worker",
-            &[
-                ("KEYWARD_DATABASE_URL", db.url.as_str()),
-                ("KEYWARD_AMQP_URL", &keyward_tests::amqp::amqp_url()),
-                ("KEYWARD_EXCHANGE", &broker.exchange),
-                ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
-                ("KEYWARD_INGESTOR_LIVENESS_SECONDS", liveness),
-            ],
-        );
+        let amqp = keyward_tests::amqp::amqp_url();
+        let mut env = vec![
+            ("KEYWARD_DATABASE_URL", db.url.as_str()),
+            ("KEYWARD_AMQP_URL", amqp.as_str()),
+            ("KEYWARD_EXCHANGE", broker.exchange.as_str()),
+            ("KEYWARD_ACKS_QUEUE", broker.acks_queue.as_str()),
+            ("KEYWARD_INGESTOR_LIVENESS_SECONDS", liveness),
+        ];
+        env.extend_from_slice(worker_env);
+        let mut worker = start("keyward-sync-worker", &env);
+        worker.drain_stderr();
         worker.wait_ready("/readyz", READY).await;
         let prefix = broker.exchange.replace(".events", "");
         let mut system = Self {
@@ -166,6 +172,8 @@ impl System {
         ];
         env.extend_from_slice(extra);
         let mut node = start("keyward-ingestor", &env);
+        // Read as it comes: a node at trace level fills a pipe fast.
+        node.drain_stderr();
         node.wait_ready("/readyz", READY).await;
         node
     }
@@ -388,6 +396,67 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
     sys.cleanup().await;
 }
 
+/// The worker and an ingestor at `RUST_LOG=trace` (JSON): after keys were
+/// verified, refused and revoked through them, neither's log nor
+/// `/metrics` holds a secret, the node's verifier key, a broker password,
+/// a digest or a hash (issue #13; the API's own scan is `secret_scan`).
+#[tokio::test]
+async fn the_worker_and_an_ingestor_at_trace_show_no_secret() {
+    let trace = [("RUST_LOG", "trace"), ("KEYWARD_LOG_FORMAT", "json")];
+    let Some(mut sys) = System::start_with("30", &trace).await else {
+        return;
+    };
+    let amqp = keyward_tests::amqp::amqp_url();
+    let mut node = sys.ingestor_with("c", &amqp, &trace).await;
+    let (key_id, secret) = sys.key().await;
+    let http = &sys.http;
+    assert_eq!(ingest(http, &node, "clicks-eu", &secret).await, 202);
+    let forged = format!("{}AAAAAA", &secret[..secret.len() - 6]);
+    assert_eq!(ingest(http, &node, "clicks-eu", &forged).await, 401);
+    sys.revoke(&key_id).await;
+    eventually("applied", Duration::from_secs(10), || async {
+        sys.revocation(&key_id).await["state"] == "applied"
+    })
+    .await;
+    assert_eq!(ingest(http, &node, "clicks-eu", &secret).await, 401);
+    let mut seen = Vec::new();
+    for running in [&node, &sys.worker] {
+        let metrics = reqwest::get(running.url("/metrics")).await.unwrap();
+        seen.push(("/metrics", metrics.text().await.unwrap()));
+    }
+    node.signal("TERM");
+    assert!(node.exit_status(Duration::from_secs(15)).await.success());
+    seen.push(("the ingestor's log", node.stderr_text().await));
+    sys.worker.signal("TERM");
+    assert!(
+        sys.worker
+            .exit_status(Duration::from_secs(15))
+            .await
+            .success()
+    );
+    seen.push(("the worker's log", sys.worker.stderr_text().await));
+    let verifier = sys.verifier_key.clone();
+    let secrets = [
+        secret.as_str(),
+        &secret[secret.len() - 20..],
+        forged.as_str(),
+        verifier.as_str(),
+        &verifier[verifier.len() - 20..],
+        "guest:guest",
+        "sha256$",
+        "$argon2",
+    ];
+    for (place, text) in &seen {
+        assert!(text.len() > 1000, "{place} was written");
+        for (i, needle) in secrets.iter().enumerate() {
+            // The index, not the secret: the assertion's message is a log too.
+            assert!(!text.contains(needle), "secret #{i} in {place}");
+        }
+    }
+    assert!(seen[2].1.contains("TRACE"), "the ingestor logged at trace");
+    sys.cleanup().await;
+}
+
 /// A client with a valid key that trickles its body is cut off: `408`
 /// after `KEYWARD_REQUEST_TIMEOUT_SECONDS`, and the connection closes.
 #[tokio::test]
@@ -489,9 +558,10 @@ async fn api_down_on_a_cache_miss_answers_503_never_202() {
         .output()
     {
         let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let queue = format!("keyward.ingestor.{}-a", sys.prefix);
         let line = listed
             .lines()
-            .find(|l| l.starts_with(&format!("keyward.ingestor.{}-a", sys.prefix)))
+            .find(|l| l.split_whitespace().next() == Some(queue.as_str()))
             .unwrap_or_else(|| panic!("queue listed: {listed}"));
         assert!(line.ends_with("quorum"), "{line}");
     }
