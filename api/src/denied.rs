@@ -4,6 +4,7 @@
 //! tenant it aimed at (the path's `{t}`, or the caller's own on the
 //! `/api/v1/apikeys…` aliases); one whose tenant is unknown (no valid
 //! credentials on an alias) has nowhere to be listed and is only logged.
+//! At most `RECORDED_PER_CLIENT_PER_MINUTE` are written per client address.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -83,12 +84,32 @@ pub async fn record_denied(
     let res = next.call(req).await?;
     if let Some(attempt) = attempt(res.request(), res.status())
         && let Some(state) = res.request().app_data::<web::Data<AppState>>()
+        && within_limit(state, res.request())
         && let Err(e) = state.store.record_denied(&attempt).await
     {
         tracing::warn!(error = %keyward_core::store::error::chain(&e),
             action = attempt.action.as_str(), "a refused attempt could not be audited");
     }
     Ok(res)
+}
+
+/// Refusals recorded per client address and minute. Each is a database
+/// write that costs the caller nothing (a request without credentials):
+/// past this, refusals from that address are counted in
+/// `keyward_audit_denied_unrecorded_total`, not written.
+pub const RECORDED_PER_CLIENT_PER_MINUTE: u32 = 60;
+
+fn within_limit(state: &AppState, req: &HttpRequest) -> bool {
+    let client = req
+        .peer_addr()
+        .map_or_else(String::new, |a| a.ip().to_string());
+    match state.denied_audit.take(&client) {
+        Ok(_counted) => true,
+        Err(_) => {
+            metrics::counter!("keyward_audit_denied_unrecorded_total").increment(1);
+            false
+        }
+    }
 }
 
 #[cfg(test)]

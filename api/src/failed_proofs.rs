@@ -11,13 +11,10 @@
 //! holder keeps working while someone else guesses at the same username.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
-
-use moka::sync::Cache;
+use std::time::Duration;
 
 use crate::error::{ApiError, Code};
+use crate::fixed_window::{Counter, Slot};
 
 /// Failed proofs allowed per window and the window's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,52 +34,6 @@ impl Default for Limits {
     }
 }
 
-/// Attempts counted in one fixed window, which starts at the first.
-struct Window {
-    started: Instant,
-    used: AtomicU32,
-}
-
-/// Windows per key, forgotten when they end; bounded so that a flood of
-/// made-up usernames costs memory it cannot grow past.
-struct Counter {
-    windows: Cache<String, Arc<Window>>,
-    limit: u32,
-    window: Duration,
-}
-
-impl Counter {
-    fn new(limit: u32, window: Duration) -> Self {
-        Self {
-            windows: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(window)
-                .build(),
-            limit,
-            window,
-        }
-    }
-
-    /// Takes a slot, or says how long until the window ends.
-    fn take(&self, key: &str) -> Result<Arc<Window>, Duration> {
-        let window = self.windows.get_with_by_ref(key, || {
-            Arc::new(Window {
-                started: Instant::now(),
-                used: AtomicU32::new(0),
-            })
-        });
-        let taken = window
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Ok(window),
-            Err(_) => Err(self.window.saturating_sub(window.started.elapsed())),
-        }
-    }
-}
-
 /// The two limits together.
 pub struct FailedProofs {
     by_username: Counter,
@@ -93,15 +44,15 @@ pub struct FailedProofs {
 /// counts), given back by `uncounted`.
 #[must_use]
 pub struct Attempt {
-    slots: [Arc<Window>; 2],
+    slots: [Slot; 2],
 }
 
 impl Attempt {
     /// The attempt does not count against either limit: its proof
     /// succeeded, or it could not be made (the database was down).
     pub fn uncounted(self) {
-        for w in &self.slots {
-            w.used.fetch_sub(1, Ordering::AcqRel);
+        for slot in self.slots {
+            slot.give_back();
         }
     }
 }
@@ -126,7 +77,7 @@ impl FailedProofs {
                 slots: [by_client, by_username],
             }),
             Err(wait) => {
-                by_client.used.fetch_sub(1, Ordering::AcqRel);
+                by_client.give_back();
                 Err(limited(wait))
             }
         }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 pub mod failed_proofs;
 pub mod fill_gate;
+pub mod fixed_window;
 pub mod generations;
 pub mod key_loader;
 pub mod observe;

@@ -76,6 +76,10 @@ impl Application {
             ),
             proof_key: random_key(),
             failed_proofs: FailedProofs::new(settings.failed_proof_limits()),
+            denied_audit: crate::fixed_window::Counter::new(
+                denied::RECORDED_PER_CLIENT_PER_MINUTE,
+                Duration::from_secs(60),
+            ),
             generations,
             gates: Arc::clone(&gates),
             verifier,

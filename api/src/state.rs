@@ -20,6 +20,8 @@ pub struct AppState {
     pub proof_key: [u8; 32],
     /// Failed Basic proofs per username and per client address.
     pub failed_proofs: crate::failed_proofs::FailedProofs,
+    /// Refusals audited per client address (`denied`).
+    pub denied_audit: crate::fixed_window::Counter,
     /// Bumped after every change a cached answer may depend on.
     pub generations: Arc<Generations>,
     pub gates: Arc<crate::fill_gate::FillGates>,

@@ -213,3 +213,32 @@ async fn failed_password_proofs_are_limited_per_username_and_client() {
         .await;
     assert_error(s, &body, 429, "rate_limited");
 }
+
+/// Refusals are audited, but each is a database write a caller without
+/// credentials gets for free: at most 60 a minute per client address are
+/// written, the rest counted.
+#[actix_web::test]
+async fn refusals_audited_per_client_are_bounded() {
+    let app = TestApp::start(TestDatabase::sqlite().await).await;
+    app.tenant_with_admin("acme").await;
+    let body = json!({"name": "k"});
+    for _ in 0..75 {
+        let (s, _) = app
+            .post("/api/v1/tenants/acme/apikeys", As::Nobody, body.clone())
+            .await;
+        assert_eq!(s, 401);
+    }
+    let (s, page) = app
+        .get(
+            "/api/v1/tenants/acme/audit?limit=200&actor=anonymous",
+            crate::support::ACME_ADMIN,
+        )
+        .await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 60, "{page}");
+    let unrecorded = metric_value(
+        &app.metrics_text().await,
+        "keyward_audit_denied_unrecorded_total",
+    );
+    assert!(unrecorded >= 15.0, "{unrecorded}");
+}
