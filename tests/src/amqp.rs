@@ -53,12 +53,16 @@ impl TestBroker {
     /// `None` (with a loud message) when RabbitMQ is not there and
     /// services are optional; a panic when they are required.
     pub async fn new() -> Option<Self> {
+        Self::with_prefix(&unique_prefix()).await
+    }
+
+    /// Names from `prefix` (`{prefix}.events`, `{prefix}.acks`).
+    pub async fn with_prefix(prefix: &str) -> Option<Self> {
         let conn = match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
             Ok(c) => c,
             Err(e) => return keyward_core::testing::missing_service("RabbitMQ", &e),
         };
         let channel = conn.create_channel().await.expect("channel");
-        let prefix = unique_prefix();
         let broker = Self {
             exchange: format!("{prefix}.events"),
             acks_queue: format!("{prefix}.acks"),

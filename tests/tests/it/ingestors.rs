@@ -37,8 +37,27 @@ impl System {
 
     /// With `worker_env` added to the worker's settings.
     async fn start_with(liveness: &str, worker_env: &[(&str, &str)]) -> Option<Self> {
-        let db = TestDatabase::postgres_unmigrated().await?;
         let broker = TestBroker::new().await?;
+        Self::start_on(liveness, broker, worker_env).await
+    }
+
+    /// With the exchange and queues named after `prefix` (for broker
+    /// permissions made before the system starts).
+    async fn start_with_prefix(
+        liveness: &str,
+        prefix: &str,
+        worker_env: &[(&str, &str)],
+    ) -> Option<Self> {
+        let broker = TestBroker::with_prefix(prefix).await?;
+        Self::start_on(liveness, broker, worker_env).await
+    }
+
+    async fn start_on(
+        liveness: &str,
+        broker: TestBroker,
+        worker_env: &[(&str, &str)],
+    ) -> Option<Self> {
+        let db = TestDatabase::postgres_unmigrated().await?;
         let mut api = start_api(&[
             ("KEYWARD_DATABASE_URL", db.url.as_str()),
             ("KEYWARD_ADMIN_PASSWORD", PASSWORD),
@@ -1162,5 +1181,112 @@ async fn rotation_grace_holds_at_both_ingestors_then_ends() {
     for node in [&a, &b] {
         assert_eq!(ingest(http, node, "clicks-eu", &new).await, 202);
     }
+    sys.cleanup().await;
+}
+
+/// A broker user made with `rabbitmqctl`, deleted when dropped.
+struct BrokerUser(String);
+
+impl BrokerUser {
+    /// `permissions`: configure, write, read (regular expressions).
+    fn add(name: &str, permissions: [&str; 3]) -> Self {
+        let ctl = |args: &[&str]| {
+            let out = std::process::Command::new("rabbitmqctl")
+                .args(args)
+                .output()
+                .expect("rabbitmqctl runs");
+            assert!(out.status.success(), "rabbitmqctl {args:?}: {out:?}");
+        };
+        ctl(&["add_user", name, PASSWORD]);
+        let [conf, write, read] = permissions;
+        ctl(&["set_permissions", "-p", "/", name, conf, write, read]);
+        Self(name.to_owned())
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "amqp://{}:{}@127.0.0.1:5672/%2f",
+            self.0,
+            PASSWORD.replace(' ', "%20")
+        )
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.0])
+            .output();
+    }
+}
+
+/// The broker permissions docs/SECURITY.md tells operators to set are
+/// enough: a worker and an ingestor each with only their own deliver a
+/// revocation end to end; and the ingestor's user cannot publish events.
+#[tokio::test]
+async fn least_privilege_broker_users_suffice() {
+    let Some(probe) = TestBroker::new().await else {
+        return;
+    };
+    let p = probe.exchange.replace(".events", "");
+    probe.cleanup().await;
+    let node_queue = format!(r"keyward\.ingestor\.{p}-c");
+    let worker_user = BrokerUser::add(
+        &format!("{p}-worker"),
+        [
+            &format!(r"^{p}\.(events|acks|acks\.dead)$"),
+            &format!(r"^({p}\.events|amq\.default)$"),
+            &format!(r"^{p}\.acks$"),
+        ],
+    );
+    let node_user = BrokerUser::add(
+        &format!("{p}-node"),
+        [
+            &format!(r"^({p}\.events|{p}\.acks|{node_queue}|{node_queue}\.dead)$"),
+            &format!(r"^({node_queue}|amq\.default)$"),
+            &format!(r"^({p}\.events|{node_queue})$"),
+        ],
+    );
+    let worker_url = worker_user.url();
+    let Some(sys) =
+        System::start_with_prefix("30", &p, &[("KEYWARD_AMQP_URL", worker_url.as_str())]).await
+    else {
+        return;
+    };
+    let node = sys.ingestor_with("c", &node_user.url(), &[]).await;
+    let (key_id, secret) = sys.key().await;
+    assert_eq!(ingest(&sys.http, &node, "clicks-eu", &secret).await, 202);
+    sys.revoke(&key_id).await;
+    eventually("applied", Duration::from_secs(10), || async {
+        sys.revocation(&key_id).await["state"] == "applied"
+    })
+    .await;
+    assert_eq!(ingest(&sys.http, &node, "clicks-eu", &secret).await, 401);
+
+    // The node's user may not publish an event (a forged revocation or a
+    // forged `rbac.changed`): the broker closes its channel.
+    let conn = lapin::Connection::connect(&node_user.url(), Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let published = async {
+        channel
+            .basic_publish(
+                sys.broker.exchange.as_str().into(),
+                "key.revoked.acme".into(),
+                Default::default(),
+                b"{}",
+                Default::default(),
+            )
+            .await?
+            .await
+    }
+    .await;
+    assert!(
+        published.is_err() || !channel.status().connected(),
+        "the node's user published an event: {published:?}"
+    );
+    drop(node);
     sys.cleanup().await;
 }
