@@ -415,13 +415,22 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
     sys.cleanup().await;
 }
 
-/// The worker and an ingestor at `RUST_LOG=trace` (JSON): after keys were
+/// The worker and an ingestor at `RUST_LOG=trace` (pretty and JSON): after keys were
 /// verified, refused and revoked through them, neither's log nor
 /// `/metrics` holds a secret, the node's verifier key, a broker password,
 /// a digest or a hash (issue #13; the API's own scan is `secret_scan`).
 #[tokio::test]
-async fn the_worker_and_an_ingestor_at_trace_show_no_secret() {
-    let trace = [("RUST_LOG", "trace"), ("KEYWARD_LOG_FORMAT", "json")];
+async fn the_worker_and_an_ingestor_at_trace_show_no_secret_json() {
+    trace_scan("json").await;
+}
+
+#[tokio::test]
+async fn the_worker_and_an_ingestor_at_trace_show_no_secret_pretty() {
+    trace_scan("pretty").await;
+}
+
+async fn trace_scan(format: &str) {
+    let trace = [("RUST_LOG", "trace"), ("KEYWARD_LOG_FORMAT", format)];
     let Some(mut sys) = System::start_with("30", &trace).await else {
         return;
     };
