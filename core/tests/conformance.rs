@@ -1778,6 +1778,34 @@ async fn builtin_role_holders_belong_to_superadmins(s: S) {
         audited,
         "refusals write nothing"
     );
+    // Group membership changes what a member may do: joining or leaving a
+    // group is a change of the member too.
+    let add = |users: &[&str], keys: &[KeyId]| GroupSpec {
+        roles: ops.clone(),
+        users: users.iter().map(|n| u(n)).collect(),
+        api_keys: keys.to_vec(),
+    };
+    protected(
+        s.put_group(&p, &g("ops-group"), &add(&["root2"], &[]), &plain())
+            .await,
+    );
+    protected(
+        s.put_group(&p, &g("ops-group"), &add(&[], &[verifier.key_id]), &plain())
+            .await,
+    );
+    s.put_group(&p, &g("ops-group"), &add(&["ops"], &[]), &plain())
+        .await
+        .unwrap();
+    s.put_group(&p, &g("ops-group"), &add(&["ops", "root2"], &[]), &sup())
+        .await
+        .unwrap();
+    protected(
+        s.put_group(&p, &g("ops-group"), &add(&["ops"], &[]), &plain())
+            .await,
+    );
+    s.put_group(&p, &g("ops-group"), &add(&["ops"], &[]), &sup())
+        .await
+        .unwrap();
     // What holds no built-in role stays theirs to change, also in `_platform`.
     s.set_user_roles(&p, &u("ops"), &[], &plain())
         .await

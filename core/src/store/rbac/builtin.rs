@@ -10,9 +10,9 @@
 //! inside the change's own transaction, so two concurrent changes cannot
 //! each see the other's target still there.
 
-use super::Conn;
+use super::{Conn, sql, text_list};
 use crate::ids::{GroupName, KeyId, RoleName, TenantId, Username};
-use crate::store::{Change, StoreError, StoreResult};
+use crate::store::{Change, Dialect, GroupSpec, StoreError, StoreResult};
 
 /// What a `_platform` change touches.
 pub(super) enum Target<'a> {
@@ -63,6 +63,104 @@ impl PlatformChange {
         }
         Ok(())
     }
+}
+
+/// Users (`$2`, a list) of `_platform` (`$1`) holding a built-in role,
+/// directly or through a group.
+const USERS_HOLDING_BUILTIN: Dialect = Dialect {
+    sqlite: "SELECT 1 FROM user_roles l JOIN roles r \
+               ON r.tenant_id = l.tenant_id AND r.name = l.role_name \
+             WHERE l.tenant_id = $1 AND r.builtin \
+               AND l.username IN (SELECT value FROM json_each($2)) \
+             UNION ALL \
+             SELECT 1 FROM group_users m \
+             JOIN group_roles g ON g.tenant_id = m.tenant_id AND g.group_name = m.group_name \
+             JOIN roles r ON r.tenant_id = g.tenant_id AND r.name = g.role_name \
+             WHERE m.tenant_id = $1 AND r.builtin \
+               AND m.username IN (SELECT value FROM json_each($2)) \
+             LIMIT 1",
+    postgres: "SELECT 1 FROM user_roles l JOIN roles r \
+                 ON r.tenant_id = l.tenant_id AND r.name = l.role_name \
+               WHERE l.tenant_id = $1 AND r.builtin AND l.username = ANY($2) \
+               UNION ALL \
+               SELECT 1 FROM group_users m \
+               JOIN group_roles g ON g.tenant_id = m.tenant_id AND g.group_name = m.group_name \
+               JOIN roles r ON r.tenant_id = g.tenant_id AND r.name = g.role_name \
+               WHERE m.tenant_id = $1 AND r.builtin AND m.username = ANY($2) \
+               LIMIT 1",
+};
+
+/// The same for keys (`$2`: key ids).
+const KEYS_HOLDING_BUILTIN: Dialect = Dialect {
+    sqlite: "SELECT 1 FROM api_key_roles l JOIN roles r \
+               ON r.tenant_id = l.tenant_id AND r.name = l.role_name \
+             WHERE l.tenant_id = $1 AND r.builtin \
+               AND l.key_id IN (SELECT value FROM json_each($2)) \
+             UNION ALL \
+             SELECT 1 FROM group_keys m \
+             JOIN group_roles g ON g.tenant_id = m.tenant_id AND g.group_name = m.group_name \
+             JOIN roles r ON r.tenant_id = g.tenant_id AND r.name = g.role_name \
+             WHERE m.tenant_id = $1 AND r.builtin \
+               AND m.key_id IN (SELECT value FROM json_each($2)) \
+             LIMIT 1",
+    postgres: "SELECT 1 FROM api_key_roles l JOIN roles r \
+                 ON r.tenant_id = l.tenant_id AND r.name = l.role_name \
+               WHERE l.tenant_id = $1 AND r.builtin AND l.key_id = ANY($2) \
+               UNION ALL \
+               SELECT 1 FROM group_keys m \
+               JOIN group_roles g ON g.tenant_id = m.tenant_id AND g.group_name = m.group_name \
+               JOIN roles r ON r.tenant_id = g.tenant_id AND r.name = g.role_name \
+               WHERE m.tenant_id = $1 AND r.builtin AND m.key_id = ANY($2) \
+               LIMIT 1",
+};
+
+/// A group's members join or leave with a PUT, and that changes what they
+/// may do: when a member joining or leaving a `_platform` group holds a
+/// built-in role, the PUT is a superadmin's (`ProtectedPrincipal`).
+/// Two statements for the members, whatever their number.
+pub(super) async fn require_members_unprotected(
+    conn: &mut Conn,
+    tenant: &TenantId,
+    group: &GroupName,
+    spec: &GroupSpec,
+    change: &Change,
+) -> StoreResult<()> {
+    if !tenant.is_platform() || change.by_superadmin {
+        return Ok(());
+    }
+    let mut users: Vec<String> = sqlx::query_scalar(
+        "SELECT username FROM group_users WHERE tenant_id = $1 AND group_name = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(group.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    users.extend(spec.users.iter().map(ToString::to_string));
+    let mut keys: Vec<String> = sqlx::query_scalar(
+        "SELECT key_id FROM group_keys WHERE tenant_id = $1 AND group_name = $2",
+    )
+    .bind(tenant.as_str())
+    .bind(group.as_str())
+    .fetch_all(&mut *conn)
+    .await?;
+    keys.extend(spec.api_keys.iter().map(ToString::to_string));
+    for (statement, members) in [
+        (&USERS_HOLDING_BUILTIN, users),
+        (&KEYS_HOLDING_BUILTIN, keys),
+    ] {
+        if members.is_empty() {
+            continue;
+        }
+        let found: Option<i32> = sqlx::query_scalar(sql(statement))
+            .bind(tenant.as_str())
+            .bind(text_list(members))
+            .fetch_optional(&mut *conn)
+            .await?;
+        if found.is_some() {
+            return Err(StoreError::ProtectedPrincipal);
+        }
+    }
+    Ok(())
 }
 
 /// Finishes a guarded change, if it was one.

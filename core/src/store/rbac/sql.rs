@@ -599,6 +599,7 @@ impl RbacStore for SqlStore {
         let now = Ts(change.at);
         let mut tx = self.begin_write().await?;
         let guard = PlatformChange::begin(&mut tx, tenant, Target::Group(name), change).await?;
+        builtin::require_members_unprotected(&mut tx, tenant, name, spec, change).await?;
         require_roles(&mut tx, tenant, &spec.roles).await?;
         let unknown_users = missing(&mut tx, &EXISTING_USERS, tenant, &spec.users).await?;
         if !unknown_users.is_empty() {
