@@ -1,7 +1,7 @@
 //! API key SQL, compiled once per backend (see `store/mod.rs`).
 
 use super::audit::record_in;
-use super::builtin::{PlatformChange, Target};
+use super::builtin::{Target, require_unprotected};
 use super::rbac::{link_error, require_roles};
 use super::{Conn, SqlStore, sql};
 use crate::ids::{KeyId, RoleName, TenantId};
@@ -314,9 +314,8 @@ impl KeyStore for SqlStore {
     ) -> StoreResult<Revoked> {
         let now = change.at;
         let mut tx = self.begin_write().await?;
-        // Protects the ingestors' verifier keys from non-superadmins; no
-        // key counts as the last superadmin (revoking a key always works).
-        PlatformChange::begin(&mut tx, tenant, Target::Key(key_id), change).await?;
+        // Protects the ingestors' verifier keys from non-superadmins.
+        require_unprotected(&mut tx, tenant, &Target::Key(key_id), change).await?;
         // Only the call that flips the row writes the event: a second
         // or concurrent revoke changes nothing and writes nothing.
         let flipped = sqlx::query(
@@ -361,7 +360,7 @@ impl KeyStore for SqlStore {
         change: &Change,
     ) -> StoreResult<ApiKey> {
         let mut tx = self.begin_write().await?;
-        PlatformChange::begin(&mut tx, tenant, Target::Key(key_id), change).await?;
+        require_unprotected(&mut tx, tenant, &Target::Key(key_id), change).await?;
         if !key_state(&mut tx, tenant, key_id).await?.active {
             return Err(StoreError::InvalidState);
         }
@@ -419,7 +418,7 @@ impl KeyStore for SqlStore {
     ) -> StoreResult<Rotated> {
         let now = change.at;
         let mut tx = self.begin_write().await?;
-        PlatformChange::begin(&mut tx, tenant, Target::Key(key_id), change).await?;
+        require_unprotected(&mut tx, tenant, &Target::Key(key_id), change).await?;
         let old = key_state(&mut tx, tenant, key_id).await?;
         if !old.active || old.replaced || old.expires_at.is_some_and(|at| at <= now) {
             return Err(StoreError::InvalidState);

@@ -48,9 +48,7 @@ impl PlatformChange {
             .bind(tenant.as_str())
             .execute(&mut *conn)
             .await?;
-        if !change.by_superadmin && holds_builtin(conn, &target).await? {
-            return Err(StoreError::ProtectedPrincipal);
-        }
+        require_unprotected(conn, tenant, &target, change).await?;
         let had_superadmin = superadmin_user_exists(conn).await?;
         Ok(Some(Self { had_superadmin }))
     }
@@ -144,21 +142,25 @@ pub(super) async fn require_members_unprotected(
     .fetch_all(&mut *conn)
     .await?;
     keys.extend(spec.api_keys.iter().map(ToString::to_string));
-    for (statement, members) in [
-        (&USERS_HOLDING_BUILTIN, users),
-        (&KEYS_HOLDING_BUILTIN, keys),
-    ] {
-        if members.is_empty() {
-            continue;
-        }
-        let found: Option<i32> = sqlx::query_scalar(sql(statement))
-            .bind(tenant.as_str())
-            .bind(text_list(members))
-            .fetch_optional(&mut *conn)
-            .await?;
-        if found.is_some() {
-            return Err(StoreError::ProtectedPrincipal);
-        }
+    if any_holds_builtin(conn, &USERS_HOLDING_BUILTIN, users).await?
+        || any_holds_builtin(conn, &KEYS_HOLDING_BUILTIN, keys).await?
+    {
+        return Err(StoreError::ProtectedPrincipal);
+    }
+    Ok(())
+}
+
+/// `ProtectedPrincipal` when the actor is no superadmin and `target`, in
+/// `_platform`, holds a built-in role. All a key change needs: no key
+/// counts as the last superadmin, so it takes no lock.
+pub(super) async fn require_unprotected(
+    conn: &mut Conn,
+    tenant: &TenantId,
+    target: &Target<'_>,
+    change: &Change,
+) -> StoreResult<()> {
+    if tenant.is_platform() && !change.by_superadmin && holds_builtin(conn, target).await? {
+        return Err(StoreError::ProtectedPrincipal);
     }
     Ok(())
 }
@@ -174,39 +176,39 @@ pub(super) async fn finish(guard: Option<PlatformChange>, conn: &mut Conn) -> St
 /// Does `target` hold a built-in role, directly or through a group (a
 /// group: among its own roles)?
 async fn holds_builtin(conn: &mut Conn, target: &Target<'_>) -> StoreResult<bool> {
-    let (sql, id) = match target {
-        Target::User(u) => (
-            "SELECT 1 FROM user_roles l JOIN roles r \
-               ON r.tenant_id = l.tenant_id AND r.name = l.role_name \
-             WHERE l.tenant_id = $1 AND l.username = $2 AND r.builtin \
-             UNION ALL \
-             SELECT 1 FROM group_users m \
-             JOIN group_roles g ON g.tenant_id = m.tenant_id AND g.group_name = m.group_name \
-             JOIN roles r ON r.tenant_id = g.tenant_id AND r.name = g.role_name \
-             WHERE m.tenant_id = $1 AND m.username = $2 AND r.builtin",
-            u.to_string(),
-        ),
-        Target::Key(k) => (
-            "SELECT 1 FROM api_key_roles l JOIN roles r \
-               ON r.tenant_id = l.tenant_id AND r.name = l.role_name \
-             WHERE l.tenant_id = $1 AND l.key_id = $2 AND r.builtin \
-             UNION ALL \
-             SELECT 1 FROM group_keys m \
-             JOIN group_roles g ON g.tenant_id = m.tenant_id AND g.group_name = m.group_name \
-             JOIN roles r ON r.tenant_id = g.tenant_id AND r.name = g.role_name \
-             WHERE m.tenant_id = $1 AND m.key_id = $2 AND r.builtin",
-            k.to_string(),
-        ),
-        Target::Group(g) => (
-            "SELECT 1 FROM group_roles g JOIN roles r \
-               ON r.tenant_id = g.tenant_id AND r.name = g.role_name \
-             WHERE g.tenant_id = $1 AND g.group_name = $2 AND r.builtin",
-            g.to_string(),
-        ),
-    };
-    let found: Option<i32> = sqlx::query_scalar(sql)
+    match target {
+        Target::User(u) => {
+            any_holds_builtin(conn, &USERS_HOLDING_BUILTIN, vec![u.to_string()]).await
+        }
+        Target::Key(k) => any_holds_builtin(conn, &KEYS_HOLDING_BUILTIN, vec![k.to_string()]).await,
+        Target::Group(g) => {
+            let found: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM group_roles g JOIN roles r \
+                   ON r.tenant_id = g.tenant_id AND r.name = g.role_name \
+                 WHERE g.tenant_id = $1 AND g.group_name = $2 AND r.builtin",
+            )
+            .bind(TenantId::PLATFORM)
+            .bind(g.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            Ok(found.is_some())
+        }
+    }
+}
+
+/// Does any of `members` hold a built-in role (`statement`: one of the
+/// `…_HOLDING_BUILTIN` lists)?
+async fn any_holds_builtin(
+    conn: &mut Conn,
+    statement: &Dialect,
+    members: Vec<String>,
+) -> StoreResult<bool> {
+    if members.is_empty() {
+        return Ok(false);
+    }
+    let found: Option<i32> = sqlx::query_scalar(sql(statement))
         .bind(TenantId::PLATFORM)
-        .bind(id)
+        .bind(text_list(members))
         .fetch_optional(&mut *conn)
         .await?;
     Ok(found.is_some())
