@@ -108,26 +108,23 @@ impl Broker {
         })
     }
 
-    /// Publishes every event (persistent, `mandatory`), then awaits their
-    /// confirms, each until `deadline`. The outcomes are in `events` order;
-    /// the `bool` is `false` when the connection failed on the way.
-    pub async fn publish_batch(
-        &self,
-        events: &[OutboxEvent],
-        timeout: Duration,
-    ) -> (Vec<(Outcome, Duration)>, bool) {
+    /// Publishes every event (persistent, `mandatory`), in order, without
+    /// waiting for their confirms: [`SentBatch::confirms`] awaits those, so
+    /// the next batch can go out while this one's are still on their way.
+    /// Sending is bounded by `timeout` too, and so is each confirm.
+    pub async fn send_batch(&self, events: &[OutboxEvent], timeout: Duration) -> SentBatch {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut healthy = true;
-        let mut pending = Vec::with_capacity(events.len());
+        let mut sent = Vec::with_capacity(events.len());
         for event in events {
             let Ok(message) = EventMessage::try_from(event) else {
-                pending.push(Err(Outcome::Unpublishable));
+                sent.push(Err(Outcome::Unpublishable));
                 continue;
             };
             // Sending is under the deadline too: a stalled connection can
             // block the send itself, not only its confirm.
-            let sent = if healthy {
+            let one = if healthy {
                 match tokio::time::timeout_at(deadline, self.publish_one(event, &message)).await {
                     Ok(Ok(confirm)) => Ok(confirm),
                     Ok(Err(e)) => {
@@ -143,33 +140,14 @@ impl Broker {
             } else {
                 Err(Outcome::Failed(CONNECTION_FAILED))
             };
-            pending.push(sent);
+            sent.push(one);
         }
-        let outcomes = futures_util::future::join_all(pending.into_iter().map(|sent| async move {
-            let outcome = match sent {
-                Err(outcome) => outcome,
-                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
-                    Err(_) => Outcome::Failed(NO_CONFIRM),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "confirm failed");
-                        Outcome::Failed(CONNECTION_FAILED)
-                    }
-                    Ok(Ok(Confirmation::Ack(None))) => Outcome::Confirmed,
-                    Ok(Ok(Confirmation::Ack(Some(_)))) => Outcome::Unrouted,
-                    Ok(Ok(Confirmation::Nack(_))) => Outcome::Failed(REFUSED),
-                    Ok(Ok(Confirmation::NotRequested)) => Outcome::Failed(NO_CONFIRM),
-                },
-            };
-            (outcome, started.elapsed())
-        }))
-        .await;
-        // A timed-out confirm means the connection can't be trusted either.
-        let healthy = healthy
-            && !self.is_lost()
-            && outcomes
-                .iter()
-                .all(|(o, _)| *o != Outcome::Failed(NO_CONFIRM));
-        (outcomes, healthy)
+        SentBatch {
+            started,
+            deadline,
+            sent,
+            healthy,
+        }
     }
 
     /// One event: its body, `type` and routing key `{type}.{tenantId}`
@@ -239,6 +217,61 @@ impl Broker {
             )
             .await;
         }
+    }
+}
+
+/// A batch on its way: each event's confirm still to come (or why it was
+/// not sent).
+pub struct SentBatch {
+    started: Instant,
+    deadline: tokio::time::Instant,
+    sent: Vec<Result<lapin::PublisherConfirm, Outcome>>,
+    healthy: bool,
+}
+
+impl SentBatch {
+    /// Whether every event went out (a failed or stalled send means the
+    /// connection is to be replaced).
+    pub fn sent_whole(&self) -> bool {
+        self.healthy
+    }
+
+    /// Awaits every confirm until the batch's deadline. The outcomes are
+    /// in the order of the events sent, each with the time from sending to
+    /// its answer; the `bool` is `false` when the connection failed on the
+    /// way (a confirm that never came counts: the connection can't be
+    /// trusted either).
+    pub async fn confirms(self, broker: &Broker) -> (Vec<(Outcome, Duration)>, bool) {
+        let Self {
+            started,
+            deadline,
+            sent,
+            healthy,
+        } = self;
+        let outcomes = futures_util::future::join_all(sent.into_iter().map(|sent| async move {
+            let outcome = match sent {
+                Err(outcome) => outcome,
+                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                    Err(_) => Outcome::Failed(NO_CONFIRM),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "confirm failed");
+                        Outcome::Failed(CONNECTION_FAILED)
+                    }
+                    Ok(Ok(Confirmation::Ack(None))) => Outcome::Confirmed,
+                    Ok(Ok(Confirmation::Ack(Some(_)))) => Outcome::Unrouted,
+                    Ok(Ok(Confirmation::Nack(_))) => Outcome::Failed(REFUSED),
+                    Ok(Ok(Confirmation::NotRequested)) => Outcome::Failed(NO_CONFIRM),
+                },
+            };
+            (outcome, started.elapsed())
+        }))
+        .await;
+        let healthy = healthy
+            && !broker.is_lost()
+            && outcomes
+                .iter()
+                .all(|(o, _)| *o != Outcome::Failed(NO_CONFIRM));
+        (outcomes, healthy)
     }
 }
 

@@ -9,20 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use keyward_core::store::{OutboxEvent, OutboxStore, StoreError, error::chain};
-use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Outcome};
+use crate::broker::{Broker, Outcome, SentBatch};
 use crate::retry::{AfterFailure, RetrySchedule};
 
-/// Why draining stopped before the outbox ran dry.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Interrupted {
-    /// The broker connection failed: reconnect before claiming again.
-    BrokerLost,
-    /// The database failed to claim: wait and try again.
-    Database,
-}
+/// Batches whose confirms may be outstanding at once. A confirm waits for
+/// the broker to write the message to disk; were the next batch held until
+/// then, one slow write would delay every revocation behind it (measured:
+/// events waiting 20–90 ms behind the confirm of the one before).
+pub const PIPELINE_DEPTH: usize = 4;
 
 pub struct Deliverer {
     pub store: Arc<dyn OutboxStore>,
@@ -34,44 +33,93 @@ pub struct Deliverer {
     pub schedule: RetrySchedule,
 }
 
-impl Deliverer {
-    /// Delivers batches until none is due, the broker fails, or `shutdown`
-    /// is asked for (the batch in hand is always finished first).
-    pub async fn drain(
-        &self,
-        broker: &Broker,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Interrupted> {
-        while !shutdown.is_cancelled() {
-            let events = match self
+/// Delivery on one broker connection: claim a due batch (a lease on each
+/// row), publish it, and claim and publish the next while the broker's
+/// confirms for up to [`PIPELINE_DEPTH`] batches are on their way; each
+/// batch's confirms are recorded as they arrive. Every event is still
+/// marked published only after its own confirm, so nothing is given up:
+/// a batch whose confirms never come keeps its lease and goes out again.
+pub struct Pipeline<'a> {
+    deliverer: &'a Deliverer,
+    broker: &'a Broker,
+    in_flight: FuturesUnordered<BoxFuture<'a, bool>>,
+    /// Whether events may be due: set by a wake-up or a full batch,
+    /// cleared when a claim finds none (or fails: the next wake-up is the
+    /// database's back-off).
+    due: bool,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(deliverer: &'a Deliverer, broker: &'a Broker) -> Self {
+        Self {
+            deliverer,
+            broker,
+            in_flight: FuturesUnordered::new(),
+            due: true,
+        }
+    }
+
+    /// Events may have been committed: claim at the next `fill`.
+    pub fn wake(&mut self) {
+        self.due = true;
+    }
+
+    /// Claims and publishes batches while some are due and the pipeline
+    /// has room; `false` when the connection failed while sending.
+    pub async fn fill(&mut self) -> bool {
+        let d = self.deliverer;
+        while self.due && self.in_flight.len() < PIPELINE_DEPTH {
+            let events = match d
                 .store
-                .claim_events(&self.owner, self.lease, self.batch, Utc::now())
+                .claim_events(&d.owner, d.lease, d.batch, Utc::now())
                 .await
             {
                 Ok(events) => events,
                 Err(e) => {
                     tracing::warn!(error = %chain(&e), "claiming outbox events failed");
-                    return Err(Interrupted::Database);
+                    self.due = false;
+                    break;
                 }
             };
+            self.due = events.len() == d.batch as usize;
             if events.is_empty() {
-                return Ok(());
+                break;
             }
-            let full = events.len() == self.batch as usize;
-            if !self.deliver(broker, &events).await {
-                return Err(Interrupted::BrokerLost);
-            }
-            if !full {
-                return Ok(());
+            let sent = self.broker.send_batch(&events, d.confirm_timeout).await;
+            let sent_whole = sent.sent_whole();
+            let broker = self.broker;
+            self.in_flight
+                .push(Box::pin(async move { d.settle(broker, &events, sent).await }));
+            if !sent_whole || self.broker.is_lost() {
+                return false;
             }
         }
-        Ok(())
+        true
     }
 
-    /// Publishes one claimed batch and records what the broker said;
-    /// `false` when the broker connection failed.
-    async fn deliver(&self, broker: &Broker, events: &[OutboxEvent]) -> bool {
-        let (outcomes, healthy) = broker.publish_batch(events, self.confirm_timeout).await;
+    /// Resolves when a batch in flight has its confirms recorded: `false`
+    /// when the connection failed on the way. Never, while none is in
+    /// flight.
+    pub async fn settled(&mut self) -> bool {
+        match self.in_flight.next().await {
+            Some(healthy) => healthy,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Settles every batch in flight (on shutdown, or once the connection
+    /// is gone: their confirms fail fast, and what was not confirmed keeps
+    /// its lease or is scheduled again).
+    pub async fn finish(mut self) {
+        while self.in_flight.next().await.is_some() {}
+    }
+}
+
+impl Deliverer {
+    /// Records what the broker said about one sent batch; `false` when the
+    /// broker connection failed.
+    async fn settle(&self, broker: &Broker, events: &[OutboxEvent], sent: SentBatch) -> bool {
+        let (outcomes, healthy) = sent.confirms(broker).await;
         let now = Utc::now();
         let mut delivered = Vec::with_capacity(events.len());
         for (event, (outcome, took)) in events.iter().zip(outcomes) {

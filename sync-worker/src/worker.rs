@@ -8,12 +8,13 @@ use std::time::Duration;
 use keyward_core::config::AmqpUrl;
 use keyward_core::reconnect::Reconnect;
 use keyward_core::store::{
-    AuditStore, IngestorStore, OutboxStore, OutboxWakeups, Wakeup, error::chain,
+    AuditStore, IngestorStore, OutboxStore, Wakeup, error::chain,
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::deliver::{Deliverer, Interrupted};
+use crate::deliver::{Deliverer, Pipeline};
 use crate::health::Health;
 use crate::settings::Settings;
 
@@ -82,7 +83,7 @@ impl Worker {
             },
             shutdown.clone(),
         ));
-        let mut wakeups = Wakeups::new(store, self.poll_interval);
+        let wakeups = Wakeups::new(store, self.poll_interval);
         let mut reconnect = Reconnect::default();
         tracing::info!(owner = %self.deliverer.owner, exchange = %self.exchange, "sync worker started");
         while !shutdown.is_cancelled() {
@@ -103,7 +104,7 @@ impl Worker {
             };
             tracing::info!("connected to the broker");
             self.health.set_broker_connected(true);
-            let end = self.session(&broker, &mut wakeups, &shutdown).await;
+            let end = self.session(&broker, &wakeups, &shutdown).await;
             self.health.set_broker_connected(false);
             broker.close().await;
             if end == SessionEnd::Shutdown {
@@ -126,7 +127,7 @@ impl Worker {
     async fn session(
         &self,
         broker: &Broker,
-        wakeups: &mut Wakeups,
+        wakeups: &Wakeups,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
         let consumer = match broker.consume_reports(&self.deliverer.owner).await {
@@ -145,23 +146,28 @@ impl Worker {
         // broker when the channel closes: nothing is lost.
         let _abort_reports = AbortOnDrop(reports.abort_handle());
         let mut reports = reports;
-        loop {
-            match self.deliverer.drain(broker, shutdown).await {
-                Ok(()) => {}
-                Err(Interrupted::BrokerLost) => return SessionEnd::Lost,
-                // Waiting for the next poll is the database back-off.
-                Err(Interrupted::Database) => {}
+        let mut pipeline = Pipeline::new(&self.deliverer, broker);
+        let end = loop {
+            if !pipeline.fill().await {
+                break SessionEnd::Lost;
             }
             if shutdown.is_cancelled() {
-                return SessionEnd::Shutdown;
+                break SessionEnd::Shutdown;
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                _ = broker.lost() => return SessionEnd::Lost,
-                _ = &mut reports => return SessionEnd::Lost,
-                _ = wakeups.wait() => {}
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                _ = broker.lost() => break SessionEnd::Lost,
+                _ = &mut reports => break SessionEnd::Lost,
+                healthy = pipeline.settled() => if !healthy {
+                    break SessionEnd::Lost;
+                },
+                () = wakeups.wait() => pipeline.wake(),
             }
-        }
+        };
+        // The batches in hand are finished either way: on shutdown their
+        // confirms are recorded; on a lost connection they fail at once.
+        pipeline.finish().await;
+        end
     }
 }
 
@@ -173,51 +179,61 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Waits for the next reason to claim: an outbox NOTIFY (PostgreSQL) or
-/// the poll interval, whichever comes first. A lost feed degrades to
-/// polling and is reopened at the next wait.
+/// Wake-ups to claim: an outbox NOTIFY (PostgreSQL) or the poll interval,
+/// whichever comes first. The feed is read by a task of its own that turns
+/// each notification into a stored permit, so waiting can be given up at
+/// any moment (the session waits for confirms at the same time) without
+/// losing one. A lost feed degrades to polling and is reopened.
 struct Wakeups {
-    store: Arc<dyn OutboxStore>,
-    feed: Option<Box<dyn OutboxWakeups>>,
+    notified: Arc<Notify>,
     poll: Duration,
-    listens: bool,
+    _feed: AbortOnDrop,
 }
 
 impl Wakeups {
     fn new(store: Arc<dyn OutboxStore>, poll: Duration) -> Self {
+        let notified = Arc::new(Notify::new());
+        let feed = tokio::spawn(listen(store, Arc::clone(&notified), poll));
         Self {
-            store,
-            feed: None,
+            notified,
             poll,
-            listens: true,
+            _feed: AbortOnDrop(feed.abort_handle()),
         }
     }
 
-    async fn wait(&mut self) {
-        if self.feed.is_none() && self.listens {
-            match self.store.outbox_wakeups().await {
-                Ok(Some(feed)) => self.feed = Some(feed),
-                Ok(None) => self.listens = false,
-                Err(e) => {
-                    tracing::warn!(error = %chain(&e), "cannot listen for outbox events; polling")
-                }
-            }
-        }
-        let Some(feed) = self.feed.as_mut() else {
-            tokio::time::sleep(self.poll).await;
-            return;
-        };
+    async fn wait(&self) {
         tokio::select! {
-            _ = tokio::time::sleep(self.poll) => {}
-            next = feed.next() => match next {
-                Ok(Wakeup::Committed) => {}
+            () = self.notified.notified() => {}
+            () = tokio::time::sleep(self.poll) => {}
+        }
+    }
+}
+
+/// Reads the outbox feed for ever, reopening it after a loss; returns at
+/// once where the store has none (SQLite: polling only).
+async fn listen(store: Arc<dyn OutboxStore>, notified: Arc<Notify>, poll: Duration) {
+    loop {
+        let mut feed = match store.outbox_wakeups().await {
+            Ok(Some(feed)) => feed,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "cannot listen for outbox events; polling");
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+        };
+        loop {
+            match feed.next().await {
+                Ok(Wakeup::Committed) => notified.notify_one(),
                 // Whatever was committed meanwhile is claimed right now.
-                Ok(Wakeup::Lost) => {}
+                Ok(Wakeup::Lost) => notified.notify_one(),
                 Err(e) => {
                     tracing::warn!(error = %chain(&e), "outbox notifications lost; polling");
-                    self.feed = None;
+                    notified.notify_one();
+                    break;
                 }
             }
         }
+        tokio::time::sleep(poll).await;
     }
 }

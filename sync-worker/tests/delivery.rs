@@ -270,6 +270,59 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
     broker.cleanup().await;
 }
 
+/// A confirm that is slow to come (the broker writing to disk) holds back
+/// nothing behind it: the next event is published while the one before is
+/// still unconfirmed, and each is marked published only once its own
+/// confirm arrives. Without the pipeline the second event waits for the
+/// first one's confirm and this test times out (tried).
+#[tokio::test]
+async fn a_slow_confirm_does_not_hold_back_the_next_event() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let proxy = FaultProxy::start(broker_addr()).await;
+    let mut queue = broker.bind("all", "#", FieldTable::default()).await;
+    let worker = RunningWorker::start(
+        &db,
+        &broker,
+        &proxy.amqp_url(),
+        &["--confirm-timeout-ms", "30000"],
+    )
+    .await;
+    eventually("connected", Duration::from_secs(10), || async {
+        worker.health.broker_connected()
+    })
+    .await;
+
+    proxy.set(Mode::HoldReplies);
+    let first = revocations(store.as_ref(), "acme", 1).await[0];
+    let seen = collect_events(&mut queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        seen.first().map(EventMessage::event_id),
+        Some(first.1),
+        "the first event is out"
+    );
+    let second = revocations(store.as_ref(), "acme", 1).await[0];
+    let seen = collect_events(&mut queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        seen.first().map(EventMessage::event_id),
+        Some(second.1),
+        "the second event is out while the first one's confirm is held"
+    );
+    for key in [first.0, second.0] {
+        assert_eq!(
+            revocation_state(store.as_ref(), "acme", key).await,
+            EventState::Pending,
+            "not published before its confirm"
+        );
+    }
+
+    proxy.set(Mode::Pass);
+    wait_for_state(store.as_ref(), "acme", first.0, EventState::Published).await;
+    wait_for_state(store.as_ref(), "acme", second.0, EventState::Published).await;
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
 #[tokio::test]
 async fn two_workers_deliver_everything_once_without_sharing_leases() {
     let (db, mut broker) = services!(TestDatabase::postgres().await);

@@ -19,6 +19,20 @@ pub enum Mode {
     /// Accept, but forward nothing (on new and open connections) until the
     /// mode changes: a broker that hangs.
     Stall,
+    /// Forward what clients send, hold what the server answers until the
+    /// mode changes: a broker whose confirms are slow to come.
+    HoldReplies,
+}
+
+impl Mode {
+    /// Whether bytes may go the way `upstream` says (client to server).
+    fn forwards(self, upstream: bool) -> bool {
+        match self {
+            Self::Pass | Self::Refuse => true,
+            Self::Stall => false,
+            Self::HoldReplies => upstream,
+        }
+    }
 }
 
 pub struct FaultProxy {
@@ -49,8 +63,8 @@ impl FaultProxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pump(cr, sw, mode.clone()) => {}
-                        _ = pump(sr, cw, mode) => {}
+                        _ = pump(cr, sw, mode.clone(), true) => {}
+                        _ = pump(sr, cw, mode, false) => {}
                     }
                 });
                 conns.lock().expect("proxy lock").push(task.abort_handle());
@@ -92,6 +106,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Mode>,
+    upstream: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -99,7 +114,7 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+        if mode.wait_for(|m| m.forwards(upstream)).await.is_err() {
             return;
         }
         if to.write_all(&buf[..n]).await.is_err() {

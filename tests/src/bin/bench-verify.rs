@@ -143,7 +143,22 @@ async fn started(name: &str, env: &[(&str, &str)]) -> Running {
         tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
     }
     if let Some(mut err) = node.child.stderr.take() {
-        tokio::spawn(async move { tokio::io::copy(&mut err, &mut tokio::io::sink()).await });
+        // KEYWARD_BENCH_LOGS=dir keeps each process's log there (with
+        // RUST_LOG set as wanted), to trace a tail to its cause.
+        let kept = std::env::var_os("KEYWARD_BENCH_LOGS").map(|dir| {
+            static STARTED: AtomicUsize = AtomicUsize::new(0);
+            let n = STARTED.fetch_add(1, Ordering::Relaxed);
+            std::path::PathBuf::from(dir).join(format!("{n:02}-{name}.log"))
+        });
+        tokio::spawn(async move {
+            match kept.and_then(|path| std::fs::File::create(path).ok()) {
+                Some(file) => {
+                    let mut file = tokio::fs::File::from_std(file);
+                    tokio::io::copy(&mut err, &mut file).await
+                }
+                None => tokio::io::copy(&mut err, &mut tokio::io::sink()).await,
+            }
+        });
     }
     node.wait_ready("/readyz", READY).await;
     node
@@ -789,6 +804,7 @@ async fn propagation() {
     // (both must answer 401). Clocks start when the change's answer came.
     let mut withdrawal = Vec::new();
     let mut lat = Vec::new();
+    let mut traced = Vec::new();
     for i in 0..keys {
         let role = format!("/api/v1/tenants/acme/roles/w{i}");
         let all = json!({"privileges": [{"privilege": "ingestor"}]});
@@ -821,7 +837,11 @@ async fn propagation() {
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
-        withdrawal.push(until_all(&http, &nodes, secret, 403).await);
+        let answered = chrono::Utc::now();
+        let event = header(&res, "keyward-event-id");
+        let took = until_all(&http, &nodes, secret, 403).await;
+        withdrawal.push(took);
+        traced.push((took, answered, event));
         let res = admin(
             reqwest::Method::DELETE,
             &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
@@ -831,8 +851,13 @@ async fn propagation() {
         .await
         .unwrap();
         assert_eq!(res.status(), 202);
-        lat.push(until_all(&http, &nodes, secret, 401).await);
+        let answered = chrono::Utc::now();
+        let event = header(&res, "keyward-event-id");
+        let took = until_all(&http, &nodes, secret, 401).await;
+        lat.push(took);
+        traced.push((took, answered, event));
     }
+    explain_slowest(db.url.as_str(), traced).await;
     for (what, status, samples) in [
         ("revoke", 401, &mut lat),
         ("privilege withdrawn (role narrowed)", 403, &mut withdrawal),
@@ -858,6 +883,72 @@ async fn propagation() {
             .await;
     }
     broker.cleanup().await;
+}
+
+fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Where the slowest changes spent their time, from the database's own
+/// record of each event (created, published, applied per node; all clocks
+/// of this machine), relative to the moment the change's answer came: so a
+/// tail can be put down to the worker, the broker and consumers, or the
+/// nodes' calls to the API after applying.
+async fn explain_slowest(db_url: &str, mut traced: Vec<(Duration, chrono::DateTime<chrono::Utc>, String)>) {
+    use sqlx::Connection;
+    traced.sort_by(|a, b| b.0.cmp(&a.0));
+    let Ok(mut conn) = sqlx::PgConnection::connect(db_url).await else {
+        return;
+    };
+    println!("slowest changes (ms after the change's answer: committed → published → applied at each node → both answered):");
+    for (took, answered, event) in traced.iter().take(5) {
+        let row: Option<(chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>, String)> =
+            sqlx::query_as("SELECT created_at, published_at, kind FROM outbox WHERE event_id = $1")
+                .bind(event)
+                .fetch_optional(&mut conn)
+                .await
+                .ok()
+                .flatten();
+        let applied: Vec<(chrono::DateTime<chrono::Utc>,)> = sqlx::query_as(
+            "SELECT applied_at FROM event_acks WHERE event_id = $1 ORDER BY applied_at",
+        )
+        .bind(event)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap_or_default();
+        let rel = |t: chrono::DateTime<chrono::Utc>| {
+            format!("{:.1}", (t - *answered).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+        };
+        let Some((created, published, kind)) = row else {
+            continue;
+        };
+        // The event before it: a worker waiting for its confirm publishes
+        // nothing else meanwhile.
+        let before: Option<(chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)> =
+            sqlx::query_as(
+                "SELECT created_at, published_at FROM outbox \
+                 WHERE id < (SELECT id FROM outbox WHERE event_id = $1) ORDER BY id DESC LIMIT 1",
+            )
+            .bind(event)
+            .fetch_optional(&mut conn)
+            .await
+            .ok()
+            .flatten();
+        let before = before.map_or(String::new(), |(c, p)| {
+            format!(" (the event before: committed {}, published {})", rel(c), p.map_or("-".into(), rel))
+        });
+        println!(
+            "  {kind}: {} → {} → {} → {}{before}",
+            rel(created),
+            published.map_or("-".into(), rel),
+            applied.iter().map(|(t,)| rel(*t)).collect::<Vec<_>>().join(", "),
+            ms(*took),
+        );
+    }
 }
 
 /// An admin request to the API at `node`, as `admin` (Basic).
