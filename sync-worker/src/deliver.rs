@@ -88,8 +88,9 @@ impl<'a> Pipeline<'a> {
             let sent = self.broker.send_batch(&events, d.confirm_timeout).await;
             let sent_whole = sent.sent_whole();
             let broker = self.broker;
-            self.in_flight
-                .push(Box::pin(async move { d.settle(broker, &events, sent).await }));
+            self.in_flight.push(Box::pin(
+                async move { d.settle(broker, &events, sent).await },
+            ));
             if !sent_whole || self.broker.is_lost() {
                 return false;
             }

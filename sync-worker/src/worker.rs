@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use keyward_core::config::AmqpUrl;
 use keyward_core::reconnect::Reconnect;
-use keyward_core::store::{
-    AuditStore, IngestorStore, OutboxStore, Wakeup, error::chain,
-};
+use keyward_core::store::{AuditStore, IngestorStore, OutboxStore, Wakeup, error::chain};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

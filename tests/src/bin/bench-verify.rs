@@ -898,15 +898,24 @@ fn header(res: &reqwest::Response, name: &str) -> String {
 /// of this machine), relative to the moment the change's answer came: so a
 /// tail can be put down to the worker, the broker and consumers, or the
 /// nodes' calls to the API after applying.
-async fn explain_slowest(db_url: &str, mut traced: Vec<(Duration, chrono::DateTime<chrono::Utc>, String)>) {
+async fn explain_slowest(
+    db_url: &str,
+    mut traced: Vec<(Duration, chrono::DateTime<chrono::Utc>, String)>,
+) {
     use sqlx::Connection;
-    traced.sort_by(|a, b| b.0.cmp(&a.0));
+    traced.sort_by_key(|t| std::cmp::Reverse(t.0));
     let Ok(mut conn) = sqlx::PgConnection::connect(db_url).await else {
         return;
     };
-    println!("slowest changes (ms after the change's answer: committed → published → applied at each node → both answered):");
+    println!(
+        "slowest changes (ms after the change's answer: committed → published → applied at each node → both answered):"
+    );
     for (took, answered, event) in traced.iter().take(5) {
-        let row: Option<(chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>, String)> =
+        let row: Option<(
+            chrono::DateTime<chrono::Utc>,
+            Option<chrono::DateTime<chrono::Utc>>,
+            String,
+        )> =
             sqlx::query_as("SELECT created_at, published_at, kind FROM outbox WHERE event_id = $1")
                 .bind(event)
                 .fetch_optional(&mut conn)
@@ -921,31 +930,44 @@ async fn explain_slowest(db_url: &str, mut traced: Vec<(Duration, chrono::DateTi
         .await
         .unwrap_or_default();
         let rel = |t: chrono::DateTime<chrono::Utc>| {
-            format!("{:.1}", (t - *answered).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+            format!(
+                "{:.1}",
+                (t - *answered).num_microseconds().unwrap_or(0) as f64 / 1000.0
+            )
         };
         let Some((created, published, kind)) = row else {
             continue;
         };
         // The event before it: a worker waiting for its confirm publishes
         // nothing else meanwhile.
-        let before: Option<(chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>)> =
-            sqlx::query_as(
-                "SELECT created_at, published_at FROM outbox \
+        let before: Option<(
+            chrono::DateTime<chrono::Utc>,
+            Option<chrono::DateTime<chrono::Utc>>,
+        )> = sqlx::query_as(
+            "SELECT created_at, published_at FROM outbox \
                  WHERE id < (SELECT id FROM outbox WHERE event_id = $1) ORDER BY id DESC LIMIT 1",
-            )
-            .bind(event)
-            .fetch_optional(&mut conn)
-            .await
-            .ok()
-            .flatten();
+        )
+        .bind(event)
+        .fetch_optional(&mut conn)
+        .await
+        .ok()
+        .flatten();
         let before = before.map_or(String::new(), |(c, p)| {
-            format!(" (the event before: committed {}, published {})", rel(c), p.map_or("-".into(), rel))
+            format!(
+                " (the event before: committed {}, published {})",
+                rel(c),
+                p.map_or("-".into(), rel)
+            )
         });
         println!(
             "  {kind}: {} → {} → {} → {}{before}",
             rel(created),
             published.map_or("-".into(), rel),
-            applied.iter().map(|(t,)| rel(*t)).collect::<Vec<_>>().join(", "),
+            applied
+                .iter()
+                .map(|(t,)| rel(*t))
+                .collect::<Vec<_>>()
+                .join(", "),
             ms(*took),
         );
     }

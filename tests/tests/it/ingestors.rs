@@ -842,6 +842,80 @@ async fn a_connection_cut_between_report_and_ack_redelivers_the_event() {
     sys.cleanup().await;
 }
 
+/// An event whose report is not yet confirmed and acked holds back no
+/// event behind it: the first event's ack is held (the hook runs between
+/// its confirmed report and its ack), and the second revocation is applied
+/// meanwhile. When the node waited for each report before taking the next
+/// event, the second key stayed usable until the first ack (tried: this
+/// test then fails).
+#[tokio::test]
+async fn an_unacked_report_does_not_hold_back_the_next_event() {
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let verifier = library_verifier(&sys, &sys.api.url(""));
+    let ingestor_id = format!("{}-lib", sys.prefix);
+    let (held, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hook = {
+        let (held, release, first) = (Arc::clone(&held), Arc::clone(&release), first);
+        Arc::new(move || {
+            let (held, release, first) =
+                (Arc::clone(&held), Arc::clone(&release), Arc::clone(&first));
+            Box::pin(async move {
+                if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    held.notify_one();
+                    release.notified().await;
+                }
+            }) as futures_util::future::BoxFuture<'static, ()>
+        })
+    };
+    let consumer =
+        library_consumer(&sys, &keyward_tests::amqp::amqp_url(), "#", &verifier).before_ack(hook);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(consumer.run(shutdown.clone()));
+    eventually("the library node live", Duration::from_secs(10), || async {
+        let list = sys
+            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+            .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == ingestor_id.as_str() && i["live"] == true)
+    })
+    .await;
+
+    let (one, _) = sys.key().await;
+    let (two, _) = sys.key().await;
+    sys.revoke(&one).await;
+    tokio::time::timeout(Duration::from_secs(10), held.notified())
+        .await
+        .expect("the first event's report confirmed, its ack held");
+    sys.revoke(&two).await;
+    eventually(
+        "the second revocation applied while the first ack is held",
+        Duration::from_secs(10),
+        || async { verifier.is_buried(keyward_core::ids::KeyId::parse(&two).unwrap()) },
+    )
+    .await;
+    assert_ne!(sys.revocation(&one).await["state"], "pending", "reported");
+
+    release.notify_one();
+    for key in [&one, &two] {
+        eventually("applied", Duration::from_secs(20), || async {
+            sys.revocation(key).await["state"] == "applied"
+        })
+        .await;
+    }
+    shutdown.cancel();
+    running.await.unwrap();
+    sys.cleanup().await;
+}
+
 /// `key.updated` drops the key's cached answer, `rbac.changed` every cached
 /// key of its tenant (and no other's); a message of an unknown type is
 /// dropped without stopping the node. Events published straight to the
