@@ -138,7 +138,16 @@ async fn api(db: &TestDatabase, env: &[(&str, &str)]) -> Running {
 /// A binary started with `env` at the default log level, its output
 /// drained (a full pipe would stall it), ready.
 async fn started(name: &str, env: &[(&str, &str)]) -> Running {
-    let mut node = start(name, env);
+    // Processes start with a clean environment; where logs are kept, the
+    // bench's RUST_LOG goes to them.
+    let log_filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|_| std::env::var_os("KEYWARD_BENCH_LOGS").is_some());
+    let mut env = env.to_vec();
+    if let Some(filter) = &log_filter {
+        env.push(("RUST_LOG", filter));
+    }
+    let mut node = start(name, &env);
     if let Some(mut out) = node.child.stdout.take() {
         tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
     }
@@ -960,7 +969,7 @@ async fn explain_slowest(
             )
         });
         println!(
-            "  {kind}: {} → {} → {} → {}{before}",
+            "  {kind} {event}: {} → {} → {} → {}{before}",
             rel(created),
             published.map_or("-".into(), rel),
             applied
