@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 
-use keyward_core::config::{DatabaseSettings, HttpLimits, LogSettings};
+use keyward_core::config::{
+    DatabaseSettings, FileSettingError, HttpLimits, LogSettings, ReadFiles, read_setting_file,
+};
 use keyward_core::ids::Password;
 use keyward_core::password::Argon2Settings;
+use keyward_core::tls::ServerTlsSettings;
 use keyward_core::token::KeyPrefix;
 
 #[derive(Debug, clap::Parser)]
@@ -42,6 +45,14 @@ pub struct Settings {
     #[arg(long = "admin-password", env = "KEYWARD_ADMIN_PASSWORD", hide_env_values = true,
           value_parser = parse_password)]
     pub admin_password: Option<Password>,
+    /// A file holding the bootstrap `admin`'s password, instead of
+    /// `--admin-password`.
+    #[arg(
+        long = "admin-password-file",
+        env = "KEYWARD_ADMIN_PASSWORD_FILE",
+        conflicts_with = "admin_password"
+    )]
+    pub admin_password_file: Option<std::path::PathBuf>,
     /// First part of every API key, `[a-z]{1,8}`.
     #[arg(long = "key-prefix", env = "KEYWARD_KEY_PREFIX", default_value = "kw")]
     pub key_prefix: KeyPrefix,
@@ -75,6 +86,8 @@ pub struct Settings {
           default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub failed_logins_per_client: u32,
     #[command(flatten)]
+    pub tls: ServerTlsSettings,
+    #[command(flatten)]
     pub http: HttpLimits,
     #[command(flatten)]
     pub log: LogSettings,
@@ -93,9 +106,10 @@ impl Settings {
     /// what tests and benchmarks start in-process.
     pub fn local(database_url: keyward_core::config::DatabaseUrl) -> Self {
         Self {
-            database: DatabaseSettings { database_url },
+            database: DatabaseSettings::new(database_url),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_password: None,
+            admin_password_file: None,
             key_prefix: KeyPrefix::default(),
             argon2: Argon2Settings::default(),
             ingestor_liveness_seconds: 30,
@@ -103,9 +117,25 @@ impl Settings {
             verify_cache_capacity: 100_000,
             failed_logins_per_username: 10,
             failed_logins_per_client: 50,
+            tls: ServerTlsSettings::default(),
             http: HttpLimits::default(),
             log: LogSettings::default(),
         }
+    }
+}
+
+impl ReadFiles for Cli {
+    fn read_files(&mut self) -> Result<(), FileSettingError> {
+        let s = &mut self.settings;
+        s.database.read_files()?;
+        if let Some(path) = &s.admin_password_file {
+            s.admin_password = Some(read_setting_file(
+                "KEYWARD_ADMIN_PASSWORD_FILE",
+                path,
+                parse_password,
+            )?);
+        }
+        Ok(())
     }
 }
 

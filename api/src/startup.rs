@@ -37,6 +37,10 @@ impl Application {
     /// Opens the store, migrates, bootstraps the first admin and binds.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let hasher = PasswordHasher::new(settings.argon2).context("argon2 settings")?;
+        // Before anything else: a certificate that can't be used ends the
+        // start, never a fall back to plain HTTP.
+        let tls = settings.tls.server_config()?;
+        settings.tls.warn_if_plain(settings.listen, "keyward-api");
         let store = store::open(&settings.database.database_url).await?;
         bootstrap_admin(store.as_ref(), &hasher, settings.admin_password.as_ref())
             .await
@@ -122,8 +126,11 @@ impl Application {
         })
         .workers(workers)
         .client_request_timeout(limits.request_timeout())
-        .max_connections((limits.max_connections as usize).div_ceil(workers))
-        .listen(listener)?
+        .max_connections((limits.max_connections as usize).div_ceil(workers));
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        }
         .run();
         tracing::info!(port, "keyward-api listening");
         Ok(Self {

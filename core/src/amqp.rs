@@ -7,7 +7,9 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::AmqpUrl;
 
 use crate::events::CONTENT_TYPE;
 
@@ -15,6 +17,19 @@ use crate::events::CONTENT_TYPE;
 const PERSISTENT: u8 = 2;
 
 /// The durable topic exchange events are published to.
+/// Opens a connection named `name`: plain for `amqp://`; for `amqps://`,
+/// TLS (rustls) verifying the broker's certificate and host name against
+/// the system's roots and the URL's extra CA, never falling back to plain.
+pub async fn connect(url: &AmqpUrl, name: &str) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: url.ca_pem().map(str::to_owned),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_with_config(url.as_str(), props, tls, runtime).await
+}
+
 pub async fn declare_exchange(channel: &Channel, exchange: &str) -> lapin::Result<()> {
     channel
         .exchange_declare(

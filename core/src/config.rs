@@ -1,6 +1,7 @@
 //! Settings every binary shares, parsed by clap from flags or `KEYWARD_*`.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::telemetry::LogFormat;
@@ -64,6 +65,114 @@ pub struct DatabaseSettings {
         default_value = "sqlite://keyward.db?mode=rwc"
     )]
     pub database_url: DatabaseUrl,
+    /// A file holding the database URL (for a password in it: a Docker or
+    /// Kubernetes secret), instead of `--database-url`.
+    #[arg(
+        long = "database-url-file",
+        env = "KEYWARD_DATABASE_URL_FILE",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<PathBuf>,
+}
+
+impl DatabaseSettings {
+    pub fn new(database_url: DatabaseUrl) -> Self {
+        Self {
+            database_url,
+            database_url_file: None,
+        }
+    }
+}
+
+impl ReadFiles for DatabaseSettings {
+    fn read_files(&mut self) -> Result<(), FileSettingError> {
+        if let Some(path) = &self.database_url_file {
+            self.database_url = read_setting_file("KEYWARD_DATABASE_URL_FILE", path, |v| {
+                v.parse::<DatabaseUrl>()
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings some of whose values may be read from files: every secret
+/// setting `KEYWARD_X` also takes `KEYWARD_X_FILE` (`--x-file`), the
+/// convention of Docker and Kubernetes secrets. Read once, at start,
+/// after the command line is parsed.
+pub trait ReadFiles {
+    fn read_files(&mut self) -> Result<(), FileSettingError>;
+}
+
+/// A `…_FILE` setting that could not be used. Its message names the
+/// setting and the file, never what the file holds.
+#[derive(Debug, thiserror::Error)]
+pub enum FileSettingError {
+    #[error("{setting}: cannot read {}: {source}", path.display())]
+    Unreadable {
+        setting: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{setting}: {} is larger than {MAX_SETTING_FILE_BYTES} bytes", path.display())]
+    TooLarge {
+        setting: &'static str,
+        path: PathBuf,
+    },
+    #[error("{setting}: the value in {} is invalid: {reason}", path.display())]
+    Invalid {
+        setting: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// A secret file is a password, a key or a URL: anything larger is a
+/// mistake (a certificate, a log) and is refused rather than parsed.
+pub const MAX_SETTING_FILE_BYTES: u64 = 16 * 1024;
+
+/// Reads the value of `setting` from `path` and parses it with `parse`.
+/// One trailing line break is dropped (`echo secret > file` writes one);
+/// the text read is wiped from memory afterwards. The parser's reason must
+/// not repeat the value: it is shown.
+pub fn read_setting_file<T, E: fmt::Display>(
+    setting: &'static str,
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, FileSettingError> {
+    use std::io::Read;
+    let unreadable = |source| FileSettingError::Unreadable {
+        setting,
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut raw = Vec::new();
+    file.take(MAX_SETTING_FILE_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(unreadable)?;
+    let raw = crate::secret::SecretBytes::new(raw);
+    if raw.expose().len() as u64 > MAX_SETTING_FILE_BYTES {
+        return Err(FileSettingError::TooLarge {
+            setting,
+            path: path.to_owned(),
+        });
+    }
+    let text = std::str::from_utf8(raw.expose()).map_err(|_| FileSettingError::Invalid {
+        setting,
+        path: path.to_owned(),
+        reason: "not UTF-8 text".into(),
+    })?;
+    let value = text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(text);
+    parse(value).map_err(|e| FileSettingError::Invalid {
+        setting,
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Limits of an HTTP server that faces clients it does not trust: a slow
@@ -140,11 +249,16 @@ mod tests {
 /// Parses the command line and environment, or exits: help and version
 /// print as usual (exit 0); a bad setting prints one line and exits 2,
 /// never a usage screen or a backtrace.
-pub fn parse_or_exit<T: clap::Parser>() -> T {
-    match T::try_parse() {
+pub fn parse_or_exit<T: clap::Parser + ReadFiles>() -> T {
+    let mut parsed = match T::try_parse() {
         Ok(parsed) => parsed,
         Err(e) => exit_with_clap_error(&e),
+    };
+    if let Err(e) = parsed.read_files() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
     }
+    parsed
 }
 
 fn exit_with_clap_error(e: &clap::Error) -> ! {
@@ -205,14 +319,34 @@ pub fn host_name() -> Option<String> {
     (!cleaned.is_empty()).then_some(cleaned)
 }
 
-/// An AMQP URL (`amqp://user:pass@host:port/vhost`). Its `Display` hides
-/// the password.
+/// An AMQP URL (`amqp://user:pass@host:port/vhost`, or `amqps://` for
+/// TLS), with the extra CA certificates an `amqps://` connection trusts
+/// besides the system's (`KEYWARD_AMQP_CA_FILE`). Its `Display` hides the
+/// password.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AmqpUrl(url::Url);
+pub struct AmqpUrl {
+    url: url::Url,
+    ca_pem: Option<std::sync::Arc<str>>,
+}
 
 impl AmqpUrl {
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        self.url.as_str()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.url.scheme() == "amqps"
+    }
+
+    /// Trusts the certificates of `pem` too (a private CA), for `amqps://`.
+    pub fn with_ca_pem(mut self, pem: String) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// The extra CA certificates (PEM), if any.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 }
 
@@ -221,17 +355,20 @@ impl FromStr for AmqpUrl {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
         match url.scheme() {
-            "amqp" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(Self(url)),
-            "amqp" => Err("the URL names no host".into()),
-            "amqps" => Err("amqps:// needs a build with TLS support, which this one lacks".into()),
-            other => Err(format!("unsupported scheme `{other}` (use amqp:)")),
+            "amqp" | "amqps" if url.host_str().is_some_and(|h| !h.is_empty()) => {
+                Ok(Self { url, ca_pem: None })
+            }
+            "amqp" | "amqps" => Err("the URL names no host".into()),
+            other => Err(format!(
+                "unsupported scheme `{other}` (use amqp: or amqps:)"
+            )),
         }
     }
 }
 
 impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_redacted(&self.0, f)
+        write_redacted(&self.url, f)
     }
 }
 
@@ -264,10 +401,124 @@ pub struct AmqpSettings {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: AmqpUrl,
+    /// A file holding the RabbitMQ URL (for a password in it), instead of
+    /// `--amqp-url`.
+    #[arg(
+        long = "amqp-url-file",
+        env = "KEYWARD_AMQP_URL_FILE",
+        conflicts_with = "amqp_url"
+    )]
+    pub amqp_url_file: Option<PathBuf>,
+    /// PEM file of CA certificates an `amqps://` connection trusts besides
+    /// the system's (a private CA).
+    #[arg(long = "amqp-ca-file", env = "KEYWARD_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
     /// Durable topic exchange revocation events are published to.
     #[arg(long = "exchange", env = "KEYWARD_EXCHANGE", default_value = "keyward.events",
           value_parser = parse_amqp_name)]
     pub exchange: String,
+}
+
+impl ReadFiles for AmqpSettings {
+    fn read_files(&mut self) -> Result<(), FileSettingError> {
+        if let Some(path) = &self.amqp_url_file {
+            self.amqp_url =
+                read_setting_file("KEYWARD_AMQP_URL_FILE", path, |v| v.parse::<AmqpUrl>())?;
+        }
+        if let Some(path) = &self.amqp_ca_file {
+            if !self.amqp_url.is_tls() {
+                return Err(FileSettingError::Invalid {
+                    setting: "KEYWARD_AMQP_CA_FILE",
+                    path: path.clone(),
+                    reason: "it is only used with an amqps:// URL".into(),
+                });
+            }
+            let pem = crate::tls::read_pem_text("KEYWARD_AMQP_CA_FILE", path)?;
+            self.amqp_url = self.amqp_url.clone().with_ca_pem(pem);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod setting_file_tests {
+    use super::*;
+
+    fn file(content: &[u8]) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_value_is_read_without_its_line_break() {
+        for content in [
+            &b"amqp://u:p@h/"[..],
+            b"amqp://u:p@h/\n",
+            b"amqp://u:p@h/\r\n",
+        ] {
+            let f = file(content);
+            let url: AmqpUrl = read_setting_file("S", f.path(), |v| v.parse()).unwrap();
+            assert_eq!(url.as_str(), "amqp://u:p@h/");
+        }
+    }
+
+    #[test]
+    fn failures_name_the_setting_and_file_never_the_value() {
+        let missing = std::path::Path::new("/nonexistent/keyward-secret");
+        let e = read_setting_file("KEYWARD_X_FILE", missing, |v| v.parse::<AmqpUrl>())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("KEYWARD_X_FILE: cannot read /nonexistent/keyward-secret"),
+            "{e}"
+        );
+
+        let f = file(b"mysql://user:hunter2@h/db\n");
+        let e = read_setting_file("KEYWARD_DATABASE_URL_FILE", f.path(), |v| {
+            v.parse::<DatabaseUrl>()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("KEYWARD_DATABASE_URL_FILE: the value in"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+
+        let f = file(&vec![b'a'; MAX_SETTING_FILE_BYTES as usize + 1]);
+        let e = read_setting_file("S", f.path(), |v| Ok::<_, String>(v.len()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
+    }
+
+    #[test]
+    fn a_file_setting_replaces_the_default_and_conflicts_with_the_value() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            db: DatabaseSettings,
+        }
+        let f = file(b"postgres://u:pw@h/db\n");
+        let path = f.path().to_str().unwrap();
+        let mut cli = Cli::try_parse_from(["x", "--database-url-file", path]).unwrap();
+        cli.db.read_files().unwrap();
+        assert_eq!(cli.db.database_url.as_str(), "postgres://u:pw@h/db");
+        assert!(
+            Cli::try_parse_from([
+                "x",
+                "--database-url-file",
+                path,
+                "--database-url",
+                "sqlite://a.db"
+            ])
+            .is_err(),
+            "one or the other"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -281,7 +532,8 @@ mod amqp_tests {
                 .parse::<AmqpUrl>()
                 .is_ok()
         );
-        assert!("amqps://h/".parse::<AmqpUrl>().is_err());
+        assert!("amqps://h/".parse::<AmqpUrl>().unwrap().is_tls());
+        assert!("amqps:///".parse::<AmqpUrl>().is_err());
         assert!("http://h/".parse::<AmqpUrl>().is_err());
         let shown = "amqp://u:topsecret@h/"
             .parse::<AmqpUrl>()

@@ -13,6 +13,7 @@ pub mod amqp;
 pub mod config;
 pub mod digest;
 pub mod events;
+pub mod http;
 pub mod ids;
 #[cfg(feature = "ops")]
 pub mod ops;
@@ -26,4 +27,5 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod token;

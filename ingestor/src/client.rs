@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use http::{Method, header};
+use keyward_core::http::HttpClient;
 use keyward_core::ids::{KeyId, TenantId};
 use keyward_core::privilege::Privilege;
 use keyward_core::token::ApiKeyToken;
@@ -50,52 +52,62 @@ struct Body {
 
 #[derive(Clone)]
 pub struct VerifyClient {
-    http: reqwest::Client,
-    url: url::Url,
+    http: HttpClient,
     verifier_key: ApiKeyToken,
 }
 
 impl VerifyClient {
-    /// `api_url` is the API's base URL; `timeout` bounds each call.
+    /// `api_url` is the API's base URL (`https://` verified against the
+    /// system's roots); `timeout` bounds each call.
     pub fn new(
         api_url: &url::Url,
         verifier_key: ApiKeyToken,
         timeout: Duration,
     ) -> Result<Self, Unavailable> {
-        let url = api_url
-            .join("api/v1/verify")
-            .map_err(|e| Unavailable(format!("bad API URL: {e}")))?;
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| Unavailable(format!("HTTP client: {e}")))?;
-        Ok(Self {
-            http,
-            url,
-            verifier_key,
-        })
+        Self::with_api_ca(api_url, verifier_key, timeout, None)
+    }
+
+    /// As [`new`](Self::new), an `https://` API's certificate verified
+    /// against the CA certificates in `ca_file` only (a private CA:
+    /// `KEYWARD_API_CA_FILE`) when given. Never a plain-text fallback.
+    pub fn with_api_ca(
+        api_url: &url::Url,
+        verifier_key: ApiKeyToken,
+        timeout: Duration,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, Unavailable> {
+        if ca_file.is_some() && api_url.scheme() != "https" {
+            return Err(Unavailable(
+                "KEYWARD_API_CA_FILE is only used with an https:// API URL".into(),
+            ));
+        }
+        let http = HttpClient::new(api_url, "KEYWARD_API_CA_FILE", ca_file, timeout)
+            .map_err(|e| Unavailable(e.to_string()))?;
+        Ok(Self { http, verifier_key })
     }
 
     pub async fn verify(&self, token: &ApiKeyToken) -> Result<Answer, Unavailable> {
-        let res = self
+        let bearer = format!("Bearer {}", self.verifier_key.expose_secret());
+        let body = serde_json::to_vec(&serde_json::json!({ "apiKey": token.expose_secret() }))
+            .unwrap_or_else(|_| unreachable!("a JSON object of one string serializes"));
+        let (status, answer) = self
             .http
-            .post(self.url.clone())
-            .bearer_auth(self.verifier_key.expose_secret())
-            .json(&serde_json::json!({ "apiKey": token.expose_secret() }))
-            .send()
+            .call(
+                Method::POST,
+                "api/v1/verify",
+                &[(header::AUTHORIZATION, bearer.as_str())],
+                Some(body),
+            )
             .await
-            // reqwest's error names the URL, never the body or headers.
-            .map_err(|e| Unavailable(e.without_url().to_string()))?;
-        let status = res.status();
+            // The error names neither the body nor the headers.
+            .map_err(|e| Unavailable(e.to_string()))?;
         if !status.is_success() {
             // 401/403 here means our own verifier key is wrong: that is an
             // outage of this node, not a verdict on the caller's key.
             return Err(Unavailable(format!("verify answered {status}")));
         }
-        let body: Body = res
-            .json()
-            .await
-            .map_err(|e| Unavailable(format!("unreadable verify answer: {}", e.without_url())))?;
+        let body: Body = serde_json::from_slice(&answer)
+            .map_err(|e| Unavailable(format!("unreadable verify answer: {e}")))?;
         if !body.valid {
             return Ok(Answer::Invalid(
                 body.reason.unwrap_or_else(|| "unknown".into()),

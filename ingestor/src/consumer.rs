@@ -32,7 +32,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm};
+use lapin::{Channel, Confirmation, Connection, PublisherConfirm};
 use tokio_util::sync::CancellationToken;
 
 use crate::verifier::Verifier;
@@ -130,9 +130,7 @@ impl RevocationConsumer {
 
     async fn open(&self) -> lapin::Result<Session> {
         let s = &self.settings;
-        let props = ConnectionProperties::default()
-            .with_connection_name(format!("ingestor-{}", s.ingestor_id).into());
-        let conn = Connection::connect(s.amqp_url.as_str(), props).await?;
+        let conn = amqp::connect(&s.amqp_url, &format!("ingestor-{}", s.ingestor_id)).await?;
         let channel = conn.create_channel().await?;
         // Publisher confirms: an `applied` report counts once the broker
         // has it, and only then is the event acked.

@@ -2,8 +2,12 @@
 
 use std::net::SocketAddr;
 
-use keyward_core::config::{AmqpSettings, HttpLimits, LogSettings, parse_amqp_name};
+use keyward_core::config::{
+    AmqpSettings, FileSettingError, HttpLimits, LogSettings, ReadFiles, parse_amqp_name,
+    read_setting_file,
+};
 use keyward_core::events::{ALL_EVENTS, DEFAULT_ACKS_QUEUE};
+use keyward_core::tls::ServerTlsSettings;
 use keyward_core::token::ApiKeyToken;
 
 #[derive(Debug, clap::Parser)]
@@ -27,6 +31,20 @@ pub struct Settings {
     #[arg(long = "verifier-key", env = "KEYWARD_VERIFIER_KEY", hide_env_values = true,
           value_parser = parse_verifier_key)]
     pub verifier_key: Option<ApiKeyToken>,
+    /// A file holding this node's `verifier` API key, instead of
+    /// `--verifier-key` (e.g. written by `keyward-api keys create
+    /// --secret-file`).
+    #[arg(
+        long = "verifier-key-file",
+        env = "KEYWARD_VERIFIER_KEY_FILE",
+        conflicts_with = "verifier_key"
+    )]
+    pub verifier_key_file: Option<std::path::PathBuf>,
+    /// PEM file of the CA certificates that an `https://` API URL's
+    /// certificate must chain to (a private CA); without it, the system's
+    /// roots.
+    #[arg(long = "api-ca-file", env = "KEYWARD_API_CA_FILE")]
+    pub api_ca_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub amqp: AmqpSettings,
     /// This ingestor's id; its queue is `keyward.ingestor.{id}`. Default: host name.
@@ -62,6 +80,8 @@ pub struct Settings {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub cache_capacity: u64,
     #[command(flatten)]
+    pub tls: ServerTlsSettings,
+    #[command(flatten)]
     pub http: HttpLimits,
     #[command(flatten)]
     pub log: LogSettings,
@@ -71,6 +91,21 @@ impl Settings {
     /// The configured id, else the host name (made queue-safe).
     pub fn ingestor_id(&self) -> String {
         self.ingestor_id.clone().unwrap_or_else(host_name)
+    }
+}
+
+impl ReadFiles for Cli {
+    fn read_files(&mut self) -> Result<(), FileSettingError> {
+        let s = &mut self.settings;
+        s.amqp.read_files()?;
+        if let Some(path) = &s.verifier_key_file {
+            s.verifier_key = Some(read_setting_file(
+                "KEYWARD_VERIFIER_KEY_FILE",
+                path,
+                parse_verifier_key,
+            )?);
+        }
+        Ok(())
     }
 }
 
@@ -96,9 +131,8 @@ fn parse_binding(value: &str) -> Result<String, String> {
 fn parse_http_url(value: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
     match url.scheme() {
-        "http" if url.host_str().is_some() => Ok(url),
-        "https" => Err("https:// needs a build with TLS support, which this one lacks".into()),
-        _ => Err("must be an http:// URL with a host".into()),
+        "http" | "https" if url.host_str().is_some() => Ok(url),
+        _ => Err("must be an http:// or https:// URL with a host".into()),
     }
 }
 
@@ -156,9 +190,10 @@ mod tests {
         let e = keyward_core::config::one_line(&e);
         assert!(!e.contains("not-a-key"), "{e}");
         assert!(parse(&["--api-url", "ftp://x"]).is_err());
+        assert!(parse(&["--api-url", "https://x"]).is_ok());
         assert!(
-            parse(&["--api-url", "https://x"]).is_err(),
-            "no TLS in this build"
+            parse(&["--tls-cert", "c.pem"]).is_err(),
+            "a certificate needs its key"
         );
         assert!(parse(&["--ingestor-id", "a b"]).is_err());
         assert!(parse(&["--binding", "*.*.acme"]).is_ok());

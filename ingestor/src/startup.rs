@@ -34,9 +34,20 @@ impl Application {
         let verifier_key = settings
             .verifier_key
             .clone()
-            .context("KEYWARD_VERIFIER_KEY is required (an API key holding the verifier role)")?;
+            .context(
+                "KEYWARD_VERIFIER_KEY or KEYWARD_VERIFIER_KEY_FILE is required (an API key holding the verifier role)",
+            )?;
         keyward_core::telemetry::metrics();
-        let client = VerifyClient::new(&settings.api_url, verifier_key, VERIFY_TIMEOUT)?;
+        let client = VerifyClient::with_api_ca(
+            &settings.api_url,
+            verifier_key,
+            VERIFY_TIMEOUT,
+            settings.api_ca_file.as_deref(),
+        )?;
+        let tls = settings.tls.server_config()?;
+        settings
+            .tls
+            .warn_if_plain(settings.listen, "keyward-ingestor");
         let verifier = Arc::new(Verifier::new(
             client,
             usize::try_from(settings.cache_capacity).unwrap_or(usize::MAX),
@@ -75,8 +86,11 @@ impl Application {
         })
         .workers(workers)
         .client_request_timeout(limits.request_timeout())
-        .max_connections((limits.max_connections as usize).div_ceil(workers))
-        .listen(listener)?
+        .max_connections((limits.max_connections as usize).div_ceil(workers));
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config)?,
+            None => server.listen(listener)?,
+        }
         .run();
         tracing::info!(port, ingestor_id = %ingestor_id, "keyward-ingestor listening");
         Ok(Self {

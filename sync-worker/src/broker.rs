@@ -14,7 +14,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Confirmation, Connection, Consumer};
 use tokio::sync::watch;
 
 /// Unacked reports in flight to this worker at once.
@@ -80,8 +80,7 @@ impl Broker {
         acks_queue: &str,
         name: &str,
     ) -> Result<Self, ConnectError> {
-        let props = ConnectionProperties::default().with_connection_name(name.into());
-        let conn = Connection::connect(url.as_str(), props).await?;
+        let conn = amqp::connect(url, name).await?;
         let lost = watch_for_loss(&conn);
         let publish = conn.create_channel().await?;
         amqp::declare_exchange(&publish, exchange).await?;

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use keyward_core::config::{AmqpSettings, DatabaseSettings, LogSettings, parse_amqp_name};
+use keyward_core::config::{
+    AmqpSettings, DatabaseSettings, FileSettingError, LogSettings, ReadFiles, parse_amqp_name,
+};
 use keyward_core::events::DEFAULT_ACKS_QUEUE;
 
 use crate::retry::RetrySchedule;
@@ -48,6 +50,13 @@ pub struct Settings {
     pub retry: RetrySettings,
     #[command(flatten)]
     pub log: LogSettings,
+}
+
+impl ReadFiles for Cli {
+    fn read_files(&mut self) -> Result<(), FileSettingError> {
+        self.settings.database.read_files()?;
+        self.settings.amqp.read_files()
+    }
 }
 
 /// How the outbox is claimed and delivered.

@@ -5,6 +5,7 @@
 
 pub mod amqp;
 pub mod proxy;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -83,15 +84,22 @@ impl Running {
         err
     }
 
+    /// The URL of `path` on this process when it serves HTTPS (with a
+    /// certificate for `localhost`).
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
     /// Waits until `GET path` answers 200, or panics after `timeout`.
     pub async fn wait_ready(&mut self, path: &str, timeout: Duration) {
         let client = reqwest::Client::new();
+        let url = self.url(path);
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the process exited early with {status}");
             }
-            if let Ok(r) = client.get(self.url(path)).send().await
+            if let Ok(r) = client.get(&url).send().await
                 && r.status().is_success()
             {
                 return;

@@ -216,3 +216,166 @@ async fn secrets_stay_out_of_logs_and_sigterm_exits_cleanly() {
         assert!(!err.contains(secret), "{secret} leaked into the log");
     }
 }
+
+/// A file holding `content` in `dir`; its path.
+fn secret_file(dir: &std::path::Path, name: &str, content: &str) -> String {
+    let path = dir.join(name);
+    // A trailing line break, as `echo secret > file` leaves it.
+    std::fs::write(&path, format!("{content}\n")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Every secret setting of the three binaries also reads `…_FILE` (Docker
+/// and Kubernetes secrets): the API's database URL and admin password, the
+/// worker's database and broker URLs, an ingestor's broker URL and verifier
+/// key. The system runs from files alone: the admin logs in with the
+/// password from its file, the worker and the node become ready, and the
+/// node verifies a key through the API with the verifier key from its file.
+#[tokio::test]
+async fn every_secret_setting_reads_a_file() {
+    let Some(db) = TestDatabase::postgres_unmigrated().await else {
+        return;
+    };
+    let Some(broker) = keyward_tests::amqp::TestBroker::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let password = "from-a-file-3c9e71d2";
+    let db_file = secret_file(dir.path(), "db", db.url.as_str());
+    let amqp_file = secret_file(dir.path(), "amqp", &keyward_tests::amqp::amqp_url());
+    let mut api = start_api(&[
+        ("KEYWARD_DATABASE_URL_FILE", &db_file),
+        (
+            "KEYWARD_ADMIN_PASSWORD_FILE",
+            &secret_file(dir.path(), "pw", password),
+        ),
+    ]);
+    api.wait_ready("/readyz", READY).await;
+    let http = reqwest::Client::new();
+    let admin = |m: reqwest::Method, path: &str, body: serde_json::Value| {
+        http.request(m, api.url(path))
+            .basic_auth("admin", Some(password))
+            .json(&body)
+    };
+    let created = |res: reqwest::Response| async move {
+        assert_eq!(res.status(), 201);
+        res.json::<serde_json::Value>().await.unwrap()
+    };
+    let verifier = created(
+        admin(
+            reqwest::Method::POST,
+            "/api/v1/tenants/_platform/apikeys",
+            serde_json::json!({"name": "node", "roles": ["verifier"]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    created(
+        admin(
+            reqwest::Method::POST,
+            "/api/v1/tenants",
+            serde_json::json!({"id": "acme"}),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    created(
+        admin(
+            reqwest::Method::PUT,
+            "/api/v1/tenants/acme/roles/shippers",
+            serde_json::json!({"privileges": [{"privilege": "ingestor"}]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    let key = created(
+        admin(
+            reqwest::Method::POST,
+            "/api/v1/tenants/acme/apikeys",
+            serde_json::json!({"name": "k", "roles": ["shippers"]}),
+        )
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+
+    let mut worker = keyward_tests::start(
+        "keyward-sync-worker",
+        &[
+            ("KEYWARD_DATABASE_URL_FILE", &db_file),
+            ("KEYWARD_AMQP_URL_FILE", &amqp_file),
+            ("KEYWARD_EXCHANGE", &broker.exchange),
+            ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
+        ],
+    );
+    worker.wait_ready("/readyz", READY).await;
+    let node_id = format!("{}-files", broker.exchange.replace(".events", ""));
+    let mut node = keyward_tests::start(
+        "keyward-ingestor",
+        &[
+            ("KEYWARD_API_URL", &api.url("")),
+            (
+                "KEYWARD_VERIFIER_KEY_FILE",
+                &secret_file(dir.path(), "verifier", verifier["secret"].as_str().unwrap()),
+            ),
+            ("KEYWARD_AMQP_URL_FILE", &amqp_file),
+            ("KEYWARD_EXCHANGE", &broker.exchange),
+            ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
+            ("KEYWARD_INGESTOR_ID", &node_id),
+        ],
+    );
+    node.wait_ready("/readyz", READY).await;
+    let res = http
+        .post(node.url("/ingest/clicks"))
+        .bearer_auth(key["secret"].as_str().unwrap())
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202, "verified with the key from the file");
+
+    drop((node, worker, api));
+    let queue = format!("keyward.ingestor.{node_id}");
+    let dead = keyward_core::amqp::dead_letter_queue(&queue);
+    for q in [queue, dead] {
+        let _ = broker
+            .channel
+            .queue_delete(q.as_str().into(), Default::default())
+            .await;
+    }
+    broker.cleanup().await;
+}
+
+/// A `…_FILE` that cannot be read ends the program at once with one line
+/// that names the setting and the file, exit 2; nothing of any value.
+#[tokio::test]
+async fn an_unreadable_secret_file_ends_the_program_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    let bad = secret_file(dir.path(), "bad", "mysql://user:hunter2@h/db");
+    for (binary_name, setting, path) in [
+        ("keyward-api", "KEYWARD_ADMIN_PASSWORD_FILE", missing),
+        ("keyward-api", "KEYWARD_DATABASE_URL_FILE", bad.as_str()),
+        ("keyward-sync-worker", "KEYWARD_AMQP_URL_FILE", missing),
+        ("keyward-sync-worker", "KEYWARD_DATABASE_URL_FILE", missing),
+        ("keyward-ingestor", "KEYWARD_VERIFIER_KEY_FILE", missing),
+        ("keyward-ingestor", "KEYWARD_AMQP_URL_FILE", bad.as_str()),
+    ] {
+        let (code, _, err) = run_to_end(&binary(binary_name), &[], &[(setting, path)]).await;
+        assert_eq!(code, 2, "{binary_name} {setting}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{binary_name}: {err}");
+        assert!(
+            err.contains(setting) && err.contains(path),
+            "{binary_name}: {err}"
+        );
+        assert!(!err.contains("hunter2"), "{binary_name}: {err}");
+    }
+}

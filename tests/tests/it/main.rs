@@ -8,4 +8,5 @@ mod binaries;
 mod ingestor_cache_races;
 mod ingestors;
 mod secret_scan;
+mod tls;
 mod worker;
