@@ -105,7 +105,8 @@ impl HttpClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| CallError::Transport(transport_error(&e)))?;
+                // With its causes: a TLS error says which check failed.
+                .map_err(|e| CallError::Transport(crate::store::error::chain(&e)))?;
             let status = answer.status();
             let bytes = Limited::new(answer.into_body(), MAX_ANSWER_BYTES)
                 .collect()
@@ -118,17 +119,4 @@ impl HttpClient {
             .await
             .map_err(|_| CallError::Timeout(self.timeout))?
     }
-}
-
-/// The error with its causes (a TLS error says which certificate check
-/// failed there).
-fn transport_error(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

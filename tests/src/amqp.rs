@@ -50,6 +50,19 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
+    /// Deletes the durable queue of ingestor `id` and its dead-letter
+    /// queue (they outlive the node; `cleanup` only knows the test's own).
+    pub async fn delete_ingestor_queues(&self, id: &str) {
+        let queue = keyward_core::events::ingestor_queue(id);
+        let dead = keyward_core::amqp::dead_letter_queue(&queue);
+        for q in [queue, dead] {
+            let _ = self
+                .channel
+                .queue_delete(q.as_str().into(), Default::default())
+                .await;
+        }
+    }
+
     /// `None` (with a loud message) when RabbitMQ is not there and
     /// services are optional; a panic when they are required.
     pub async fn new() -> Option<Self> {

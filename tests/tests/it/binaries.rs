@@ -252,59 +252,42 @@ async fn every_secret_setting_reads_a_file() {
     ]);
     api.wait_ready("/readyz", READY).await;
     let http = reqwest::Client::new();
-    let admin = |m: reqwest::Method, path: &str, body: serde_json::Value| {
-        http.request(m, api.url(path))
-            .basic_auth("admin", Some(password))
-            .json(&body)
-    };
-    let created = |res: reqwest::Response| async move {
-        assert_eq!(res.status(), 201);
-        res.json::<serde_json::Value>().await.unwrap()
-    };
-    let verifier = created(
-        admin(
+    // As the admin of the password file: the platform's verifier key, a
+    // tenant, a role that may ingest, and a key holding it.
+    let mut created = Vec::new();
+    for (method, path, body) in [
+        (
             reqwest::Method::POST,
             "/api/v1/tenants/_platform/apikeys",
             serde_json::json!({"name": "node", "roles": ["verifier"]}),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
-    created(
-        admin(
+        ),
+        (
             reqwest::Method::POST,
             "/api/v1/tenants",
             serde_json::json!({"id": "acme"}),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
-    created(
-        admin(
+        ),
+        (
             reqwest::Method::PUT,
             "/api/v1/tenants/acme/roles/shippers",
             serde_json::json!({"privileges": [{"privilege": "ingestor"}]}),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
-    let key = created(
-        admin(
+        ),
+        (
             reqwest::Method::POST,
             "/api/v1/tenants/acme/apikeys",
             serde_json::json!({"name": "k", "roles": ["shippers"]}),
-        )
-        .send()
-        .await
-        .unwrap(),
-    )
-    .await;
+        ),
+    ] {
+        let res = http
+            .request(method, api.url(path))
+            .basic_auth("admin", Some(password))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{path}");
+        created.push(res.json::<serde_json::Value>().await.unwrap());
+    }
+    let (verifier, key) = (&created[0], &created[3]);
 
     let mut worker = keyward_tests::start(
         "keyward-sync-worker",
@@ -342,14 +325,7 @@ async fn every_secret_setting_reads_a_file() {
     assert_eq!(res.status(), 202, "verified with the key from the file");
 
     drop((node, worker, api));
-    let queue = format!("keyward.ingestor.{node_id}");
-    let dead = keyward_core::amqp::dead_letter_queue(&queue);
-    for q in [queue, dead] {
-        let _ = broker
-            .channel
-            .queue_delete(q.as_str().into(), Default::default())
-            .await;
-    }
+    broker.delete_ingestor_queues(&node_id).await;
     broker.cleanup().await;
 }
 

@@ -246,6 +246,22 @@ fn library_consumer(
     )
 }
 
+/// Waits until the API lists node `ingestor_id` as live (its heartbeats
+/// arrive: its queue is bound and reports flow).
+async fn library_node_live(sys: &System, ingestor_id: &str) {
+    eventually("the library node live", Duration::from_secs(10), || async {
+        let list = sys
+            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+            .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["id"] == ingestor_id && i["live"] == true)
+    })
+    .await;
+}
+
 /// `POST /ingest/{stream}` with `secret`; the status.
 async fn ingest(http: &reqwest::Client, node: &Running, stream: &str, secret: &str) -> u16 {
     http.post(node.url(&format!("/ingest/{stream}")))
@@ -808,17 +824,7 @@ async fn a_connection_cut_between_report_and_ack_redelivers_the_event() {
         library_consumer(&sys, &proxy.amqp_url(), "key.revoked.#", &verifier).before_ack(hook);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(consumer.run(shutdown.clone()));
-    eventually("the library node live", Duration::from_secs(10), || async {
-        let list = sys
-            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
-            .await;
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["id"] == ingestor_id.as_str() && i["live"] == true)
-    })
-    .await;
+    library_node_live(&sys, &ingestor_id).await;
 
     let (key_id, _) = sys.key().await;
     sys.revoke(&key_id).await;
@@ -877,17 +883,7 @@ async fn an_unacked_report_does_not_hold_back_the_next_event() {
         library_consumer(&sys, &keyward_tests::amqp::amqp_url(), "#", &verifier).before_ack(hook);
     let shutdown = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(consumer.run(shutdown.clone()));
-    eventually("the library node live", Duration::from_secs(10), || async {
-        let list = sys
-            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
-            .await;
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["id"] == ingestor_id.as_str() && i["live"] == true)
-    })
-    .await;
+    library_node_live(&sys, &ingestor_id).await;
 
     let (one, _) = sys.key().await;
     let (two, _) = sys.key().await;

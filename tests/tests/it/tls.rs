@@ -167,7 +167,7 @@ async fn the_revoke_path_runs_with_tls_on_every_link() {
     .await;
 
     drop((node, worker, api));
-    delete_node_queue(&broker, &node_id).await;
+    broker.delete_ingestor_queues(&node_id).await;
     broker.cleanup().await;
 }
 
@@ -273,7 +273,7 @@ async fn a_wrong_ca_or_host_name_is_refused_and_said() {
         "{err}"
     );
     drop(api);
-    delete_node_queue(&broker, &node_id).await;
+    broker.delete_ingestor_queues(&node_id).await;
     broker.cleanup().await;
 }
 
@@ -281,15 +281,4 @@ async fn stop(mut process: Running) -> String {
     process.child.start_kill().unwrap();
     process.child.wait().await.unwrap();
     process.stderr_text().await
-}
-
-async fn delete_node_queue(broker: &TestBroker, node_id: &str) {
-    let queue = format!("keyward.ingestor.{node_id}");
-    let dead = keyward_core::amqp::dead_letter_queue(&queue);
-    for q in [queue, dead] {
-        let _ = broker
-            .channel
-            .queue_delete(q.as_str().into(), Default::default())
-            .await;
-    }
 }
