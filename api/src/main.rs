@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use keyward_api::settings::{Cli, Command};
+use keyward_api::settings::{Cli, Command, KeysCommand, Settings};
 use keyward_api::startup::Application;
 use keyward_core::config::parse_or_exit;
 
@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             .await
             .map(|_| tracing::info!("migrations applied"))
             .map_err(Into::into),
+        Command::Keys(KeysCommand::Create(args)) => provision(&cli.settings, &args).await,
         Command::Serve => match Application::build(cli.settings).await {
             Ok(app) => app.run_until_stopped().await.map_err(Into::into),
             Err(e) => Err(e),
@@ -38,4 +39,20 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `keys create`: the key id on stdout (never the secret).
+async fn provision(
+    settings: &Settings,
+    args: &keyward_api::provision::CreateKey,
+) -> anyhow::Result<()> {
+    use keyward_api::provision::{Provisioned, create_key};
+    let store = keyward_core::store::open(&settings.database.database_url).await?;
+    match create_key(store.as_ref(), &settings.key_prefix, args).await? {
+        Provisioned::Created(id) => {
+            println!("created {id}; secret in {}", args.secret_file.display())
+        }
+        Provisioned::Kept(id) => println!("kept {id}: {} holds it", args.secret_file.display()),
+    }
+    Ok(())
 }

@@ -19,7 +19,7 @@ pub struct Cli {
     pub settings: Settings,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
     /// Migrate, bootstrap the first admin, serve (the default).
     Serve,
@@ -27,6 +27,16 @@ pub enum Command {
     Migrate,
     /// Print the OpenAPI 3 document and exit.
     Openapi,
+    /// API keys, straight in the database (provisioning, break-glass).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and write its secret to a file (mode 0600); when the
+    /// file already holds a valid key of the tenant, keep it (idempotent).
+    Create(crate::provision::CreateKey),
 }
 
 #[derive(Debug, Clone, clap::Args)]

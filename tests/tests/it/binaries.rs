@@ -355,3 +355,97 @@ async fn an_unreadable_secret_file_ends_the_program_in_one_line() {
         assert!(!err.contains("hunter2"), "{binary_name}: {err}");
     }
 }
+
+/// `keyward-api keys create` provisions a key without a person: the secret
+/// goes to a 0600 file (never stdout), the key works at the API, the audit
+/// names `cli`, and a second run keeps the key the file holds. A file that
+/// holds anything else is refused, not overwritten.
+#[tokio::test]
+async fn keys_create_provisions_a_verifier_key_once() {
+    let Some(db) = TestDatabase::postgres_unmigrated().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("verifier.key");
+    let file_arg = file.to_str().unwrap();
+    let env = [("KEYWARD_DATABASE_URL", db.url.as_str())];
+    let create = [
+        "keys",
+        "create",
+        "--tenant",
+        "_platform",
+        "--role",
+        "verifier",
+        "--name",
+        "ingestors",
+        "--secret-file",
+        file_arg,
+    ];
+    let (code, out, err) = run_to_end(&binary("keyward-api"), &create, &env).await;
+    assert_eq!(code, 0, "{err}");
+    let secret = std::fs::read_to_string(&file)
+        .unwrap()
+        .trim_end()
+        .to_owned();
+    let token = keyward_core::token::ApiKeyToken::parse(&secret).unwrap();
+    assert!(
+        out.starts_with(&format!("created {}", token.key_id())),
+        "{out}"
+    );
+    assert!(!out.contains(&secret) && !err.contains(&secret));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (code, out, err) = run_to_end(&binary("keyward-api"), &create, &env).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(&format!("kept {}", token.key_id())),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim_end(),
+        secret,
+        "the file is kept"
+    );
+
+    let password = "provisioning-admin-1";
+    let mut api = start_api(&[
+        ("KEYWARD_DATABASE_URL", db.url.as_str()),
+        ("KEYWARD_ADMIN_PASSWORD", password),
+    ]);
+    api.wait_ready("/readyz", READY).await;
+    let http = reqwest::Client::new();
+    let verified: serde_json::Value = http
+        .post(api.url("/api/v1/verify"))
+        .bearer_auth(&secret)
+        .json(&serde_json::json!({"apiKey": secret}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verified["valid"], true, "{verified}");
+    let audit: serde_json::Value = http
+        .get(api.url("/api/v1/audit?action=key.create"))
+        .basic_auth("admin", Some(password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["items"][0]["actor"], "cli", "{audit}");
+
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, "not a key\n").unwrap();
+    let mut refused = create;
+    refused[9] = other.to_str().unwrap();
+    let (code, _, err) = run_to_end(&binary("keyward-api"), &refused, &env).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("remove it to create a new key"), "{err}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "not a key\n");
+}
