@@ -282,3 +282,51 @@ async fn stop(mut process: Running) -> String {
     process.child.wait().await.unwrap();
     process.stderr_text().await
 }
+
+/// PostgreSQL with `sslmode=verify-full` and a CA that did not sign the
+/// server's certificate, and an API given a certificate without its key:
+/// each start ends at once with one line that says why.
+#[tokio::test]
+async fn a_database_it_cannot_trust_or_an_unusable_certificate_stops_the_start() {
+    let Some(db) = TestDatabase::postgres_unmigrated().await else {
+        return;
+    };
+    let pki = TestPki::new("not-the-database-ca");
+    let url = db.url.as_str();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let distrusted = format!(
+        "{url}{sep}sslmode=verify-full&sslrootcert={}",
+        pki.ca_file().display()
+    );
+    let (code, _, err) = keyward_tests::run_to_end(
+        &keyward_tests::binary("keyward-api"),
+        &["migrate"],
+        &[("KEYWARD_DATABASE_URL", &distrusted)],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot open the database") && err.contains("certificate"),
+        "{err}"
+    );
+
+    let server = pki.server("api", &["localhost"]);
+    let empty = pki.dir().join("empty.key");
+    std::fs::write(&empty, "").unwrap();
+    let (code, _, err) = keyward_tests::run_to_end(
+        &keyward_tests::binary("keyward-api"),
+        &[],
+        &[
+            ("KEYWARD_DATABASE_URL", url),
+            ("KEYWARD_TLS_CERT", server.cert.to_str().unwrap()),
+            ("KEYWARD_TLS_KEY", empty.to_str().unwrap()),
+        ],
+    )
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("KEYWARD_TLS_KEY") && err.contains("no private key"),
+        "{err}"
+    );
+}
