@@ -662,6 +662,47 @@ async fn many_keys_are_read_in_one_statement(s: S) {
     assert_eq!(grants(bare.key_id), 1, "through the group");
     assert_eq!(grants(lonely.key_id), 0);
     assert!(s.key_credentials_many(&[]).await.unwrap().is_empty());
+
+    // Roles by name, each role's privileges in the order the role lists
+    // them (not by name), read alone and with others; direct before a
+    // group's grant of the same role.
+    let mut listed = ingest_priv("z-*");
+    listed.push(Privilege::new(PrivilegeKind::Admin, None));
+    listed.extend(ingest_priv("a-*"));
+    let multi = role(&s, &acme, "multi", listed.clone()).await;
+    let both = key(&s, &acme, "d", &[ship.clone(), multi.clone()]).await;
+    let spec = GroupSpec {
+        roles: vec![multi.clone()],
+        users: vec![],
+        api_keys: vec![both.key_id],
+    };
+    s.put_group(&acme, &g("multis"), &spec, &change())
+        .await
+        .unwrap();
+    let alone = s.key_credentials(both.key_id).await.unwrap().unwrap();
+    let together = s
+        .key_credentials_many(&[bare.key_id, both.key_id, with_role.key_id])
+        .await
+        .unwrap();
+    let together = together.iter().find(|k| k.key_id == both.key_id).unwrap();
+    for grants in [&alone.grants, &together.grants] {
+        let seen: Vec<_> = grants
+            .iter()
+            .map(|gr| (gr.role.clone(), gr.via.clone(), gr.privileges.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (multi.clone(), Grant::Direct, listed.clone()),
+                (
+                    multi.clone(),
+                    Grant::Group { group: g("multis") },
+                    listed.clone()
+                ),
+                (ship.clone(), Grant::Direct, ingest_priv("app-*")),
+            ]
+        );
+    }
 }
 
 /// An argon2id hash from an earlier version is rewritten as a SHA-256
@@ -824,6 +865,32 @@ async fn key_usage_is_recorded_in_batches(s: S) {
         Some(at(20))
     );
     assert_eq!(s.record_key_usage(&[]).await.unwrap(), 0);
+
+    // A key twice in one batch keeps its latest use, wherever it stands.
+    s.record_key_usage(&[(a, at(30)), (b, at(25)), (a, at(40)), (a, at(35))])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_key(&acme, a, now()).await.unwrap().last_used_at,
+        Some(at(40))
+    );
+    assert_eq!(
+        s.get_key(&acme, b, now()).await.unwrap().last_used_at,
+        Some(at(25))
+    );
+    // A batch larger than one statement takes (the store writes it in
+    // chunks): the latest use is in the first chunk, older ones after it.
+    let mut long: Vec<_> = (0..2500).rev().map(|i| (a, at(100 + i))).collect();
+    long.push((b, at(50)));
+    s.record_key_usage(&long).await.unwrap();
+    assert_eq!(
+        s.get_key(&acme, a, now()).await.unwrap().last_used_at,
+        Some(at(2599))
+    );
+    assert_eq!(
+        s.get_key(&acme, b, now()).await.unwrap().last_used_at,
+        Some(at(50))
+    );
 }
 
 // ---------------------------------------------------------------- revoke

@@ -212,26 +212,35 @@ pub(crate) struct KeyGrantRow {
     pub group_name: Option<String>,
     pub privilege: Option<String>,
     pub stream: Option<String>,
+    /// The privilege's place in its role.
+    pub position: Option<i32>,
 }
 
-/// The keys of `rows` (ordered by key, role, group, position) with their
-/// folded grants.
-pub(crate) fn keys_credentials(rows: Vec<KeyGrantRow>) -> StoreResult<Vec<KeyCredentials>> {
+/// The keys of `rows` (in any order) with their folded grants, each key's
+/// roles and privileges in one order: by role, group, then position.
+pub(crate) fn keys_credentials(mut rows: Vec<KeyGrantRow>) -> StoreResult<Vec<KeyCredentials>> {
+    rows.sort_unstable_by(|a, b| {
+        (&a.key_id, &a.role_name, &a.group_name, a.position).cmp(&(
+            &b.key_id,
+            &b.role_name,
+            &b.group_name,
+            b.position,
+        ))
+    });
     let mut out: Vec<(KeyCredentials, Vec<GrantRow>)> = Vec::new();
+    let mut current: Option<String> = None;
     for r in rows {
-        if out
-            .last()
-            .is_none_or(|(k, _)| k.key_id.to_string() != r.key_id)
-        {
+        if current.as_deref() != Some(r.key_id.as_str()) {
             let key = KeyCredentials {
                 key_id: key_id(&r.key_id)?,
                 tenant_id: tenant(&r.tenant_id)?,
-                secret_hash: r.secret_hash.clone(),
+                secret_hash: r.secret_hash,
                 active: r.status == "active",
                 expires_at: r.expires_at.map(|t| t.0),
                 grants: Vec::new(),
             };
             out.push((key, Vec::new()));
+            current = Some(r.key_id);
         }
         if let (Some(role_name), Some((_, grants))) = (r.role_name, out.last_mut()) {
             grants.push(GrantRow {
