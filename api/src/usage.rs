@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use keyward_core::ids::KeyId;
 
 /// Last use per key, to the second. Sharded by key id so that worker
-/// threads recording different keys rarely meet on one lock; and a key
-/// already recorded in the same second (an ingestor's own verifier key, on
-/// every call) skips the lock: `lastUsedAt` is kept to the second.
+/// threads recording different keys rarely meet on one lock; a key's
+/// cached state (`KeyState::first_use_in`) hands it over at most once a
+/// second.
 pub struct UsageRecorder {
     shards: Vec<UsageShard>,
     hasher: std::hash::RandomState,
@@ -18,8 +18,6 @@ pub struct UsageRecorder {
 #[derive(Default)]
 struct UsageShard {
     pending: std::sync::Mutex<HashMap<KeyId, DateTime<Utc>>>,
-    /// Fingerprint of the latest (key, second) recorded here.
-    latest: std::sync::atomic::AtomicU64,
 }
 
 const USAGE_SHARDS: usize = 16;
@@ -36,20 +34,13 @@ impl Default for UsageRecorder {
 impl UsageRecorder {
     pub fn record(&self, key_id: KeyId, at: DateTime<Utc>) {
         use std::hash::BuildHasher;
-        use std::sync::atomic::Ordering::Relaxed;
         let hash = self.hasher.hash_one(key_id);
         let shard = &self.shards[(hash as usize) % USAGE_SHARDS];
-        let second = at.timestamp() as u64;
-        let fingerprint = hash ^ second.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        if shard.latest.load(Relaxed) == fingerprint {
-            return;
-        }
         let mut pending = shard.pending.lock().unwrap_or_else(|p| p.into_inner());
         let slot = pending.entry(key_id).or_insert(at);
         if *slot < at {
             *slot = at;
         }
-        shard.latest.store(fingerprint, Relaxed);
     }
 
     pub fn take(&self) -> Vec<(KeyId, DateTime<Utc>)> {

@@ -224,7 +224,9 @@ impl VerifyService {
         if state.expires_at.is_some_and(|exp| exp <= now) {
             return Outcome::Invalid(InvalidReason::Expired);
         }
-        self.usage.record(key_id, now);
+        if state.first_use_in(now.timestamp()) {
+            self.usage.record(key_id, now);
+        }
         Outcome::Valid(VerifiedKey {
             key_id,
             permissions: Arc::clone(&state.permissions),

@@ -7,6 +7,7 @@
 //! change can never leave its pre-change answer behind.
 
 use std::hash::Hash;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ pub struct Filled<V> {
 
 pub struct GuardedCache<K, V> {
     /// `None` when the TTL is zero: nothing is cached.
-    entries: Option<moka::sync::Cache<K, Arc<Filled<V>>>>,
+    entries: Option<moka::sync::Cache<K, Arc<Filled<V>>, foldhash::fast::RandomState>>,
     generations: Arc<Generations>,
     ttl: Duration,
 }
@@ -58,7 +59,10 @@ where
             moka::sync::Cache::builder()
                 .max_capacity(capacity.max(1))
                 .time_to_live(ttl)
-                .build()
+                // Seeded at random per cache: keys are not chosen by
+                // clients (only proven keys are inserted), and a seed
+                // they can't know keeps it so.
+                .build_with_hasher(foldhash::fast::RandomState::default())
         });
         Self {
             entries,
@@ -119,6 +123,11 @@ pub struct KeyState {
     /// the first such answer: it depends only on what this entry holds, and
     /// serialising it on every hit was a tenth of a cached verify's work.
     pub answer: Arc<OnceLock<Bytes>>,
+    /// The second (since the epoch) of the latest use handed to the usage
+    /// recorder: `lastUsedAt` is kept to the second, so a key used many
+    /// times a second takes the recorder's lock once a second, not on
+    /// every verify.
+    pub last_use_recorded: Arc<AtomicI64>,
 }
 
 impl KeyState {
@@ -132,11 +141,19 @@ impl KeyState {
             expires_at,
             permissions,
             answer: Arc::default(),
+            last_use_recorded: Arc::default(),
         }
     }
 
     pub fn tenant(&self) -> &TenantId {
         &self.permissions.tenant
+    }
+
+    /// Whether a use at `second` still has to be recorded: `false` when
+    /// one in the same second already was.
+    pub fn first_use_in(&self, second: i64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_use_recorded.swap(second, Relaxed) != second
     }
 }
 
@@ -203,6 +220,18 @@ mod tests {
         assert!(cache.get(&b).is_none(), "retired by its tenant's change");
         assert!(cache.insert(a, entry("t1", g.snapshot())));
         assert!(cache.get(&a).is_some());
+    }
+
+    #[test]
+    fn a_use_is_handed_over_once_a_second() {
+        let state = entry("t", Generations::default().snapshot())
+            .value
+            .state
+            .clone();
+        assert!(state.first_use_in(100));
+        assert!(!state.first_use_in(100), "same second: already recorded");
+        assert!(!state.clone().first_use_in(100), "clones share it");
+        assert!(state.first_use_in(101));
     }
 
     #[test]
