@@ -116,8 +116,21 @@ impl Running {
 /// Starts a workspace binary with `KEYWARD_LISTEN` on a free port and
 /// `env` added (and nothing else from this process's environment).
 pub fn start(name: &str, env: &[(&str, &str)]) -> Running {
+    start_under(&[], name, env)
+}
+
+/// `start`, the binary run by the command `under` names (a profiler such
+/// as `valgrind --tool=callgrind`); with nothing `under`, the binary itself.
+pub fn start_under(under: &[&str], name: &str, env: &[(&str, &str)]) -> Running {
     let port = free_port();
-    let mut cmd = Command::new(binary(name));
+    let mut cmd = match under.split_first() {
+        Some((runner, args)) => {
+            let mut cmd = Command::new(runner);
+            cmd.args(args).arg(binary(name));
+            cmd
+        }
+        None => Command::new(binary(name)),
+    };
     cmd.current_dir(std::env::temp_dir())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo build --release --workspace --bins
 //! target/release/bench-verify all        # or one: cold hit rotating miss miss-pg basic propagation
+//! target/release/bench-verify instructions   # user-space instructions per request, under valgrind
 //! ```
 //!
 //! Needs `wrk` (`apt-get install wrk`) for the throughput figures, and
@@ -25,7 +26,7 @@ use keyward_core::privilege::{Privilege, PrivilegeKind};
 use keyward_core::store::{NewApiKey, Store};
 use keyward_core::testing::TestDatabase;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
-use keyward_tests::{Running, start};
+use keyward_tests::{Running, start_under};
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "benchmark admin password";
@@ -54,6 +55,10 @@ async fn main() {
     }
     if run("miss") {
         miss_sqlite().await;
+    }
+    // Not part of `all`: minutes under valgrind, and needs it installed.
+    if what == "instructions" {
+        instructions().await;
     }
     if run("miss-pg") {
         miss_postgres().await;
@@ -138,6 +143,11 @@ async fn api(db: &TestDatabase, env: &[(&str, &str)]) -> Running {
 /// A binary started with `env` at the default log level, its output
 /// drained (a full pipe would stall it), ready.
 async fn started(name: &str, env: &[(&str, &str)]) -> Running {
+    started_under(&[], name, env).await
+}
+
+/// `started`, run by the command `under` names (see `start_under`).
+async fn started_under(under: &[&str], name: &str, env: &[(&str, &str)]) -> Running {
     // Processes start with a clean environment; where logs are kept, the
     // bench's RUST_LOG goes to them.
     let log_filter = std::env::var("RUST_LOG")
@@ -147,7 +157,7 @@ async fn started(name: &str, env: &[(&str, &str)]) -> Running {
     if let Some(filter) = &log_filter {
         env.push(("RUST_LOG", filter));
     }
-    let mut node = start(name, &env);
+    let mut node = start_under(under, name, &env);
     if let Some(mut out) = node.child.stdout.take() {
         tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
     }
@@ -375,14 +385,25 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// with `keys`, `POST /api/v1/verify` cycling through them (requests
 /// formatted once in each thread's `init`), else `GET path`.
 fn wrk(node: &Running, path: &str, seconds: u64, keys: Option<(&[String], &str)>) -> Wrk {
+    wrk_sized((THREADS, CONNECTIONS), node, path, seconds, keys)
+}
+
+/// `wrk` with (threads, connections) of its own.
+fn wrk_sized(
+    (threads, connections): (usize, usize),
+    node: &Running,
+    path: &str,
+    seconds: u64,
+    keys: Option<(&[String], &str)>,
+) -> Wrk {
     let url = node.url(path);
     let pid = node.child.id().unwrap_or(0);
     let cpu_before = cpu_seconds(pid);
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new("wrk");
     cmd.args([
-        &format!("-t{THREADS}"),
-        &format!("-c{CONNECTIONS}"),
+        &format!("-t{threads}"),
+        &format!("-c{connections}"),
         &format!("-d{seconds}s"),
         "--latency",
     ]);
@@ -414,7 +435,7 @@ function init(args)
       {{['Content-Type'] = 'application/json', ['Authorization'] = 'Bearer {verifier}'}},
       '{{"apiKey":"' .. keys[k] .. '"}}')
   end
-  i = math.floor(start * #keys / {THREADS})
+  i = math.floor(start * #keys / {threads})
 end
 function request()
   i = i % #requests + 1
@@ -481,6 +502,25 @@ impl Mix {
         self.hits += other.hits;
     }
 
+    /// What `node` has counted since it started.
+    async fn counted(node: &Running) -> Mix {
+        let text = metrics(node).await;
+        let n = |with: &[&str]| metric(&text, "keyward_verify_total", with);
+        Mix {
+            all: n(&[]),
+            valid: n(&["result=\"valid\""]),
+            hits: n(&["cache=\"hit\""]),
+        }
+    }
+
+    fn since(self, before: Mix) -> Mix {
+        Mix {
+            all: self.all - before.all,
+            valid: self.valid - before.valid,
+            hits: self.hits - before.hits,
+        }
+    }
+
     /// "x % valid, y % from the cache"
     fn summary(&self) -> String {
         format!(
@@ -499,18 +539,9 @@ async fn measured_verify(
     keys: &[String],
     verifier: &str,
 ) -> (Wrk, Mix) {
-    let before = metrics(node).await;
+    let before = Mix::counted(node).await;
     let run = wrk(node, "/api/v1/verify", seconds, Some((keys, verifier)));
-    let after = metrics(node).await;
-    let d = |with: &[&str]| {
-        metric(&after, "keyward_verify_total", with) - metric(&before, "keyward_verify_total", with)
-    };
-    let mix = Mix {
-        all: d(&[]),
-        valid: d(&["result=\"valid\""]),
-        hits: d(&["cache=\"hit\""]),
-    };
-    (run, mix)
+    (run, Mix::counted(node).await.since(before))
 }
 
 /// Turns of 10 s: a baseline run, then a verify run. This machine's speed
@@ -645,6 +676,130 @@ async fn miss_sqlite() {
         100.0 * miss.rps() / health.rps(),
         miss.cpu_us()
     );
+}
+
+/// User-space instructions per request of healthz, a cached verify and a
+/// verify that misses, counted by callgrind in the release API: unlike
+/// time on this shared 2-core machine (±15 % between runs of one binary),
+/// a count repeats to within a fraction of a percent, so a change to the
+/// hot path can be judged on its own. The kernel's share (TCP, wake-ups)
+/// is not counted; it is the same for every kind of request. valgrind hides
+/// SHA-NI, so SHA-256 counts in software here.
+async fn instructions() {
+    const SECONDS: u64 = 6;
+    let db = TestDatabase::sqlite().await;
+    let seeded = seed(&db.store(), 10_000).await;
+    // KEYWARD_BENCH_CALLGRIND=dir keeps the dumps for callgrind_annotate.
+    let temp = tempfile::tempdir().unwrap();
+    let out = std::env::var_os("KEYWARD_BENCH_CALLGRIND")
+        .map_or_else(|| temp.path().to_owned(), std::path::PathBuf::from);
+    std::fs::create_dir_all(&out).unwrap();
+    // One file per process (`%p`), each dump numbered after it.
+    let file = out.as_path().join("cg.%p");
+    let file_arg = format!("--callgrind-out-file={}", file.display());
+    let under = ["valgrind", "--tool=callgrind", file_arg.as_str()];
+    // Zeroes the counts, runs `load`, dumps them; instructions per request.
+    let count = |node: &Running, load: &dyn Fn() -> Wrk| {
+        let pid = node.child.id().unwrap().to_string();
+        let control = |flag: &str| {
+            let done = std::process::Command::new("callgrind_control")
+                .args([flag, pid.as_str()])
+                .output()
+                .expect("callgrind_control runs (apt-get install valgrind)");
+            assert!(done.status.success(), "callgrind_control {flag}");
+        };
+        control("-z");
+        let run = load();
+        // Numbered from the dumps already written by this process.
+        let n = std::fs::read_dir(out.as_path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with(&format!("cg.{pid}."))
+            })
+            .count();
+        control("-d");
+        // callgrind writes the dump when the program next runs: wait for
+        // its summary line.
+        let path = out.as_path().join(format!("cg.{pid}.{}", n + 1));
+        let asked = Instant::now();
+        let total: f64 = loop {
+            let dump = std::fs::read_to_string(&path).unwrap_or_default();
+            // Written whole once the totals line is there.
+            if let Some(t) = dump.lines().find_map(|l| l.strip_prefix("totals: ")) {
+                break t.trim().parse().expect("a count");
+            }
+            assert!(
+                asked.elapsed() < Duration::from_secs(30),
+                "no dump at {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        (total / run.requests, run.requests)
+    };
+    let few = |node: &Running, path: &str, seconds: u64, keys: Option<(&[String], &str)>| {
+        wrk_sized((1, 4), node, path, seconds, keys)
+    };
+    // Hits: 2,000 keys, all cached first.
+    let hits = &seeded.keys[..2_000];
+    let node = api_under(&under, &db, &[]).await;
+    let _ = few(&node, "/api/v1/verify", 10, Some((hits, &seeded.verifier)));
+    let (health, n_health) = count(&node, &|| few(&node, "/healthz", SECONDS, None));
+    let before = Mix::counted(&node).await;
+    let (hit, n_hit) = count(&node, &|| {
+        few(
+            &node,
+            "/api/v1/verify",
+            SECONDS,
+            Some((hits, &seeded.verifier)),
+        )
+    });
+    let hit_mix = Mix::counted(&node).await.since(before);
+    drop(node);
+    // Misses: a 1 s TTL over 10,000 keys at valgrind's pace (a few
+    // thousand requests a second): no key comes round within its TTL.
+    let node = api_under(&under, &db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", "1")]).await;
+    let _ = few(&node, "/healthz", 2, None);
+    let before = Mix::counted(&node).await;
+    let (miss, n_miss) = count(&node, &|| {
+        few(
+            &node,
+            "/api/v1/verify",
+            SECONDS,
+            Some((&seeded.keys, &seeded.verifier)),
+        )
+    });
+    let miss_mix = Mix::counted(&node).await.since(before);
+    println!(
+        "| callgrind, user-space instructions per request (1 wrk thread, 4 connections, {SECONDS} s each) | |"
+    );
+    println!(
+        "| `GET /healthz` | {:.1} k ({n_health:.0} requests) |",
+        health / 1e3
+    );
+    println!(
+        "| verify, cached (2,000 keys) | {:.1} k = {:.2} × healthz ({n_hit:.0} requests; {}) |",
+        hit / 1e3,
+        hit / health,
+        hit_mix.summary()
+    );
+    println!(
+        "| verify, every key a miss (10,000 keys, TTL 1 s) | {:.1} k = {:.2} × healthz ({n_miss:.0} requests; {}) |",
+        miss / 1e3,
+        miss / health,
+        miss_mix.summary()
+    );
+}
+
+/// `api`, run under `under`.
+async fn api_under(under: &[&str], db: &TestDatabase, env: &[(&str, &str)]) -> Running {
+    let mut all = vec![
+        ("KEYWARD_DATABASE_URL", db.url.as_str()),
+        ("KEYWARD_ADMIN_PASSWORD", PASSWORD),
+    ];
+    all.extend_from_slice(env);
+    started_under(under, "keyward-api", &all).await
 }
 
 /// (5) Misses on PostgreSQL, next to a bare `SELECT 1` round trip from
