@@ -132,12 +132,7 @@ async fn insert(store: &Arc<dyn Store>, tenant: &TenantId, name: &str, role: &st
 
 /// `keyward-api` at its defaults but for `env`; ready.
 async fn api(db: &TestDatabase, env: &[(&str, &str)]) -> Running {
-    let mut all = vec![
-        ("KEYWARD_DATABASE_URL", db.url.as_str()),
-        ("KEYWARD_ADMIN_PASSWORD", PASSWORD),
-    ];
-    all.extend_from_slice(env);
-    started("keyward-api", &all).await
+    api_under(&[], db, env).await
 }
 
 /// A binary started with `env` at the default log level, its output
