@@ -1024,7 +1024,8 @@ async fn propagation() {
         samples.sort();
         println!(
             "| {what} → both reference ingestors answer {status}, {keys} keys, PostgreSQL, \
-             real binaries | p50 {}, **p99 {}**, max {} |",
+             real binaries, {} ms between rounds of calls | p50 {}, **p99 {}**, max {} |",
+            poll_pause().as_millis(),
             ms(quantile(samples, 0.5)),
             ms(quantile(samples, 0.99)),
             ms(*samples.last().unwrap()),
@@ -1237,9 +1238,20 @@ async fn rotation_under_load(http: &reqwest::Client, api: &Running, nodes: &[Run
     );
 }
 
+/// The pause between rounds of calls while waiting for a change to reach
+/// the nodes (`KEYWARD_BENCH_POLL_PAUSE_MS`, 0: back to back). Calling
+/// without pause put the bench itself among the busiest processes on two
+/// cores shared with the broker, the database and the nodes it measures;
+/// a pause of 1 ms makes a sample late by at most that pause (tokio's
+/// timer ticks in milliseconds) — never early.
+fn poll_pause() -> Duration {
+    Duration::from_millis(env_or("KEYWARD_BENCH_POLL_PAUSE_MS", 1))
+}
+
 /// Ingests with `secret` at every node until each answers `want`; how
 /// long that took (zero when all did at the first try).
 async fn until_all(http: &reqwest::Client, nodes: &[Running], secret: &str, want: u16) -> Duration {
+    let pause = poll_pause();
     let started = Instant::now();
     let mut done = vec![false; nodes.len()];
     let mut first = true;
@@ -1264,6 +1276,9 @@ async fn until_all(http: &reqwest::Client, nodes: &[Running], secret: &str, want
             started.elapsed() < Duration::from_secs(10),
             "never answered {want}"
         );
+        if !pause.is_zero() && !done.iter().all(|d| *d) {
+            tokio::time::sleep(pause).await;
+        }
     }
     started.elapsed()
 }
