@@ -1,4 +1,4 @@
-//! The first `admin` of an empty database (API.md §1).
+//! The first `admin` of an empty database (`docs/api.md`, "Authentication").
 
 use keyward_core::ids::{Password, RoleName, TenantId, Username};
 use keyward_core::password::PasswordHasher;

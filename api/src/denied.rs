@@ -1,5 +1,5 @@
 //! Refused attempts at state-changing endpoints (401, 403) go to the audit
-//! trail with `"outcome": "denied"` (API.md §10a): best effort, outside any
+//! trail with `"outcome": "denied"` (`docs/api.md`, "Audit"): best effort, outside any
 //! transaction, after the answer is made. A refusal is recorded under the
 //! tenant it aimed at (the path's `{t}`, or the caller's own on the
 //! `/api/v1/apikeys…` aliases); one whose tenant is unknown (no valid

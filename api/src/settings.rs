@@ -1,4 +1,4 @@
-//! `keyward-api` command line and settings (API.md §12).
+//! `keyward-api` command line and settings (`docs/operations.md`).
 
 use std::net::SocketAddr;
 
@@ -205,5 +205,13 @@ mod tests {
         let e = keyward_core::config::one_line(&e);
         assert!(!e.contains("tiny-secret"), "{e}");
         assert_eq!(parse(&["migrate"]).unwrap().command, Some(Command::Migrate));
+    }
+
+    #[test]
+    fn every_setting_is_in_operations_md() {
+        let page = include_str!("../../docs/operations.md");
+        let command = <Cli as clap::CommandFactory>::command();
+        let missing = keyward_core::config::undocumented_settings(&command, page);
+        assert!(missing.is_empty(), "not in docs/operations.md: {missing:?}");
     }
 }

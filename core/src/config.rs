@@ -298,6 +298,29 @@ pub fn one_line(e: &clap::Error) -> String {
         .to_owned()
 }
 
+/// Each flag (`--name`) and environment variable of `command` and its
+/// subcommands that `page` (the operations guide) does not name in
+/// backticks: each binary's test asks for none, so a setting cannot be
+/// added without its documentation.
+pub fn undocumented_settings(command: &clap::Command, page: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+        let names = arg
+            .get_long()
+            .filter(|l| !matches!(*l, "help" | "version"))
+            .map(|l| format!("`--{l}`"))
+            .into_iter()
+            .chain(arg.get_env().map(|e| format!("`{}`", e.to_string_lossy())));
+        missing.extend(names.filter(|n| !page.contains(n.as_str())));
+    }
+    for sub in command.get_subcommands() {
+        missing.extend(undocumented_settings(sub, page));
+    }
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
 /// This machine's host name, cut to what a queue or lease owner name may
 /// hold (`[A-Za-z0-9._-]`, at most 64); `None` when it cannot be read.
 pub fn host_name() -> Option<String> {

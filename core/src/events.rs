@@ -1,4 +1,4 @@
-//! The AMQP messages of API.md §10, shared by the sync worker (which
+//! The AMQP messages of `docs/events.md`, shared by the sync worker (which
 //! publishes events and consumes reports) and ingestors (the reverse).
 //! Core knows no AMQP client: these are the names and the JSON bodies.
 
@@ -14,7 +14,7 @@ pub const DEFAULT_EXCHANGE: &str = "keyward.events";
 /// Default name of the durable queue ingestors report to.
 pub const DEFAULT_ACKS_QUEUE: &str = "keyward.acks";
 /// Binding that receives every event of every tenant: each type has two
-/// words, so routing keys are `{type}.{tenantId}` (API.md §10).
+/// words, so routing keys are `{type}.{tenantId}` (`docs/events.md`).
 pub const ALL_EVENTS: &str = "#";
 /// The binding of earlier versions: revocations only. A queue still bound
 /// with it keeps receiving revocations, and nothing else.
@@ -31,7 +31,7 @@ pub fn ingestor_queue(ingestor_id: &str) -> String {
     format!("keyward.ingestor.{ingestor_id}")
 }
 
-/// An event message, by its `type` (API.md §10): what the sync worker
+/// An event message, by its `type` (`docs/events.md`): what the sync worker
 /// publishes and ingestors receive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type")]

@@ -1,4 +1,4 @@
-//! `POST /api/v1/verify` (API.md §8) with the node's `verifier` key.
+//! `POST /api/v1/verify` (`docs/api.md`) with the node's `verifier` key.
 
 use std::time::Duration;
 

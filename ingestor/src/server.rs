@@ -1,4 +1,4 @@
-//! The reference ingestor's HTTP side (API.md §11): `POST /ingest/{stream}`
+//! The reference ingestor's HTTP side (`docs/api.md`, "Reference ingestor"): `POST /ingest/{stream}`
 //! behind `Authorization: Bearer <api key>`, next to the ops routes
 //! (`keyward_core::ops`; ready while revocations are being received). What it does with the data is not Keyward's business: it
 //! reads the body (at most 1 MiB) and accepts it.
@@ -126,7 +126,7 @@ async fn read_body(payload: &mut web::Payload) -> Result<usize, HttpResponse> {
     Ok(size)
 }
 
-/// An error answer in the API's shape (API.md §9), counted by code.
+/// An error answer in the API's shape (`docs/api.md`, "Errors"), counted by code.
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
     keyward_core::telemetry::counter("keyward_ingest_total", &[("result", code)]).increment(1);
     let request_id = ulid::Ulid::generate().to_string();

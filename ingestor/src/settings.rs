@@ -1,4 +1,4 @@
-//! Reference ingestor command line and settings (API.md §12).
+//! Reference ingestor command line and settings (`docs/operations.md`).
 
 use std::net::SocketAddr;
 
@@ -205,5 +205,13 @@ mod tests {
         assert!(parse(&["--binding", "key.#"]).is_err());
         assert!(parse(&["--binding", "*.*.a b"]).is_err());
         assert!(parse(&["--heartbeat-seconds", "0"]).is_err());
+    }
+
+    #[test]
+    fn every_setting_is_in_operations_md() {
+        let page = include_str!("../../docs/operations.md");
+        let command = <Cli as clap::CommandFactory>::command();
+        let missing = keyward_core::config::undocumented_settings(&command, page);
+        assert!(missing.is_empty(), "not in docs/operations.md: {missing:?}");
     }
 }

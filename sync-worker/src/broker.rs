@@ -150,7 +150,7 @@ impl Broker {
     }
 
     /// One event: its body, `type` and routing key `{type}.{tenantId}`
-    /// (API.md §10).
+    /// (`docs/events.md`).
     async fn publish_one(
         &self,
         event: &OutboxEvent,

@@ -1,4 +1,5 @@
-//! Claim → publish → mark: the outbox delivery of DESIGN.md (Deliver).
+//! Claim → publish → mark: the outbox delivery
+//! (`docs/architecture.md`, "A revocation, file by file").
 //!
 //! No transaction is open while the broker is talked to: claiming is one
 //! short statement that sets a lease, marking is another. A worker that

@@ -1,5 +1,5 @@
 //! Keyward sync worker: claims outbox rows with leases and delivers them to
-//! RabbitMQ with publisher confirms (DESIGN.md, Deliver), and records the
+//! RabbitMQ with publisher confirms (`docs/architecture.md`), and records the
 //! ingestors' reports (`applied`, heartbeats).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]

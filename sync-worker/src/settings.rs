@@ -1,4 +1,4 @@
-//! `keyward-sync-worker` command line and settings (API.md §12).
+//! `keyward-sync-worker` command line and settings (`docs/operations.md`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -238,5 +238,13 @@ mod tests {
         assert!(parse(&["--retry-jitter", "1.5"]).is_err());
         assert!(parse(&["--retry-multiplier", "0.5"]).is_err());
         assert!(parse(&["--acks-queue", "a b"]).is_err());
+    }
+
+    #[test]
+    fn every_setting_is_in_operations_md() {
+        let page = include_str!("../../docs/operations.md");
+        let command = <Cli as clap::CommandFactory>::command();
+        let missing = keyward_core::config::undocumented_settings(&command, page);
+        assert!(missing.is_empty(), "not in docs/operations.md: {missing:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! API keys (API.md §4–8): create, list, fetch, revoke, retry a failed
+//! API keys (`docs/api.md`): create, list, fetch, revoke, retry a failed
 //! revocation, validate (tenant admins) and verify (ingestors).
 //!
 //! Every `/api/v1/tenants/{t}/apikeys…` route also answers at

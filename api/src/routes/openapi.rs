@@ -229,6 +229,77 @@ mod tests {
         }
     }
 
+    /// `docs/api.md`'s endpoint table holds exactly the document's
+    /// operations, each with the statuses the document declares, and its
+    /// error table every code with its status: the page cannot drift from
+    /// the code.
+    #[test]
+    fn docs_api_md_matches_the_openapi_document() {
+        use std::collections::BTreeMap;
+        let page = include_str!("../../../docs/api.md");
+        // The table rows (`| `…` | … |`) of the section headed `## {title}`.
+        let rows = |title: &str| -> Vec<Vec<String>> {
+            let section = page
+                .split("\n## ")
+                .find(|s| s.starts_with(title))
+                .unwrap_or_else(|| panic!("docs/api.md has a section {title}"));
+            section
+                .lines()
+                .filter(|l| l.starts_with("| `"))
+                .map(|row| {
+                    let cells = row.trim_matches('|').split(" | ");
+                    cells
+                        .map(|c| c.trim().trim_matches('`').to_owned())
+                        .collect()
+                })
+                .collect()
+        };
+        let mut documented = BTreeMap::new();
+        // | `METHOD /path` | what | success | errors |
+        for cells in rows("Endpoints\n") {
+            let mut statuses: Vec<String> = cells[2..4]
+                .iter()
+                .flat_map(|c| c.split(", "))
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            statuses.sort();
+            let op = cells[0].clone();
+            assert!(
+                documented.insert(op.clone(), statuses).is_none(),
+                "{op} twice"
+            );
+        }
+        // | `code` | status | when |
+        let codes: BTreeMap<String, String> = rows("Errors\n")
+            .into_iter()
+            .map(|cells| (cells[0].clone(), cells[1].clone()))
+            .collect();
+        let mut expected = BTreeMap::new();
+        for (path, ops) in spec()["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                let mut statuses: Vec<String> = op["responses"]
+                    .as_object()
+                    .unwrap()
+                    .keys()
+                    .cloned()
+                    .collect();
+                statuses.sort();
+                expected.insert(format!("{} {path}", method.to_uppercase()), statuses);
+            }
+        }
+        assert_eq!(documented, expected, "docs/api.md's endpoint table");
+        for code in Code::ALL {
+            assert_eq!(
+                codes.get(code.as_str()).map(String::as_str),
+                Some(code.status().as_str()),
+                "docs/api.md's error table: `{}`",
+                code.as_str()
+            );
+        }
+        assert_eq!(codes.len(), Code::ALL.len(), "no code that does not exist");
+    }
+
     #[test]
     fn every_route_is_documented() {
         let paths = spec()["paths"].as_object().unwrap();

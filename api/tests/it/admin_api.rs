@@ -1,4 +1,4 @@
-//! The admin API (API.md §1–3, §9) in-process, on SQLite and PostgreSQL.
+//! The admin API (`docs/api.md`) in-process, on SQLite and PostgreSQL.
 
 use crate::support::{ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, read};
 use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};

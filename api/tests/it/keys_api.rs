@@ -1,4 +1,4 @@
-//! API keys (API.md §4–8) in-process, on SQLite and PostgreSQL.
+//! API keys (`docs/api.md`) in-process, on SQLite and PostgreSQL.
 
 use crate::support::{
     ACME_ADMIN, ADMIN, ADMIN_PASSWORD, As, TestApp, assert_error, create_shipper_key, read,

@@ -1,4 +1,4 @@
-//! The key lifecycle beyond revoke (API.md §10a) over HTTP, on SQLite and
+//! The key lifecycle beyond revoke (`docs/api.md`, "Key lifecycle") over HTTP, on SQLite and
 //! PostgreSQL: update, rotate with and without grace, the event header of
 //! RBAC changes, and the audit trail.
 

@@ -366,7 +366,7 @@ pub struct IngestorRecord {
     pub unacked: i64,
 }
 
-/// `key.revoked`: the key is dead (API.md §10).
+/// `key.revoked`: the key is dead (`docs/events.md`).
 pub const KEY_REVOKED: &str = "key.revoked";
 /// `key.updated`: a key's roles, name or expiry changed.
 pub const KEY_UPDATED: &str = "key.updated";

@@ -1,4 +1,4 @@
-//! The audit trail (API.md §10a): one record per state-changing request,
+//! The audit trail (`docs/api.md`, "Audit"): one record per state-changing request,
 //! written by the store in the transaction of the change it records (see
 //! `record_in` in `sql.rs`), so a change that rolls back leaves no record.
 //! Refused attempts are recorded on their own, best effort. No record holds
