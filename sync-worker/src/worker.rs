@@ -73,11 +73,15 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let store = Arc::clone(&self.deliverer.store);
         let chores = tokio::spawn(crate::housekeeping::run(
-            Arc::clone(&store),
-            Arc::clone(&self.audit),
-            crate::housekeeping::Retention {
-                events: self.retention,
-                audit: self.audit_retention,
+            crate::housekeeping::Chores {
+                outbox: Arc::clone(&store),
+                ingestors: Arc::clone(&self.reports),
+                audit: Arc::clone(&self.audit),
+                retention: crate::housekeeping::Retention {
+                    events: self.retention,
+                    audit: self.audit_retention,
+                },
+                liveness: self.deliverer.liveness,
             },
             shutdown.clone(),
         ));

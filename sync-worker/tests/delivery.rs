@@ -628,9 +628,27 @@ async fn housekeeping_reports_the_outbox_and_purges_delivered_history() {
         .await;
     revocations(store.as_ref(), "acme", 2).await;
     keyward_sync_worker::housekeeping::refresh_gauges(store.as_ref()).await;
+    store
+        .ingestor_heartbeat("node-1", "keyward.ingestor.node-1", chrono::Utc::now())
+        .await
+        .unwrap();
+    keyward_sync_worker::housekeeping::refresh_ingestor_gauges(
+        store.as_ref(),
+        Duration::from_secs(30),
+    )
+    .await;
     let metrics = keyward_core::telemetry::render_metrics();
     assert!(metrics.contains("keyward_outbox_pending"), "{metrics}");
     assert!(metrics.contains("keyward_outbox_oldest_pending_age_seconds"));
+    // Their values are the process's (other tests' workers set them too);
+    // `Fleet::of` is tested for what they say.
+    for gauge in [
+        "keyward_ingestors_live",
+        "keyward_ingestors_stale",
+        "keyward_ingestors_max_unacked",
+    ] {
+        assert!(metrics.contains(gauge), "{gauge}");
+    }
 
     let worker = RunningWorker::start(&db, &broker, &amqp_url(), &[]).await;
     eventually("settled", Duration::from_secs(10), || {
