@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bootstrap;
 pub mod denied;
+pub mod embed;
 pub mod error;
 pub mod extract;
 pub mod failed_proofs;

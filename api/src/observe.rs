@@ -23,6 +23,12 @@ use crate::request_id;
 /// Routes whose successful requests log at debug, not info.
 const QUIET_ROUTES: &[&str] = &["/api/v1/verify", "/healthz", "/readyz", "/metrics"];
 
+/// Whether `path` (or a route pattern) is one of `QUIET_ROUTES`, wherever
+/// Keyward is mounted (`KeywardApi::scope`).
+fn is_quiet(path: &str) -> bool {
+    QUIET_ROUTES.iter().any(|route| path.ends_with(route))
+}
+
 pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -34,7 +40,7 @@ pub async fn observe(
     // verify's instructions under callgrind. The quiet routes' spans are
     // made at debug, so at the default level they cost nothing; their
     // failures name the request themselves (below, and in `ApiError`).
-    let quiet_path = QUIET_ROUTES.contains(&req.path());
+    let quiet_path = is_quiet(req.path());
     macro_rules! request_span {
         ($level:expr) => {
             tracing::span!(
@@ -85,7 +91,7 @@ pub async fn observe(
     // Successful hot-path and probe requests are counted, not logged at
     // info: at tens of thousands a second the log would cost more than
     // the answers.
-    let quiet = res.status().is_success() && QUIET_ROUTES.contains(&route.as_str());
+    let quiet = res.status().is_success() && is_quiet(&route);
     span.in_scope(|| {
         if quiet {
             tracing::debug!(status, elapsed_ms = elapsed * 1000.0, "request finished");

@@ -298,10 +298,18 @@ pub fn one_line(e: &clap::Error) -> String {
         .to_owned()
 }
 
+/// Panics naming each flag and environment variable of `command` that
+/// `docs/operations.md` does not name: each binary's test calls it, so a
+/// setting cannot be added without its documentation.
+pub fn assert_settings_documented(command: &clap::Command) {
+    let page = include_str!("../../docs/operations.md");
+    let missing = undocumented_settings(command, page);
+    assert!(missing.is_empty(), "not in docs/operations.md: {missing:?}");
+}
+
 /// Each flag (`--name`) and environment variable of `command` and its
 /// subcommands that `page` (the operations guide) does not name in
-/// backticks: each binary's test asks for none, so a setting cannot be
-/// added without its documentation.
+/// backticks.
 pub fn undocumented_settings(command: &clap::Command, page: &str) -> Vec<String> {
     let mut missing = Vec::new();
     for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {

@@ -1,12 +1,14 @@
 //! `…/tenants/{t}/groups[/{name}]`: create or replace, read, list, delete.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use keyward_core::ids::{GroupName, KeyId, Username};
 use keyward_core::store::{Group, GroupSpec};
 use serde::Deserialize;
 
 use super::events::announcing;
-use super::{Items, MAX_MEMBERS, created_or_replaced, items, parse_list, parse_roles, resource};
+use super::{
+    Items, MAX_MEMBERS, created_or_replaced, items, parse_list, parse_roles, path_of, resource,
+};
 use crate::auth::TenantScope;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::Json;
@@ -27,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/v1/tenants/{t}/groups").route(web::get().to(list)))
         .service(
             resource("/api/v1/tenants/{t}/groups/{name}")
+                .name("keyward.group")
                 .route(web::put().to(put))
                 .route(web::get().to(get))
                 .route(web::delete().to(delete)),
@@ -41,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
               (status = 422, description = "`unknown_roles`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn put(
+    req: HttpRequest,
     state: web::Data<AppState>,
     scope: TenantScope,
     path: web::Path<(String, String)>,
@@ -67,7 +71,7 @@ pub async fn put(
     Ok(announcing(
         created_or_replaced(
             created,
-            format!("/api/v1/tenants/{tenant}/groups/{name}"),
+            path_of(&req, "keyward.group", &[tenant.as_str(), name.as_str()])?,
             group,
         ),
         change.event_id,

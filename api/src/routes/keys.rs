@@ -134,6 +134,11 @@ pub struct Verification {
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for base in ["/api/v1/tenants/{t}/apikeys", "/api/v1/apikeys"] {
+        let mut one = resource(&format!("{base}/{{keyId}}"));
+        if base.contains("{t}") {
+            // Where `Location` points, from either form.
+            one = one.name(KEY_RESOURCE);
+        }
         cfg.service(
             resource(base)
                 .route(web::post().to(create))
@@ -141,8 +146,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource(&format!("{base}/validate")).route(web::post().to(validate)))
         .service(
-            resource(&format!("{base}/{{keyId}}"))
-                .route(web::get().to(get))
+            one.route(web::get().to(get))
                 .route(web::delete().to(revoke))
                 .route(web::patch().to(update)),
         )
@@ -164,8 +168,11 @@ fn key_id_param(req: &HttpRequest) -> ApiResult<KeyId> {
     KeyId::parse(raw).map_err(|e| ApiError::invalid("keyId", e.reason))
 }
 
-fn location(tenant: &TenantId, key_id: KeyId) -> String {
-    format!("/api/v1/tenants/{tenant}/apikeys/{key_id}")
+/// The name of `/api/v1/tenants/{t}/apikeys/{keyId}`.
+const KEY_RESOURCE: &str = "keyward.apikey";
+
+fn location(req: &HttpRequest, tenant: &TenantId, key_id: KeyId) -> ApiResult<String> {
+    super::path_of(req, KEY_RESOURCE, &[tenant.as_str(), &key_id.to_string()])
 }
 
 /// Create a key; the answer carries `secret`, shown this once.
@@ -175,6 +182,7 @@ fn location(tenant: &TenantId, key_id: KeyId) -> String {
               (status = 422, description = "`unknown_roles`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn create(
+    req: HttpRequest,
     state: web::Data<AppState>,
     scope: TenantScope,
     body: Json<CreateKey>,
@@ -206,7 +214,7 @@ pub async fn create(
     let key = state.store.create_key(&new, &change).await?;
     tracing::info!(key_id = %key_id, "API key created");
     Ok(HttpResponse::Created()
-        .insert_header(("Location", location(&tenant, key_id)))
+        .insert_header(("Location", location(&req, &tenant, key_id)?))
         .json(CreatedKey {
             key,
             secret: token.expose_secret().to_owned().into(),
@@ -430,7 +438,7 @@ pub async fn rotate(
     state.generations.bump(Scope::Key(key_id));
     tracing::info!(key_id = %key_id, new_key_id = %new_id, "API key rotated");
     let answer = HttpResponse::Created()
-        .insert_header(("Location", location(&tenant, new_id)))
+        .insert_header(("Location", location(&req, &tenant, new_id)?))
         .json(RotatedKeyBody {
             key: rotated.key,
             secret: token.expose_secret().to_owned().into(),

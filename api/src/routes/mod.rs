@@ -12,7 +12,7 @@ pub mod users;
 
 pub mod openapi;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use keyward_core::ids::{InvalidValue, RoleName};
 use serde::Serialize;
@@ -27,6 +27,15 @@ pub struct Items<T> {
 
 pub fn items<T: Serialize>(items: Vec<T>) -> HttpResponse {
     HttpResponse::Ok().json(Items { items })
+}
+
+/// The path of the resource registered as `name` with `elements`, under
+/// wherever Keyward is mounted (`KeywardApi::scope`): what a `Location`
+/// header says.
+pub fn path_of(req: &HttpRequest, name: &str, elements: &[&str]) -> ApiResult<String> {
+    req.url_for(name, elements)
+        .map(|url| url.path().to_owned())
+        .map_err(ApiError::internal)
 }
 
 /// `201 Created` with `Location`, or `200` for a replaced resource (PUT).

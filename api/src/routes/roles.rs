@@ -2,14 +2,16 @@
 
 use std::str::FromStr;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use keyward_core::ids::RoleName;
 use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
 use keyward_core::store::Role;
 use serde::Deserialize;
 
 use super::events::announcing;
-use super::{Items, MAX_PRIVILEGES, created_or_replaced, items, require_at_most, resource};
+use super::{
+    Items, MAX_PRIVILEGES, created_or_replaced, items, path_of, require_at_most, resource,
+};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
@@ -41,6 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/v1/tenants/{t}/roles").route(web::get().to(list)))
         .service(
             resource("/api/v1/tenants/{t}/roles/{name}")
+                .name("keyward.role")
                 .route(web::put().to(put))
                 .route(web::get().to(get))
                 .route(web::delete().to(delete)),
@@ -80,6 +83,7 @@ fn parse_privileges(raw: &[RawPrivilege]) -> ApiResult<Vec<Privilege>> {
               (status = 409, description = "`invalid_state` (built-in role)", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn put(
+    req: HttpRequest,
     state: web::Data<AppState>,
     scope: TenantScope,
     path: web::Path<(String, String)>,
@@ -100,7 +104,7 @@ pub async fn put(
     Ok(announcing(
         created_or_replaced(
             created,
-            format!("/api/v1/tenants/{tenant}/roles/{name}"),
+            path_of(&req, "keyward.role", &[tenant.as_str(), name.as_str()])?,
             role,
         ),
         change.event_id,

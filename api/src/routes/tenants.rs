@@ -1,11 +1,11 @@
 //! `POST /api/v1/tenants`, `GET /api/v1/tenants` (superadmin).
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use keyward_core::ids::TenantId;
 use keyward_core::store::Tenant;
 use serde::Deserialize;
 
-use super::{Items, items, resource};
+use super::{Items, items, path_of, resource};
 use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
@@ -22,6 +22,7 @@ pub struct CreateTenant {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         resource("/api/v1/tenants")
+            .name("keyward.tenants")
             .route(web::post().to(create))
             .route(web::get().to(list)),
     );
@@ -32,6 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     responses((status = 201, body = Tenant), (status = 409, description = "`tenant_exists`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn create(
+    req: HttpRequest,
     state: web::Data<AppState>,
     who: Principal,
     body: Json<CreateTenant>,
@@ -52,7 +54,10 @@ pub async fn create(
     }
     let tenant = state.store.create_tenant(&id, name, &who.change()).await?;
     Ok(HttpResponse::Created()
-        .insert_header(("Location", format!("/api/v1/tenants/{id}")))
+        .insert_header((
+            "Location",
+            format!("{}/{id}", path_of(&req, "keyward.tenants", &[])?),
+        ))
         .json(tenant))
 }
 

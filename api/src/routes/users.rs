@@ -1,7 +1,7 @@
 //! `…/tenants/{t}/users[/{u}[/roles|/permissions]]`. Never a password or
 //! a hash in any answer: `User` has no field for either.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use keyward_core::ids::{Password, TenantId, Username};
 use keyward_core::privilege::Privilege;
 use keyward_core::rbac::{EffectiveRole, Permissions};
@@ -10,7 +10,7 @@ use keyward_core::store::{NewUser, User};
 use serde::{Deserialize, Serialize};
 
 use super::events::announcing;
-use super::{Items, items, parse_roles, resource};
+use super::{Items, items, parse_roles, path_of, resource};
 use crate::auth::TenantScope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::Json;
@@ -51,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         resource("/api/v1/tenants/{t}/users/{u}")
+            .name("keyward.user")
             .route(web::get().to(get))
             .route(web::delete().to(delete)),
     )
@@ -67,6 +68,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
               (status = 422, description = "`unknown_roles`", body = ErrorBody)),
     security(("basic" = []), ("bearer" = [])))]
 pub async fn create(
+    req: HttpRequest,
     state: web::Data<AppState>,
     scope: TenantScope,
     body: Json<CreateUser>,
@@ -90,7 +92,11 @@ pub async fn create(
     Ok(HttpResponse::Created()
         .insert_header((
             "Location",
-            format!("/api/v1/tenants/{tenant}/users/{}", created.username),
+            path_of(
+                &req,
+                "keyward.user",
+                &[tenant.as_str(), created.username.as_str()],
+            )?,
         ))
         .json(created))
 }

@@ -12,5 +12,6 @@ mod admin_api;
 mod authz_matrix;
 mod cache_races;
 mod cli;
+mod embedded;
 mod keys_api;
 mod lifecycle_api;
