@@ -2,6 +2,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod admin_cli;
 pub mod auth;
 pub mod bootstrap;
 pub mod denied;

@@ -1,8 +1,11 @@
 use std::process::ExitCode;
 
+use anyhow::Context;
+use keyward_api::admin_cli;
 use keyward_api::settings::{Cli, Command, KeysCommand, Settings};
 use keyward_api::startup::Application;
 use keyward_core::config::parse_or_exit;
+use keyward_core::password::PasswordHasher;
 
 /// Verify answers allocate a little on every request from several worker
 /// threads; glibc's allocator spent ~12 % of the hot path in malloc/free
@@ -26,6 +29,12 @@ async fn main() -> ExitCode {
             .map(|_| tracing::info!("migrations applied"))
             .map_err(Into::into),
         Command::Keys(KeysCommand::Create(args)) => provision(&cli.settings, &args).await,
+        command @ (Command::Tenants(_)
+        | Command::Users(_)
+        | Command::Outbox(_)
+        | Command::Keys(KeysCommand::List(_) | KeysCommand::Revoke(_))) => {
+            administer(&cli.settings, &command).await
+        }
         Command::Serve => match Application::build(cli.settings).await {
             Ok(app) => app.run_until_stopped().await.map_err(Into::into),
             Err(e) => Err(e),
@@ -39,6 +48,26 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// An administration command on the configured database: its output on
+/// stdout.
+async fn administer(settings: &Settings, command: &Command) -> anyhow::Result<()> {
+    let store = keyward_core::store::open(&settings.database.database_url).await?;
+    let store = store.as_ref();
+    let output = match command {
+        Command::Tenants(c) => admin_cli::tenants(store, c).await?,
+        Command::Users(c) => {
+            let hasher = PasswordHasher::new(settings.argon2).context("argon2 settings")?;
+            admin_cli::users(store, &hasher, c).await?
+        }
+        Command::Outbox(c) => admin_cli::outbox(store, c).await?,
+        Command::Keys(KeysCommand::List(args)) => admin_cli::list_keys(store, args).await?,
+        Command::Keys(KeysCommand::Revoke(args)) => admin_cli::revoke_key(store, args).await?,
+        other => anyhow::bail!("{other:?} is not an administration command"),
+    };
+    print!("{output}");
+    Ok(())
 }
 
 /// `keys create`: the key id on stdout (never the secret).

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use keyward_core::digest::{KeyDigest, StoredSecret};
 use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
-use keyward_core::store::{Change, NewApiKey, Store};
+use keyward_core::store::{NewApiKey, Store};
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 
 /// `keys create`'s arguments.
@@ -66,12 +66,7 @@ pub async fn create_key(
     let token = ApiKeyToken::generate(prefix, key_id).context("no OS randomness")?;
     // The file first: a key whose secret could not be kept would be lost.
     write_secret(&args.secret_file, token.expose_secret())?;
-    let change = Change::new(
-        "cli",
-        format!("cli-{}", ulid::Ulid::generate()),
-        chrono::Utc::now(),
-    )
-    .by_superadmin(true);
+    let change = crate::admin_cli::cli_change();
     let new = NewApiKey {
         key_id,
         tenant_id: tenant,

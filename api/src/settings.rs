@@ -30,6 +30,15 @@ pub enum Command {
     /// API keys, straight in the database (provisioning, break-glass).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Tenants, straight in the database (bootstrap, break-glass).
+    #[command(subcommand)]
+    Tenants(crate::admin_cli::TenantsCommand),
+    /// Users, straight in the database (bootstrap, break-glass).
+    #[command(subcommand)]
+    Users(crate::admin_cli::UsersCommand),
+    /// The outbox: what waits for delivery, and dead events back in it.
+    #[command(subcommand)]
+    Outbox(crate::admin_cli::OutboxCommand),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
@@ -37,6 +46,11 @@ pub enum KeysCommand {
     /// Create a key and write its secret to a file (mode 0600); when the
     /// file already holds a valid key of the tenant, keep it (idempotent).
     Create(crate::provision::CreateKey),
+    /// List a tenant's keys, newest first (masked: never a secret).
+    List(crate::admin_cli::ListKeys),
+    /// Revoke a key: its tombstone, `key.revoked` event and audit record in
+    /// one transaction, as `DELETE …/apikeys/{keyId}`.
+    Revoke(crate::admin_cli::RevokeKey),
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -349,6 +349,16 @@ pub struct OutboxStats {
     pub dead: i64,
 }
 
+/// Undelivered events of one type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TypeBacklog {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Neither published nor dead.
+    pub pending: i64,
+    pub dead: i64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Purged {
     pub events: u64,

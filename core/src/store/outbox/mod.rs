@@ -12,7 +12,7 @@ use super::rows::{key_id, parse, tenant};
 use super::timestamp::Ts;
 use super::{
     ApiKey, Backend, Change, EventProgress, EventStatus, OutboxEvent, OutboxStats, Purged,
-    StoreError, StoreResult, Timestamp,
+    StoreError, StoreResult, Timestamp, TypeBacklog,
 };
 use crate::ids::{EventId, KeyId, TenantId};
 
@@ -70,6 +70,9 @@ pub trait OutboxStore: Backend {
     /// before `before`. Undelivered and dead rows are kept whatever their age.
     async fn purge(&self, before: Timestamp) -> StoreResult<Purged>;
     async fn outbox_stats(&self) -> StoreResult<OutboxStats>;
+    /// Undelivered events by type: pending and dead (for the operator's
+    /// `outbox status`; reads every undelivered row, so not for a gauge).
+    async fn outbox_backlog_by_type(&self) -> StoreResult<Vec<TypeBacklog>>;
     /// One event with its delivery state; `None` if there is none by that
     /// id, or it was purged (published before the retention).
     async fn event_status(&self, event_id: EventId) -> StoreResult<Option<EventStatus>>;

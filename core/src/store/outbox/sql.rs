@@ -11,7 +11,7 @@ use crate::store::outbox::{EventStatusRow, OutboxRow, OutboxStore, OutboxWakeups
 use crate::store::timestamp::Ts;
 use crate::store::{
     ApiKey, Change, Dialect, EventStatus, OutboxEvent, OutboxStats, Purged, StoreError,
-    StoreResult, Timestamp,
+    StoreResult, Timestamp, TypeBacklog,
 };
 
 /// Leases due events: `$1` owner, `$2` lease end, `$3` now, `$4` batch.
@@ -232,6 +232,25 @@ impl OutboxStore for SqlStore {
             oldest_pending_at: oldest.map(|t| t.0),
             dead,
         })
+    }
+
+    async fn outbox_backlog_by_type(&self) -> StoreResult<Vec<TypeBacklog>> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT kind, \
+                    SUM(CASE WHEN dead_at IS NULL THEN 1 ELSE 0 END), \
+                    SUM(CASE WHEN dead_at IS NULL THEN 0 ELSE 1 END) \
+             FROM outbox WHERE published_at IS NULL GROUP BY kind ORDER BY kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, pending, dead)| TypeBacklog {
+                kind,
+                pending,
+                dead,
+            })
+            .collect())
     }
 
     async fn event_status(&self, event_id: EventId) -> StoreResult<Option<EventStatus>> {
