@@ -71,6 +71,19 @@ pub enum UsersCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Replace a user's password (break-glass: a forgotten `admin`
+    /// password); read from `--password-file`.
+    SetPassword {
+        /// The username.
+        #[arg(long)]
+        username: String,
+        /// A file holding the new password (one trailing line break
+        /// dropped), or `-` for standard input.
+        #[arg(long)]
+        password_file: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 /// `keys list`'s arguments.
@@ -174,16 +187,23 @@ pub async fn users(
     hasher: &PasswordHasher,
     command: &UsersCommand,
 ) -> anyhow::Result<String> {
-    let UsersCommand::Create {
-        tenant: t,
-        username,
-        roles: r,
-        password_file,
-        output,
-    } = command;
-    let tenant = tenant(t)?;
+    let (tenant_arg, username, roles_arg, password_file, output) = match command {
+        UsersCommand::Create {
+            tenant,
+            username,
+            roles,
+            password_file,
+            output,
+        } => (tenant, username, roles, password_file, output),
+        UsersCommand::SetPassword {
+            username,
+            password_file,
+            output,
+        } => return set_password(store, hasher, username, password_file, output).await,
+    };
+    let tenant = tenant(tenant_arg)?;
     let username = Username::parse(username).map_err(|e| anyhow::anyhow!("--username: {e}"))?;
-    let roles = roles(r)?;
+    let roles = roles(roles_arg)?;
     let password = read_password(password_file)?;
     let user = NewUser {
         username,
@@ -199,6 +219,32 @@ pub async fn users(
     Ok(shown(output, &created, || {
         format!("created user {}", created.username)
     }))
+}
+
+/// `users set-password`: the user's tenant is found by its username
+/// (usernames are unique across the service).
+async fn set_password(
+    store: &dyn Store,
+    hasher: &PasswordHasher,
+    username: &str,
+    password_file: &PathBuf,
+    output: &Output,
+) -> anyhow::Result<String> {
+    let username = Username::parse(username).map_err(|e| anyhow::anyhow!("--username: {e}"))?;
+    let password = read_password(password_file)?;
+    let Some(user) = store.user_credentials(&username).await? else {
+        bail!("no user {username}");
+    };
+    let hash = hasher.hash(password.expose()).await?;
+    store
+        .set_user_password(&user.tenant_id, &username, &hash, &cli_change())
+        .await
+        .context("setting the password")?;
+    Ok(shown(
+        output,
+        &json!({"username": username, "tenantId": user.tenant_id}),
+        || format!("password of {username} replaced"),
+    ))
 }
 
 /// The password in `path` (`-`: standard input), one trailing line break

@@ -196,6 +196,24 @@ mod admin {
         .unwrap();
         assert_eq!(retried["retried"], 0);
 
+        // Break-glass: a new password, from standard input's stand-in.
+        let new_password = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(new_password.path(), "the replacement password\n").unwrap();
+        let set = UsersCommand::SetPassword {
+            username: "acme-admin".into(),
+            password_file: new_password.path().into(),
+            output: TABLE,
+        };
+        let out = users(store, &hasher, &set).await.unwrap();
+        assert_eq!(out, "password of acme-admin replaced\n");
+        let (s, _) = app
+            .get(
+                "/api/v1/tenants/acme/roles",
+                As::User("acme-admin", "the replacement password"),
+            )
+            .await;
+        assert_eq!(s, 200, "the new password works");
+
         // Audited as the API's changes are, under the actor `cli`.
         let (s, audit) = app.get("/api/v1/audit?actor=cli", ADMIN).await;
         assert_eq!(s, 200);
@@ -205,8 +223,16 @@ mod admin {
             .iter()
             .map(|r| r["action"].as_str().unwrap())
             .collect();
-        assert_eq!(actions, ["key.revoke", "user.create", "tenant.create"]);
-        let record = &audit["items"][0];
+        assert_eq!(
+            actions,
+            [
+                "user.password",
+                "key.revoke",
+                "user.create",
+                "tenant.create"
+            ]
+        );
+        let record = &audit["items"][1];
         assert_eq!(record["target"], key_id.as_str());
         assert_eq!(record["eventId"], event.as_str());
     }

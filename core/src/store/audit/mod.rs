@@ -33,6 +33,7 @@ pub enum Action {
     UserCreate,
     UserDelete,
     UserRoles,
+    UserPassword,
     GroupPut,
     GroupDelete,
     KeyCreate,
@@ -43,13 +44,14 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::TenantCreate,
         Self::RolePut,
         Self::RoleDelete,
         Self::UserCreate,
         Self::UserDelete,
         Self::UserRoles,
+        Self::UserPassword,
         Self::GroupPut,
         Self::GroupDelete,
         Self::KeyCreate,
@@ -67,6 +69,7 @@ impl Action {
             Self::UserCreate => "user.create",
             Self::UserDelete => "user.delete",
             Self::UserRoles => "user.roles",
+            Self::UserPassword => "user.password",
             Self::GroupPut => "group.put",
             Self::GroupDelete => "group.delete",
             Self::KeyCreate => "key.create",

@@ -58,6 +58,15 @@ pub trait RbacStore: Backend {
         username: &Username,
         change: &Change,
     ) -> StoreResult<()>;
+    /// Replaces the user's password hash (`UserNotFound`); its remembered
+    /// Basic proofs stop counting, on every replica.
+    async fn set_user_password(
+        &self,
+        tenant: &TenantId,
+        username: &Username,
+        password_hash: &str,
+        change: &Change,
+    ) -> StoreResult<()>;
     /// For authentication only: usernames are unique across tenants.
     async fn user_credentials(&self, username: &Username) -> StoreResult<Option<UserCredentials>>;
     /// The user's role grants as they are now: direct and through groups.

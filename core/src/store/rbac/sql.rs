@@ -550,6 +550,37 @@ impl RbacStore for SqlStore {
         Ok(())
     }
 
+    #[tracing::instrument(skip(self, password_hash))]
+    async fn set_user_password(
+        &self,
+        tenant: &TenantId,
+        username: &Username,
+        password_hash: &str,
+        change: &Change,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        let guard = PlatformChange::begin(&mut tx, tenant, Target::User(username), change).await?;
+        let updated = sqlx::query(
+            "UPDATE users SET password_hash = $3 WHERE tenant_id = $1 AND username = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(username.as_str())
+        .bind(password_hash)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::UserNotFound);
+        }
+        // Remembered Basic proofs of the old password must stop working.
+        self.notify_keys(&mut tx, &KeyChange::User(username.clone()))
+            .await?;
+        let target = username.as_str();
+        record_in(&mut tx, change, tenant, Action::UserPassword, target, None).await?;
+        builtin::finish(guard, &mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     #[tracing::instrument(skip(self))]
     async fn user_credentials(&self, username: &Username) -> StoreResult<Option<UserCredentials>> {
         let row: Option<CredentialsRow> = sqlx::query_as(
