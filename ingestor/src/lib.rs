@@ -75,6 +75,7 @@
 
 pub mod client;
 pub mod consumer;
+pub mod guard;
 pub mod server;
 pub mod settings;
 pub mod startup;

@@ -10,7 +10,8 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use crate::verifier::{Verdict, Verifier};
+use crate::guard::admit;
+use crate::verifier::Verifier;
 
 /// Largest body `POST /ingest/{stream}` takes.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -45,43 +46,14 @@ async fn ingest(
     mut payload: web::Payload,
     state: web::Data<IngestState>,
 ) -> HttpResponse {
-    let token = req
+    let authorization = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "Missing API key.",
-        );
-    };
+        .and_then(|v| v.to_str().ok());
     // Decided before the body is read: a stranger can't make us buffer 1 MiB.
-    let verdict = state.verifier.verify(token.trim()).await;
-    match &verdict {
-        Verdict::Valid(_) if !verdict.may_ingest(&stream) => {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "The API key may not ingest into this stream.",
-            );
-        }
-        Verdict::Valid(_) => {}
-        Verdict::Invalid(_) => {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "Invalid, revoked or expired API key.",
-            );
-        }
-        Verdict::Unavailable => {
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "The key service is unavailable; try again.",
-            );
-        }
+    if let Err(refused) = admit(&state.verifier, authorization, Some(&stream)).await {
+        let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::FORBIDDEN);
+        return refuse(status, refused.code, refused.message);
     }
     let size = match tokio::time::timeout(state.body_timeout, read_body(&mut payload)).await {
         Ok(Ok(size)) => size,

@@ -1369,3 +1369,139 @@ async fn least_privilege_broker_users_suffice() {
     drop(node);
     sys.cleanup().await;
 }
+
+/// The drop-in guards (`keyward_ingestor::guard`) in front of a service's
+/// own routes, against the real API: admit with the key in the request's
+/// extensions, 401, 403, 503, and a revocation counts at once.
+#[tokio::test]
+async fn the_guards_admit_refuse_and_say_why() {
+    use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, test, web};
+    use keyward_ingestor::client::ValidKey;
+    use keyward_ingestor::guard::{RequireKey, RequireKeyLayer};
+    use tower_layer::Layer;
+
+    let Some(sys) = System::start("30").await else {
+        return;
+    };
+    let verifier = library_verifier(&sys, &sys.api.url(""));
+    let (key_id, secret) = sys.key().await; // `ingestor` on `clicks-*`
+    let bearer = format!("Bearer {secret}");
+
+    // actix-web: one guarded resource, one open one beside it.
+    async fn accepted(req: HttpRequest) -> HttpResponse {
+        let key = req.extensions().get::<Arc<ValidKey>>().cloned();
+        HttpResponse::Accepted().body(key.map(|k| k.key_id.to_string()).unwrap_or_default())
+    }
+    let app = test::init_service(
+        App::new()
+            .service(
+                web::resource("/events/{stream}")
+                    .wrap(RequireKey::new(Arc::clone(&verifier)))
+                    .route(web::post().to(accepted)),
+            )
+            .route("/open", web::get().to(HttpResponse::Ok)),
+    )
+    .await;
+    let post = |uri: &str, auth: Option<&str>| {
+        let mut req = test::TestRequest::post().uri(uri);
+        if let Some(auth) = auth {
+            req = req.insert_header(("authorization", auth.to_owned()));
+        }
+        req.to_request()
+    };
+    let res = test::call_service(&app, post("/events/clicks-web", Some(&bearer))).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(
+        test::read_body(res).await,
+        key_id.as_bytes(),
+        "the key, for the handler"
+    );
+    let res = test::call_service(&app, post("/events/views", Some(&bearer))).await;
+    assert_eq!(res.status(), 403);
+    let body: Value = test::read_body_json(res).await;
+    assert_eq!(body["error"]["code"], "forbidden");
+    let res = test::call_service(&app, post("/events/clicks-web", None)).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers().get("www-authenticate").unwrap(), "Bearer");
+    let res = test::call_service(&app, post("/events/clicks-web", Some("Bearer kw_nope"))).await;
+    assert_eq!(res.status(), 401);
+    let res = test::call_service(&app, test::TestRequest::get().uri("/open").to_request()).await;
+    assert_eq!(res.status(), 200, "the open route stays open");
+
+    // tower: the same decisions, the stream from the path.
+    #[derive(Clone)]
+    struct Echo;
+    impl tower_service::Service<http::Request<String>> for Echo {
+        type Response = http::Response<String>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<String>) -> Self::Future {
+            let key = req.extensions().get::<Arc<ValidKey>>();
+            let key = key.map(|k| k.key_id.to_string()).unwrap_or_default();
+            std::future::ready(Ok(http::Response::new(key)))
+        }
+    }
+    let layer = |verifier: Arc<Verifier>| {
+        RequireKeyLayer::new(verifier, |parts| {
+            parts.uri.path().strip_prefix("/events/").map(str::to_owned)
+        })
+    };
+    async fn call(
+        layer: &RequireKeyLayer,
+        path: &str,
+        auth: Option<&str>,
+    ) -> http::Response<String> {
+        use tower_service::Service;
+        let mut service = layer.layer(Echo);
+        std::future::poll_fn(|cx| service.poll_ready(cx))
+            .await
+            .unwrap();
+        let mut req = http::Request::post(path);
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        service
+            .call(req.body(String::new()).unwrap())
+            .await
+            .unwrap()
+    }
+    let guarded = layer(Arc::clone(&verifier));
+    let res = call(&guarded, "/events/clicks-app", Some(&bearer)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.body(), &key_id);
+    assert_eq!(
+        call(&guarded, "/events/views", Some(&bearer))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        call(&guarded, "/elsewhere", Some(&bearer)).await.status(),
+        403
+    );
+    let res = call(&guarded, "/events/clicks-app", None).await;
+    assert_eq!(res.status(), 401);
+    let body: Value = serde_json::from_str(res.body()).unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+
+    // No API to ask: 503 with Retry-After, never a pass.
+    let stranded = layer(library_verifier(&sys, "http://127.0.0.1:9/"));
+    let res = call(&stranded, "/events/clicks-app", Some(&bearer)).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+
+    // Revoked: refused by both at once (this verifier hears no events, so
+    // it trusts no cached answer and asks the API).
+    sys.revoke(&key_id).await;
+    let res = test::call_service(&app, post("/events/clicks-web", Some(&bearer))).await;
+    assert_eq!(res.status(), 401);
+    let res = call(&guarded, "/events/clicks-app", Some(&bearer)).await;
+    assert_eq!(res.status(), 401);
+    sys.cleanup().await;
+}
