@@ -52,6 +52,7 @@ use crate::extract::BODY_LIMIT;
         keyward_core::ops::readyz,
         keyward_core::ops::metrics,
         document,
+        reference_page,
     ),
     components(schemas(crate::error::ErrorBody))
 )]
@@ -64,8 +65,26 @@ pub async fn document() -> HttpResponse {
     HttpResponse::Ok().json(spec())
 }
 
+/// The API reference: this document rendered as HTML by the page itself,
+/// with nothing fetched from anywhere but this server.
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 200, description = "an HTML page", content_type = "text/html")))]
+pub async fn reference_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        // The page runs only its own inline script, and talks only to the
+        // server it came from (for the document).
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'",
+        ))
+        .body(include_str!("docs.html"))
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/openapi.json", web::get().to(document));
+    cfg.route("/api/v1/openapi.json", web::get().to(document))
+        .route("/docs", web::get().to(reference_page));
 }
 
 /// The document, built once.
@@ -323,6 +342,7 @@ mod tests {
             ("/readyz", &["get"]),
             ("/metrics", &["get"]),
             ("/api/v1/openapi.json", &["get"]),
+            ("/docs", &["get"]),
             ("/api/v1/tenants/{t}/apikeys", &["get", "post"]),
             (
                 "/api/v1/tenants/{t}/apikeys/{keyId}",

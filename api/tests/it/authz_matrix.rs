@@ -78,6 +78,7 @@ fn rows() -> Vec<Row> {
         ("GET", "/readyz", None, OPEN),
         ("GET", "/metrics", None, OPEN),
         ("GET", "/api/v1/openapi.json", None, OPEN),
+        ("GET", "/docs", None, OPEN),
         ("GET", "/api/v1/tenants", None, SUPER),
         (
             "POST",
