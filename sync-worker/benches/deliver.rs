@@ -3,7 +3,10 @@
 //!
 //! 1. drain 20,000 pending events into RabbitMQ with the real worker, and
 //!    next to it a bare lapin publisher with confirms publishing as many
-//!    messages of the same size, in the same batches, in the same run;
+//!    messages of the same size, in the same batches, in the same run:
+//!    once waiting for each batch's confirms before the next, and once
+//!    pipelined as the worker is (the broker's real limit: confirms of up
+//!    to `IN_FLIGHT` batches outstanding);
 //! 2. commit-to-delivery latency with an idle worker: a revoke commits,
 //!    and a consumer bound to the exchange receives the event.
 //!
@@ -32,6 +35,8 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 const BATCH: usize = 256;
+/// Batches whose confirms may be outstanding at once, as in the worker.
+const IN_FLIGHT: usize = keyward_sync_worker::deliver::PIPELINE_DEPTH;
 
 #[tokio::main]
 async fn main() {
@@ -51,11 +56,21 @@ async fn main() {
     fill_outbox(&db, events).await;
     let worker_rate = drain_with_worker(&db, &broker).await;
     purge(&broker, &sink_queue).await;
-    let bare_rate = bare_publisher(&broker, events).await;
+    let bare_rate = bare_publisher(&broker, events, 1).await;
+    purge(&broker, &sink_queue).await;
+    let pipelined_rate = bare_publisher(&broker, events, IN_FLIGHT).await;
+    purge(&broker, &sink_queue).await;
+    // No window at all: every confirm outstanding until the end.
+    let unbounded_rate = bare_publisher(&broker, events, usize::MAX).await;
     purge(&broker, &sink_queue).await;
     println!(
-        "worker {worker_rate:.0} events/s, bare lapin publisher {bare_rate:.0} msgs/s: {:.0} %",
-        100.0 * worker_rate / bare_rate
+        "worker {worker_rate:.0} events/s; bare lapin publisher, a batch at a time \
+         {bare_rate:.0} msgs/s ({:.0} %); {IN_FLIGHT} batches in flight \
+         {pipelined_rate:.0} msgs/s (**{:.0} %**); every confirm outstanding \
+         {unbounded_rate:.0} msgs/s ({:.0} %)",
+        100.0 * worker_rate / bare_rate,
+        100.0 * worker_rate / pipelined_rate,
+        100.0 * worker_rate / unbounded_rate
     );
 
     println!("== commit → delivered latency, idle worker, 200 revokes one at a time");
@@ -122,8 +137,9 @@ async fn drain_with_worker(db: &TestDatabase, broker: &TestBroker) -> f64 {
     rate
 }
 
-/// The same messages, batches and confirms, without a database.
-async fn bare_publisher(broker: &TestBroker, n: usize) -> f64 {
+/// The same messages, batches and confirms, without a database; the
+/// confirms of up to `in_flight` batches outstanding at once.
+async fn bare_publisher(broker: &TestBroker, n: usize, in_flight: usize) -> f64 {
     let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
         .await
         .unwrap();
@@ -135,6 +151,7 @@ async fn bare_publisher(broker: &TestBroker, n: usize) -> f64 {
     let tenant = TenantId::parse("acme").unwrap();
     let started = Instant::now();
     let mut sent = 0;
+    let mut outstanding = std::collections::VecDeque::new();
     while sent < n {
         let mut confirms = Vec::with_capacity(BATCH);
         for _ in 0..BATCH.min(n - sent) {
@@ -170,13 +187,30 @@ async fn bare_publisher(broker: &TestBroker, n: usize) -> f64 {
             confirms.push(confirm);
             sent += 1;
         }
-        for c in futures_util::future::join_all(confirms).await {
+        outstanding.push_back(futures_util::future::join_all(confirms));
+        if outstanding.len() >= in_flight {
+            let oldest = outstanding.pop_front().unwrap();
+            for c in oldest.await {
+                assert!(c.unwrap().is_ack());
+            }
+        }
+    }
+    for batch in outstanding {
+        for c in batch.await {
             assert!(c.unwrap().is_ack());
         }
     }
     let took = started.elapsed();
     let rate = n as f64 / took.as_secs_f64();
-    println!("bare lapin publisher: {n} messages in {took:.2?} ({rate:.0} msgs/s)");
+    let window = if in_flight == usize::MAX {
+        "every".to_owned()
+    } else {
+        in_flight.to_string()
+    };
+    println!(
+        "bare lapin publisher, {window} batch(es) in flight: {n} messages in {took:.2?} \
+         ({rate:.0} msgs/s)"
+    );
     let _ = conn.close(200, "done".into()).await;
     rate
 }
