@@ -13,6 +13,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/broker.sh
+source "$root/scripts/lib/broker.sh"
 bin=$(cd "${KEYWARD_BIN:-$root/target/debug}" && pwd)
 work=$(mktemp -d)
 log=$work/processes.log
@@ -28,12 +30,7 @@ cleanup() {
   local status=$?
   jobs -p | xargs -r kill 2>/dev/null || true
   wait 2>/dev/null || true
-  if command -v rabbitmqctl >/dev/null; then
-    for queue in "keyward.ingestor.$run_id" "$KEYWARD_ACKS_QUEUE" "$KEYWARD_ACKS_QUEUE.dead"; do
-      rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
-    done
-    rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$KEYWARD_EXCHANGE\">>), false, <<\"python-ingestor\">>)." >/dev/null 2>&1 || true
-  fi
+  remove_from_broker "$KEYWARD_EXCHANGE" "keyward.ingestor.$run_id" "$KEYWARD_ACKS_QUEUE" "$KEYWARD_ACKS_QUEUE.dead"
   if ((status != 0)); then
     echo "python ingestor check failed; the processes' output:" >&2
     tail -n 60 "$log" >&2 || true

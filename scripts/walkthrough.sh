@@ -15,6 +15,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=lib/broker.sh
+source "$root/scripts/lib/broker.sh"
 bin=$(cd "${KEYWARD_BIN:-$root/target/debug}" && pwd)
 for name in keyward-api keyward-sync-worker keyward-ingestor; do
   [[ -x $bin/$name ]] || { echo "walkthrough: $bin/$name is missing (cargo build --workspace --bins)" >&2; exit 1; }
@@ -35,12 +37,7 @@ cleanup() {
   local status=$?
   jobs -p | xargs -r kill 2>/dev/null || true
   wait 2>/dev/null || true
-  if command -v rabbitmqctl >/dev/null; then
-    for queue in "keyward.ingestor.$run_id" "keyward.ingestor.$run_id.dead" "$KEYWARD_ACKS_QUEUE" "$KEYWARD_ACKS_QUEUE.dead"; do
-      rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
-    done
-    rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$KEYWARD_EXCHANGE\">>), false, <<\"walkthrough\">>)." >/dev/null 2>&1 || true
-  fi
+  remove_from_broker "$KEYWARD_EXCHANGE" "keyward.ingestor.$run_id" "keyward.ingestor.$run_id.dead" "$KEYWARD_ACKS_QUEUE" "$KEYWARD_ACKS_QUEUE.dead"
   if ((status != 0)); then
     echo "walkthrough failed; the processes' output:" >&2
     tail -n 60 "$log" >&2 || true

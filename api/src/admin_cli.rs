@@ -187,31 +187,42 @@ pub async fn users(
     hasher: &PasswordHasher,
     command: &UsersCommand,
 ) -> anyhow::Result<String> {
-    let (tenant_arg, username, roles_arg, password_file, output) = match command {
+    match command {
         UsersCommand::Create {
             tenant,
             username,
             roles,
             password_file,
             output,
-        } => (tenant, username, roles, password_file, output),
+        } => {
+            let new = NewUser {
+                tenant_id: self::tenant(tenant)?,
+                username: Username::parse(username)
+                    .map_err(|e| anyhow::anyhow!("--username: {e}"))?,
+                roles: self::roles(roles)?,
+                password_hash: String::new(),
+                created_at: chrono::Utc::now(),
+            };
+            create_user(store, hasher, new, password_file, output).await
+        }
         UsersCommand::SetPassword {
             username,
             password_file,
             output,
-        } => return set_password(store, hasher, username, password_file, output).await,
-    };
-    let tenant = tenant(tenant_arg)?;
-    let username = Username::parse(username).map_err(|e| anyhow::anyhow!("--username: {e}"))?;
-    let roles = roles(roles_arg)?;
+        } => set_password(store, hasher, username, password_file, output).await,
+    }
+}
+
+/// `users create`: `user` with the password from `password_file`.
+async fn create_user(
+    store: &dyn Store,
+    hasher: &PasswordHasher,
+    mut user: NewUser,
+    password_file: &PathBuf,
+    output: &Output,
+) -> anyhow::Result<String> {
     let password = read_password(password_file)?;
-    let user = NewUser {
-        username,
-        tenant_id: tenant,
-        password_hash: hasher.hash(password.expose()).await?,
-        roles,
-        created_at: chrono::Utc::now(),
-    };
+    user.password_hash = hasher.hash(password.expose()).await?;
     let created = store
         .create_user(&user, &cli_change())
         .await

@@ -89,6 +89,19 @@ impl Refusal {
             _ => &[],
         }
     }
+
+    /// The answer, for actix-web: status, `X-Request-Id`, headers, body.
+    pub fn response(&self) -> HttpResponse {
+        let id = request_id();
+        let status = actix_web::http::StatusCode::from_u16(self.status)
+            .unwrap_or(actix_web::http::StatusCode::FORBIDDEN);
+        let mut res = HttpResponse::build(status);
+        res.insert_header(("x-request-id", id.as_str()));
+        for header in self.headers() {
+            res.insert_header(*header);
+        }
+        res.content_type("application/json").body(self.body(&id))
+    }
 }
 
 /// The decision on a request: its `Authorization` header's value and the
@@ -197,19 +210,7 @@ where
                     req.extensions_mut().insert(key);
                     Ok(service.call(req).await?.map_into_left_body())
                 }
-                Err(refusal) => {
-                    let id = request_id();
-                    let mut res = HttpResponse::build(
-                        actix_web::http::StatusCode::from_u16(refusal.status)
-                            .unwrap_or(actix_web::http::StatusCode::FORBIDDEN),
-                    );
-                    res.insert_header(("x-request-id", id.as_str()));
-                    for header in refusal.headers() {
-                        res.insert_header(*header);
-                    }
-                    let res = res.content_type("application/json").body(refusal.body(&id));
-                    Ok(req.into_response(res).map_into_right_body())
-                }
+                Err(refusal) => Ok(req.into_response(refusal.response()).map_into_right_body()),
             }
         })
     }

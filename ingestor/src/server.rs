@@ -10,7 +10,7 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use crate::guard::admit;
+use crate::guard::{Refusal, admit};
 use crate::verifier::Verifier;
 
 /// Largest body `POST /ingest/{stream}` takes.
@@ -52,8 +52,8 @@ async fn ingest(
         .and_then(|v| v.to_str().ok());
     // Decided before the body is read: a stranger can't make us buffer 1 MiB.
     if let Err(refused) = admit(&state.verifier, authorization, Some(&stream)).await {
-        let status = StatusCode::from_u16(refused.status).unwrap_or(StatusCode::FORBIDDEN);
-        return refuse(status, refused.code, refused.message);
+        count(refused.code);
+        return refused.response();
     }
     let size = match tokio::time::timeout(state.body_timeout, read_body(&mut payload)).await {
         Ok(Ok(size)) => size,
@@ -70,8 +70,7 @@ async fn ingest(
             return res;
         }
     };
-    keyward_core::telemetry::counter("keyward_ingest_total", &[("result", "accepted")])
-        .increment(1);
+    count("accepted");
     HttpResponse::Accepted().json(serde_json::json!({"accepted": true, "bytes": size}))
 }
 
@@ -99,18 +98,16 @@ async fn read_body(payload: &mut web::Payload) -> Result<usize, HttpResponse> {
 }
 
 /// An error answer in the API's shape (`docs/api.md`, "Errors"), counted by code.
-fn refuse(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
-    keyward_core::telemetry::counter("keyward_ingest_total", &[("result", code)]).increment(1);
-    let request_id = ulid::Ulid::generate().to_string();
-    let mut res = HttpResponse::build(status);
-    res.insert_header(("X-Request-Id", request_id.as_str()));
-    if status == StatusCode::UNAUTHORIZED {
-        res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> HttpResponse {
+    count(code);
+    Refusal {
+        status: status.as_u16(),
+        code,
+        message,
     }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        res.insert_header((header::RETRY_AFTER, "1"));
-    }
-    res.json(serde_json::json!({
-        "error": {"code": code, "message": message, "requestId": request_id}
-    }))
+    .response()
+}
+
+fn count(result: &'static str) {
+    keyward_core::telemetry::counter("keyward_ingest_total", &[("result", result)]).increment(1);
 }
