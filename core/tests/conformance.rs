@@ -1994,3 +1994,76 @@ conformance!(
     builtin_role_holders_belong_to_superadmins,
     last_superadmin_holds_under_concurrent_removals,
 );
+
+/// PostgreSQL: a revoke that commits while a rotation or an update of the
+/// same key is deciding wins — the rotation or update answers
+/// `InvalidState` and writes nothing. The revoke here holds the key's row
+/// (its `UPDATE`, uncommitted) until the other change waits for it, then
+/// commits. Checked by removing `FOR UPDATE` from `key_state`: the
+/// rotation then read the key as active, waited at its own `UPDATE` and
+/// went on to revoke the revoked key again (a second `key.revoked`) and
+/// give it a live successor; the update announced a change to a revoked
+/// key. (SQLite serialises writers: there the race cannot happen.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_revoke_committed_during_a_rotation_or_an_update_wins() {
+    use sqlx::Connection;
+    let Some(db) = keyward_core::testing::TestDatabase::postgres().await else {
+        return;
+    };
+    let s = db.store();
+    let acme = tenant(&s, "acme").await;
+    let ops = role(&s, &acme, "ops", admin_priv()).await;
+    for op in ["rotate", "update"] {
+        let k = s
+            .create_key(&new_key(&acme, op, std::slice::from_ref(&ops)), &change())
+            .await
+            .unwrap();
+        claim_all(&s).await;
+        let mut revoke = sqlx::PgConnection::connect(db.url.as_str()).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut revoke).await.unwrap();
+        sqlx::query("UPDATE api_keys SET status = 'revoked' WHERE key_id = $1")
+            .bind(k.key_id.to_string())
+            .execute(&mut revoke)
+            .await
+            .unwrap();
+        let (store, tenant_id, key_id) = (Arc::clone(&s), acme.clone(), k.key_id);
+        let renamed = KeyUpdate {
+            name: Some(KeyName::parse("renamed").unwrap()),
+            ..KeyUpdate::default()
+        };
+        let other = tokio::spawn(async move {
+            if op == "rotate" {
+                store
+                    .rotate_key(&tenant_id, key_id, &successor(), Duration::ZERO, &change())
+                    .await
+                    .map(|r| r.key.key_id.to_string())
+            } else {
+                store
+                    .update_key(&tenant_id, key_id, &renamed, &change())
+                    .await
+                    .map(|k| k.name.to_string())
+            }
+        });
+        let mut watch = sqlx::PgConnection::connect(db.url.as_str()).await.unwrap();
+        for _ in 0..500 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut watch)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        sqlx::query("COMMIT").execute(&mut revoke).await.unwrap();
+        let result = other.await.unwrap();
+        assert!(
+            matches!(result, Err(StoreError::InvalidState)),
+            "{op} of a key revoked meanwhile: {result:?}"
+        );
+        assert!(claim_all(&s).await.is_empty(), "{op}: wrote an event");
+    }
+}

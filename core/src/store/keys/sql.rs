@@ -165,14 +165,25 @@ struct KeyState {
     replaced: bool,
 }
 
+/// A key's state, read to decide a change to it: the row stays locked
+/// until the transaction ends. On PostgreSQL a plain read would let a
+/// revoke commit between this check and the change (the rotation of a
+/// revoked key then revoked it a second time, with a second event, and
+/// gave it a live successor; found by the soak); SQLite serialises writers.
+const KEY_STATE_FOR_CHANGE: Dialect = Dialect {
+    sqlite: "SELECT status, expires_at, replaced_by FROM api_keys \
+             WHERE tenant_id = $1 AND key_id = $2",
+    postgres: "SELECT status, expires_at, replaced_by FROM api_keys \
+               WHERE tenant_id = $1 AND key_id = $2 FOR UPDATE",
+};
+
 async fn key_state(conn: &mut Conn, tenant: &TenantId, key_id: KeyId) -> StoreResult<KeyState> {
-    let row: Option<(String, Option<Ts>, Option<String>)> = sqlx::query_as(
-        "SELECT status, expires_at, replaced_by FROM api_keys WHERE tenant_id = $1 AND key_id = $2",
-    )
-    .bind(tenant.as_str())
-    .bind(key_id.to_string())
-    .fetch_optional(&mut *conn)
-    .await?;
+    let row: Option<(String, Option<Ts>, Option<String>)> =
+        sqlx::query_as(sql(&KEY_STATE_FOR_CHANGE))
+            .bind(tenant.as_str())
+            .bind(key_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
     let (status, expires_at, replaced_by) = row.ok_or(StoreError::KeyNotFound)?;
     Ok(KeyState {
         active: status == "active",
