@@ -122,7 +122,16 @@ pub fn start(name: &str, env: &[(&str, &str)]) -> Running {
 /// `start`, the binary run by the command `under` names (a profiler such
 /// as `valgrind --tool=callgrind`); with nothing `under`, the binary itself.
 pub fn start_under(under: &[&str], name: &str, env: &[(&str, &str)]) -> Running {
-    let port = free_port();
+    spawn_at(under, name, free_port(), env)
+}
+
+/// `start` on a given port: a process restarted where its clients expect
+/// it (the soak's SIGKILL and restart).
+pub fn start_at(name: &str, port: u16, env: &[(&str, &str)]) -> Running {
+    spawn_at(&[], name, port, env)
+}
+
+fn spawn_at(under: &[&str], name: &str, port: u16, env: &[(&str, &str)]) -> Running {
     let mut cmd = match under.split_first() {
         Some((runner, args)) => {
             let mut cmd = Command::new(runner);
