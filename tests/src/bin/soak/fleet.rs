@@ -173,6 +173,7 @@ impl Fleet {
                     ),
                     env("KEYWARD_ADMIN_PASSWORD", setup.admin_password),
                     env("RUST_LOG", "info"),
+                    env("KEYWARD_LOG_FORMAT", "json"),
                 ],
                 logs: setup.logs.clone(),
                 running: Mutex::new(None),
@@ -217,6 +218,7 @@ impl Fleet {
                     // shape is the default's.
                     env("KEYWARD_RETRY_MAX_MS", "2000"),
                     env("RUST_LOG", "info"),
+                    env("KEYWARD_LOG_FORMAT", "json"),
                 ],
                 logs: setup.logs.clone(),
                 running: Mutex::new(None),
@@ -244,6 +246,7 @@ impl Fleet {
                     env("KEYWARD_ACKS_QUEUE", setup.acks_queue),
                     env("KEYWARD_INGESTOR_ID", &ingestor_id(setup.prefix, i)),
                     env("RUST_LOG", "info"),
+                    env("KEYWARD_LOG_FORMAT", "json"),
                 ],
                 logs: setup.logs.clone(),
                 running: Mutex::new(None),

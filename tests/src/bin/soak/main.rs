@@ -20,6 +20,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod applied;
 mod faults;
 mod fleet;
 mod invariants;
@@ -151,7 +152,7 @@ async fn soak(args: &Args) -> bool {
         acks_queue: &broker.acks_queue,
         prefix: &prefix,
         admin_password: &admin_password,
-        logs,
+        logs: logs.clone(),
     };
     let apis = Fleet::start_apis(&setup, APIS).await;
     let (admin_key, verifier_key) = provision(&apis[0].url(""), &admin_password).await;
@@ -283,8 +284,10 @@ async fn soak(args: &Args) -> bool {
         "revokes answered 202: {}; answered 503 or not at all (the database decides, never half): {unsure}",
         load.model.revoked.lock().expect("model lock").len()
     );
+    let (reapplied, extra) = applied::reapplied(&logs, INGESTORS);
     println!(
-        "events: {events} in the outbox, {} seen on the broker, {} duplicate deliveries (reported, not a failure)",
+        "events: {events} in the outbox, {} seen on the broker; duplicates (reported, not a failure): \
+         {} extra deliveries on the broker, {reapplied} events applied again by an ingestor ({extra} extra applications)",
         seen.distinct(),
         seen.duplicates()
     );
