@@ -158,11 +158,32 @@ impl Injector {
                 let all: Vec<&Arc<Slot>> = fleet.all().collect();
                 self.kill(&all).await
             }
-            Kind::BrokerCut => self.broker_cut(&brokered),
-            Kind::BrokerStall => self.broker_stall(&brokered, kind),
+            Kind::BrokerCut => {
+                let after = self
+                    .rng
+                    .between(Duration::from_secs(1), Duration::from_secs(4));
+                self.break_link(
+                    &brokered,
+                    Mode::Refuse,
+                    after,
+                    "cut, new connections refused",
+                )
+            }
+            Kind::BrokerStall => {
+                let after = self
+                    .rng
+                    .between(Duration::from_secs(2), Duration::from_secs(6));
+                self.break_link(&brokered, Mode::Stall, after, "stalled")
+            }
             Kind::IngestorLinkDown => {
                 let ingestors: Vec<&Arc<Slot>> = fleet.ingestors.iter().collect();
-                self.broker_stall(&ingestors, kind)
+                let after = Duration::from_secs(3 * AMQP_HEARTBEAT_SECONDS);
+                self.break_link(
+                    &ingestors,
+                    Mode::Stall,
+                    after,
+                    "stalled, longer than its heartbeat window,",
+                )
             }
             Kind::BrokerStopApp => self.broker_stop_app().await,
             Kind::PgTerminate => {
@@ -193,52 +214,23 @@ impl Injector {
         true
     }
 
-    fn broker_cut(&mut self, from: &[&Arc<Slot>]) -> bool {
+    /// Puts `mode` on the broker link of a slot of `from` (closing its
+    /// open connections first when the link refuses) for `after`, then
+    /// lets it pass again.
+    fn break_link(&mut self, from: &[&Arc<Slot>], mode: Mode, after: Duration, what: &str) -> bool {
         let Some(slot) = self.take(from) else {
             return false;
         };
-        let after = self
-            .rng
-            .between(Duration::from_secs(1), Duration::from_secs(4));
         self.say(&format!(
-            "broker connection of {} cut, refused for {:.1} s",
+            "broker link of {} {what} for {:.1} s",
             slot.name,
             after.as_secs_f64()
         ));
         let proxy = slot.proxy.as_ref().expect("a brokered slot");
-        proxy.set(Mode::Refuse);
-        proxy.cut();
-        let healed = Arc::clone(&slot);
-        self.heal_later(Some(slot), after, async move {
-            healed.proxy.as_ref().expect("proxy").set(Mode::Pass);
-        });
-        true
-    }
-
-    fn broker_stall(&mut self, from: &[&Arc<Slot>], kind: Kind) -> bool {
-        let Some(slot) = self.take(from) else {
-            return false;
-        };
-        let after = if kind == Kind::IngestorLinkDown {
-            Duration::from_secs(3 * AMQP_HEARTBEAT_SECONDS)
-        } else {
-            self.rng
-                .between(Duration::from_secs(2), Duration::from_secs(6))
-        };
-        self.say(&format!(
-            "broker link of {} stalled for {:.1} s{}",
-            slot.name,
-            after.as_secs_f64(),
-            if kind == Kind::IngestorLinkDown {
-                " (longer than its heartbeat window)"
-            } else {
-                ""
-            }
-        ));
-        slot.proxy
-            .as_ref()
-            .expect("a brokered slot")
-            .set(Mode::Stall);
+        proxy.set(mode);
+        if mode == Mode::Refuse {
+            proxy.cut();
+        }
         let healed = Arc::clone(&slot);
         self.heal_later(Some(slot), after, async move {
             healed.proxy.as_ref().expect("proxy").set(Mode::Pass);

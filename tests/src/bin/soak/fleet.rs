@@ -32,6 +32,29 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// A slot for `binary` with `env` and the run's log settings (JSON
+    /// lines at info: the soak reads the ingestors' `event applied`).
+    fn new(
+        name: String,
+        binary: &'static str,
+        mut env: Vec<(String, String)>,
+        setup: &Setup<'_>,
+        proxy: Option<FaultProxy>,
+    ) -> Arc<Self> {
+        env.push(("RUST_LOG".to_owned(), "info".to_owned()));
+        env.push(("KEYWARD_LOG_FORMAT".to_owned(), "json".to_owned()));
+        Arc::new(Self {
+            name,
+            binary,
+            port: free_port(),
+            env,
+            logs: setup.logs.clone(),
+            running: Mutex::new(None),
+            starts: AtomicU32::new(0),
+            proxy,
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -163,24 +186,14 @@ impl Fleet {
         let mut apis = Vec::new();
         for i in 0..count {
             let name = format!("api-{i}");
-            let slot = Arc::new(Slot {
-                binary: "keyward-api",
-                port: free_port(),
-                env: vec![
-                    env(
-                        "KEYWARD_DATABASE_URL",
-                        &with_app_name(setup.database_url, &name),
-                    ),
-                    env("KEYWARD_ADMIN_PASSWORD", setup.admin_password),
-                    env("RUST_LOG", "info"),
-                    env("KEYWARD_LOG_FORMAT", "json"),
-                ],
-                logs: setup.logs.clone(),
-                running: Mutex::new(None),
-                starts: AtomicU32::new(0),
-                proxy: None,
-                name,
-            });
+            let settings = vec![
+                env(
+                    "KEYWARD_DATABASE_URL",
+                    &with_app_name(setup.database_url, &name),
+                ),
+                env("KEYWARD_ADMIN_PASSWORD", setup.admin_password),
+            ];
+            let slot = Slot::new(name, "keyward-api", settings, setup, None);
             slot.start().await;
             apis.push(slot);
         }
@@ -201,31 +214,21 @@ impl Fleet {
         for i in 0..workers {
             let name = format!("worker-{i}");
             let proxy = FaultProxy::start(broker).await;
-            let slot = Arc::new(Slot {
-                binary: "keyward-sync-worker",
-                port: free_port(),
-                env: vec![
-                    env(
-                        "KEYWARD_DATABASE_URL",
-                        &with_app_name(setup.database_url, &name),
-                    ),
-                    env("KEYWARD_AMQP_URL", &amqp_url(&proxy)),
-                    env("KEYWARD_EXCHANGE", setup.exchange),
-                    env("KEYWARD_ACKS_QUEUE", setup.acks_queue),
-                    env("KEYWARD_WORKER_ID", &format!("{}-{name}", setup.prefix)),
-                    // Retries at most 2 s apart, so that the run heals
-                    // within seconds of its last fault; the schedule's
-                    // shape is the default's.
-                    env("KEYWARD_RETRY_MAX_MS", "2000"),
-                    env("RUST_LOG", "info"),
-                    env("KEYWARD_LOG_FORMAT", "json"),
-                ],
-                logs: setup.logs.clone(),
-                running: Mutex::new(None),
-                starts: AtomicU32::new(0),
-                proxy: Some(proxy),
-                name,
-            });
+            let settings = vec![
+                env(
+                    "KEYWARD_DATABASE_URL",
+                    &with_app_name(setup.database_url, &name),
+                ),
+                env("KEYWARD_AMQP_URL", &amqp_url(&proxy)),
+                env("KEYWARD_EXCHANGE", setup.exchange),
+                env("KEYWARD_ACKS_QUEUE", setup.acks_queue),
+                env("KEYWARD_WORKER_ID", &format!("{}-{name}", setup.prefix)),
+                // Retries at most 2 s apart, so that the run heals
+                // within seconds of its last fault; the schedule's
+                // shape is the default's.
+                env("KEYWARD_RETRY_MAX_MS", "2000"),
+            ];
+            let slot = Slot::new(name, "keyward-sync-worker", settings, setup, Some(proxy));
             worker_slots.push(slot);
         }
         let mut ingestor_slots = Vec::new();
@@ -235,25 +238,15 @@ impl Fleet {
             // Ingestors ask the API replicas in turn: a killed replica
             // leaves some nodes without verification (503), not all.
             let api = &apis[i % apis.len()];
-            let slot = Arc::new(Slot {
-                binary: "keyward-ingestor",
-                port: free_port(),
-                env: vec![
-                    env("KEYWARD_API_URL", &api.url("")),
-                    env("KEYWARD_VERIFIER_KEY", verifier),
-                    env("KEYWARD_AMQP_URL", &amqp_url(&proxy)),
-                    env("KEYWARD_EXCHANGE", setup.exchange),
-                    env("KEYWARD_ACKS_QUEUE", setup.acks_queue),
-                    env("KEYWARD_INGESTOR_ID", &ingestor_id(setup.prefix, i)),
-                    env("RUST_LOG", "info"),
-                    env("KEYWARD_LOG_FORMAT", "json"),
-                ],
-                logs: setup.logs.clone(),
-                running: Mutex::new(None),
-                starts: AtomicU32::new(0),
-                proxy: Some(proxy),
-                name,
-            });
+            let settings = vec![
+                env("KEYWARD_API_URL", &api.url("")),
+                env("KEYWARD_VERIFIER_KEY", verifier),
+                env("KEYWARD_AMQP_URL", &amqp_url(&proxy)),
+                env("KEYWARD_EXCHANGE", setup.exchange),
+                env("KEYWARD_ACKS_QUEUE", setup.acks_queue),
+                env("KEYWARD_INGESTOR_ID", &ingestor_id(setup.prefix, i)),
+            ];
+            let slot = Slot::new(name, "keyward-ingestor", settings, setup, Some(proxy));
             ingestor_slots.push(slot);
         }
         for slot in worker_slots.iter().chain(&ingestor_slots) {

@@ -113,26 +113,31 @@ impl Checks {
     }
 
     /// Events not yet published, and (event, ingestor) pairs not yet
-    /// reported applied: zero and zero once the system has caught up. An
-    /// ingestor owes the events published since the worker first heard
-    /// of it (the ones before went out before its queue existed).
+    /// reported applied: zero and zero once the system has caught up.
     pub async fn backlog(&self) -> (i64, i64) {
         let unpublished: i64 =
             sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
                 .fetch_one(&self.pool)
                 .await
                 .unwrap_or(-1);
-        let unapplied: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM outbox o \
+        let unapplied = self.unapplied().await.len() as i64;
+        (unpublished, unapplied)
+    }
+
+    /// (event, ingestor) pairs with no `applied` report: an ingestor owes
+    /// the events published since the worker first heard of it (the ones
+    /// before went out before its queue existed).
+    async fn unapplied(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT o.event_id || ' (' || o.kind || ') at ' || i.id FROM outbox o \
              JOIN ingestors i ON i.id = ANY($1) AND i.first_seen_at <= o.published_at \
              WHERE NOT EXISTS (SELECT 1 FROM event_acks a \
                                WHERE a.event_id = o.event_id AND a.ingestor_id = i.id)",
         )
         .bind(&self.ingestor_ids)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
-        .unwrap_or(-1);
-        (unpublished, unapplied)
+        .unwrap_or_else(|e| vec![format!("(could not read: {e})")])
     }
 
     /// Published events the observer has not seen yet.
@@ -173,16 +178,7 @@ impl Checks {
                 .map(|(e, what)| format!("{e} ({what})"))
                 .collect(),
         ));
-        let missing: Vec<String> = sqlx::query_scalar(
-            "SELECT o.event_id || ' (' || o.kind || ') at ' || i.id FROM outbox o \
-             JOIN ingestors i ON i.id = ANY($1) AND i.first_seen_at <= o.published_at \
-             WHERE NOT EXISTS (SELECT 1 FROM event_acks a \
-                               WHERE a.event_id = o.event_id AND a.ingestor_id = i.id)",
-        )
-        .bind(&self.ingestor_ids)
-        .fetch_all(&self.pool)
-        .await
-        .unwrap_or_else(|e| vec![format!("(could not read: {e})")]);
+        let missing = self.unapplied().await;
         out.extend(broken("events not applied by an ingestor", missing));
         out
     }
