@@ -25,6 +25,14 @@ pub struct Peak {
     pub rss_kib: u64,
     pub fds: u64,
     pub db_connections: i64,
+    /// The process now sampled, since when, and how many there were:
+    /// with SIGKILL among the faults a slot's processes live minutes,
+    /// so the report says how long the longest one lived (a leak shows
+    /// within one process's life).
+    pid: u32,
+    since: Option<Instant>,
+    pub processes: u32,
+    pub longest_life: Duration,
 }
 
 #[derive(Default)]
@@ -62,15 +70,18 @@ impl Peaks {
 
     pub fn report(&self) -> String {
         let mut out = String::from(
-            "  process: max RSS during warm-up → after (MiB), max open files, max PostgreSQL connections\n",
+            "  process: max RSS during warm-up → after (MiB), max open files, max PostgreSQL connections, \
+             processes (the longest-lived one's life)\n",
         );
         for (name, p) in self.snapshot() {
             out.push_str(&format!(
-                "  {name}: {:.1} → {:.1}, {}, {}\n",
+                "  {name}: {:.1} → {:.1}, {}, {}, {} ({:.0} s)\n",
                 p.warmup_rss_kib as f64 / 1024.0,
                 p.rss_kib as f64 / 1024.0,
                 p.fds,
-                p.db_connections
+                p.db_connections,
+                p.processes,
+                p.longest_life.as_secs_f64()
             ));
         }
         out
@@ -114,6 +125,13 @@ pub async fn sample(
                 p.rss_kib = p.rss_kib.max(rss);
             }
             p.fds = p.fds.max(fds);
+            if p.pid != pid {
+                (p.pid, p.since) = (pid, Some(Instant::now()));
+                p.processes += 1;
+            }
+            if let Some(since) = p.since {
+                p.longest_life = p.longest_life.max(since.elapsed());
+            }
             if let Some(c) = connections.get(&format!("kw-soak-{}", slot.name)) {
                 p.db_connections = p.db_connections.max(*c);
             }
