@@ -273,7 +273,7 @@ impl Load {
                 req = req.json(b);
             }
             match req.send().await {
-                Ok(res) => return self.answer(op, res).await,
+                Ok(res) => return Some(self.answer(op, res).await),
                 Err(e) if e.is_connect() => last_error = Some(e),
                 Err(e) => {
                     self.failed(op, &e);
@@ -300,7 +300,7 @@ impl Load {
 
     /// Tallies an answer, and records a 5xx that is not a `503` with
     /// `Retry-After`.
-    async fn answer(&self, op: &'static str, res: reqwest::Response) -> Option<Answer> {
+    async fn answer(&self, op: &'static str, res: reqwest::Response) -> Answer {
         let status = res.status().as_u16();
         let retry_after = res.headers().contains_key("retry-after");
         let request_id = res
@@ -318,7 +318,7 @@ impl Load {
             ));
         }
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Some(Answer { status, body })
+        Answer { status, body }
     }
 
     async fn create(&self, rng: &Rng) {
@@ -447,19 +447,12 @@ impl Load {
             return;
         };
         let base = &self.apis[rng.below(self.apis.len())];
-        let sent = self
+        let req = self
             .http
             .post(format!("{base}/api/v1/verify"))
             .bearer_auth(&self.verifier_key)
-            .json(&json!({"apiKey": key.secret}))
-            .send()
-            .await;
-        match sent {
-            Ok(res) => {
-                self.answer("verify", res).await;
-            }
-            Err(e) => self.failed("verify", &e),
-        }
+            .json(&json!({"apiKey": key.secret}));
+        self.send("verify", req).await;
     }
 
     async fn ingest(&self, rng: &Rng) {
@@ -469,24 +462,28 @@ impl Load {
             return;
         };
         let base = &self.ingestors[rng.below(self.ingestors.len())];
-        let sent = self
+        let req = self
             .http
             .post(format!("{base}/ingest/{STREAM}"))
             .bearer_auth(&key.secret)
-            .body("{}")
-            .send()
-            .await;
-        match sent {
-            Ok(res) => {
-                if let Some(a) = self.answer("ingest", res).await
-                    && a.status == 202
-                    && let Some(at) = key.revoked
-                    && at.elapsed() > LATE_AFTER
-                {
-                    self.tally.late_accept(at.elapsed());
-                }
+            .body("{}");
+        if let Some(a) = self.send("ingest", req).await
+            && a.status == 202
+            && let Some(at) = key.revoked
+            && at.elapsed() > LATE_AFTER
+        {
+            self.tally.late_accept(at.elapsed());
+        }
+    }
+
+    /// Sends one request and tallies what came of it.
+    async fn send(&self, op: &'static str, req: reqwest::RequestBuilder) -> Option<Answer> {
+        match req.send().await {
+            Ok(res) => Some(self.answer(op, res).await),
+            Err(e) => {
+                self.failed(op, &e);
+                None
             }
-            Err(e) => self.failed("ingest", &e),
         }
     }
 }
