@@ -839,6 +839,54 @@ async fn key_listing_pages_and_filters(s: S) {
     let active = ids_with(StatusFilter::Active).await;
     assert_eq!(active.len(), 6, "five remaining plus the late one");
     assert!(active.iter().all(|(_, st)| *st == KeyStatus::Active));
+
+    // Each filter pages with a cursor to the same keys as one big page:
+    // every (filter, cursor) pair is a statement of its own.
+    for status in [
+        StatusFilter::All,
+        StatusFilter::Active,
+        StatusFilter::Revoked,
+        StatusFilter::Expired,
+    ] {
+        let mut paged = Vec::new();
+        let mut before = None;
+        loop {
+            let q = KeyQuery {
+                status,
+                limit: 2,
+                before,
+            };
+            let page = s.list_keys(&acme, &q, later).await.unwrap();
+            paged.extend(page.iter().map(|k| (k.key_id, k.status)));
+            match page.last() {
+                Some(last) if page.len() == 2 => before = Some(last.key_id),
+                _ => break,
+            }
+        }
+        assert_eq!(paged, ids_with(status).await, "{status:?}");
+    }
+    // A cursor past a revoked key and before an expired one keeps each
+    // filter to its own keys.
+    let q = |status| KeyQuery {
+        status,
+        limit: 50,
+        before: Some(ids[3]),
+    };
+    let under = |status| {
+        let (s, acme) = (s.clone(), acme.clone());
+        async move {
+            s.list_keys(&acme, &q(status), later)
+                .await
+                .unwrap()
+                .iter()
+                .map(|k| k.key_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(under(StatusFilter::Revoked).await, vec![ids[2]]);
+    assert_eq!(under(StatusFilter::Expired).await, vec![ids[1]]);
+    assert_eq!(under(StatusFilter::Active).await, vec![ids[0]]);
+    assert_eq!(under(StatusFilter::All).await, vec![ids[2], ids[1], ids[0]]);
 }
 
 async fn key_usage_is_recorded_in_batches(s: S) {

@@ -3,7 +3,7 @@
 use super::audit::record_in;
 use super::builtin::{Target, require_unprotected};
 use super::rbac::{link_error, require_roles};
-use super::{Conn, SqlStore, sql};
+use super::{Conn, Db, SqlStore, sql};
 use crate::ids::{KeyId, RoleName, TenantId};
 use crate::store::audit::Action;
 use crate::store::error::{Violation, on_constraint};
@@ -12,12 +12,15 @@ use crate::store::rows::{NameLinkRow, links_by_owner};
 use crate::store::timestamp::{Ts, truncate_micros};
 use crate::store::{
     ApiKey, Change, Dialect, KEY_REVOKED, KEY_UPDATED, KeyCredentials, KeyQuery, KeyUpdate,
-    NewApiKey, Revoked, Rotated, RotatedKey, StoreError, StoreResult, Timestamp,
+    NewApiKey, Revoked, Rotated, RotatedKey, StatusFilter, StoreError, StoreResult, Timestamp,
 };
 
 /// The key columns every key read selects, with its revocation event.
 macro_rules! key_select {
     ($($tail:literal),*) => {
+        key_select!(@from "api_keys k", $($tail),*)
+    };
+    (@from $from:literal, $($tail:literal),*) => {
         concat!(
             "SELECT k.key_id, k.tenant_id, k.name, k.start, k.status, k.created_by, k.created_at, \
                     k.expires_at, k.last_used_at, k.revoked_at, k.revoked_by, k.replaces, \
@@ -26,7 +29,7 @@ macro_rules! key_select {
                     o.last_error, o.live_ingestors, \
                     (SELECT COUNT(*) FROM event_acks a WHERE a.event_id = k.revocation_event_id) \
                       AS applied_by \
-             FROM api_keys k LEFT JOIN outbox o ON o.event_id = k.revocation_event_id ",
+             FROM ", $from, " LEFT JOIN outbox o ON o.event_id = k.revocation_event_id ",
             $($tail),*
         )
     };
@@ -165,6 +168,63 @@ struct KeyState {
     replaced: bool,
 }
 
+/// The start of the expired keys' listing. Given a cursor, SQLite would
+/// rather page `(tenant_id, status, key_id)` below it and test every
+/// active key's expiry than read the few expired ones and sort them; the
+/// expired keys are never more than the active keys below any cursor, so
+/// the expiring index is always the cheaper read. PostgreSQL weighs the
+/// two by its statistics of `expires_at`.
+const EXPIRED_KEY_SELECT: Dialect = Dialect {
+    sqlite: key_select!(@from "api_keys k INDEXED BY api_keys_tenant_expiring",
+                        "WHERE k.tenant_id = "),
+    postgres: key_select!("WHERE k.tenant_id = "),
+};
+
+/// A page of a tenant's keys, newest first: one statement per (status
+/// filter, cursor or not), each a range of one index, so a page costs the
+/// same on the first page and deep into a million keys. One statement with
+/// every case in its predicates (`$2 = 'all' OR …`, `$4 IS NULL OR key_id <
+/// $4`) can use no range at all: a rare status scanned the tenant's keys
+/// on every page, and a deep cursor every key before it (issue #17).
+///
+/// Indexes (migration 0006): `all` pages `(tenant_id, key_id)`; `active`
+/// and `revoked` page `(tenant_id, status, key_id)`; `expired` reads the
+/// tenant's keys whose expiry has passed from `(tenant_id, expires_at)` of
+/// active keys and sorts them, so its cost grows with the expired keys of
+/// that tenant, not with all its keys.
+pub(super) fn list_statement(
+    tenant: &TenantId,
+    query: &KeyQuery,
+    now: Timestamp,
+) -> sqlx::QueryBuilder<Db> {
+    let mut q = sqlx::QueryBuilder::new(match query.status {
+        StatusFilter::Expired => sql(&EXPIRED_KEY_SELECT),
+        _ => key_select!("WHERE k.tenant_id = "),
+    });
+    q.push_bind(tenant.as_str());
+    match query.status {
+        StatusFilter::All => {}
+        StatusFilter::Revoked => {
+            q.push(" AND k.status = 'revoked'");
+        }
+        StatusFilter::Active => {
+            q.push(" AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > ")
+                .push_bind(Ts(now))
+                .push(")");
+        }
+        StatusFilter::Expired => {
+            q.push(" AND k.status = 'active' AND k.expires_at <= ")
+                .push_bind(Ts(now));
+        }
+    }
+    if let Some(before) = query.before {
+        q.push(" AND k.key_id < ").push_bind(before.to_string());
+    }
+    q.push(" ORDER BY k.key_id DESC LIMIT ")
+        .push_bind(i64::from(query.limit));
+    q
+}
+
 /// A key's state, read to decide a change to it: the row stays locked
 /// until the transaction ends. On PostgreSQL a plain read would let a
 /// revoke commit between this check and the change (the rotation of a
@@ -296,23 +356,8 @@ impl KeyStore for SqlStore {
         now: Timestamp,
     ) -> StoreResult<Vec<ApiKey>> {
         let mut conn = self.pool.acquire().await?;
-        let rows: Vec<KeyRow> = sqlx::query_as(key_select!(
-            "WHERE k.tenant_id = $1 \
-               AND ($2 = 'all' \
-                    OR ($2 = 'revoked' AND k.status = 'revoked') \
-                    OR ($2 = 'active' AND k.status = 'active' \
-                        AND (k.expires_at IS NULL OR k.expires_at > $3)) \
-                    OR ($2 = 'expired' AND k.status = 'active' AND k.expires_at <= $3)) \
-               AND ($4 IS NULL OR k.key_id < $4) \
-             ORDER BY k.key_id DESC LIMIT $5"
-        ))
-        .bind(tenant.as_str())
-        .bind(query.status.as_str())
-        .bind(Ts(now))
-        .bind(query.before.map(|k| k.to_string()))
-        .bind(i64::from(query.limit))
-        .fetch_all(&mut *conn)
-        .await?;
+        let mut statement = list_statement(tenant, query, now);
+        let rows: Vec<KeyRow> = statement.build_query_as().fetch_all(&mut *conn).await?;
         keys_in(&mut conn, rows, now).await
     }
 

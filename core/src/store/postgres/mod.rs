@@ -36,6 +36,7 @@ pub const KEYS_CHANNEL: &str = "keyward_keys";
 
 /// What the aggregates' `sql.rs` files compile against.
 type SqlStore = PgStore;
+type Db = Postgres;
 type Conn = PgConnection;
 type Pool = PgPool;
 

@@ -15,6 +15,8 @@ mod ingestors;
 mod inline_reads;
 #[path = "../keys/sql.rs"]
 mod keys;
+#[cfg(test)]
+mod list_plans;
 #[path = "../outbox/sql.rs"]
 mod outbox;
 #[path = "../rbac/sql.rs"]
@@ -37,6 +39,7 @@ use super::{Dialect, StoreResult};
 
 /// What the aggregates' `sql.rs` files compile against.
 type SqlStore = SqliteStore;
+type Db = Sqlite;
 type Conn = SqliteConnection;
 type Pool = SqlitePool;
 
