@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod amqp;
+pub mod bench;
 pub mod proxy;
 pub mod tls;
 

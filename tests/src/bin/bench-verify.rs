@@ -15,7 +15,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -26,14 +25,17 @@ use keyward_core::privilege::{Privilege, PrivilegeKind};
 use keyward_core::store::{NewApiKey, Store};
 use keyward_core::testing::TestDatabase;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
-use keyward_tests::{Running, start_under};
+use keyward_tests::Running;
+use keyward_tests::bench::wrk::{Wrk, run as wrk_sized};
+use keyward_tests::bench::{
+    PASSWORD, admin, env_or, metric, metrics, ms, poll_pause, quantile, started, started_under,
+    until_all,
+};
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "benchmark admin password";
 const CONNECTIONS: usize = 64;
 /// wrk's threads.
 const THREADS: usize = 2;
-const READY: Duration = Duration::from_secs(60);
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -135,81 +137,6 @@ async fn api(db: &TestDatabase, env: &[(&str, &str)]) -> Running {
     api_under(&[], db, env).await
 }
 
-/// A binary started with `env` at the default log level, its output
-/// drained (a full pipe would stall it), ready.
-async fn started(name: &str, env: &[(&str, &str)]) -> Running {
-    started_under(&[], name, env).await
-}
-
-/// `started`, run by the command `under` names (see `start_under`).
-async fn started_under(under: &[&str], name: &str, env: &[(&str, &str)]) -> Running {
-    // Processes start with a clean environment; where logs are kept, the
-    // bench's RUST_LOG goes to them.
-    let log_filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|_| std::env::var_os("KEYWARD_BENCH_LOGS").is_some());
-    let mut env = env.to_vec();
-    if let Some(filter) = &log_filter {
-        env.push(("RUST_LOG", filter));
-    }
-    let mut node = start_under(under, name, &env);
-    if let Some(mut out) = node.child.stdout.take() {
-        tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
-    }
-    if let Some(mut err) = node.child.stderr.take() {
-        // KEYWARD_BENCH_LOGS=dir keeps each process's log there (with
-        // RUST_LOG set as wanted), to trace a tail to its cause.
-        let kept = std::env::var_os("KEYWARD_BENCH_LOGS").map(|dir| {
-            static STARTED: AtomicUsize = AtomicUsize::new(0);
-            let n = STARTED.fetch_add(1, Ordering::Relaxed);
-            std::path::PathBuf::from(dir).join(format!("{n:02}-{name}.log"))
-        });
-        tokio::spawn(async move {
-            match kept.and_then(|path| std::fs::File::create(path).ok()) {
-                Some(file) => {
-                    let mut file = tokio::fs::File::from_std(file);
-                    tokio::io::copy(&mut err, &mut file).await
-                }
-                None => tokio::io::copy(&mut err, &mut tokio::io::sink()).await,
-            }
-        });
-    }
-    node.wait_ready("/readyz", READY).await;
-    node
-}
-
-async fn metrics(node: &Running) -> String {
-    reqwest::get(node.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The sum of a metric's samples whose labels contain every one of `with`.
-fn metric(text: &str, name: &str, with: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
-        })
-        .filter(|l| with.iter().all(|w| l.contains(w)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
 /// (1) Cold start: 10,000 fresh keys, 64 connections of this process
 /// against an API that has just started; four requests in a row ask for
 /// the same key (clients of one key arrive together). Until every key has
@@ -288,198 +215,11 @@ fn one_connection() -> reqwest::Client {
         .unwrap()
 }
 
-/// wrk's figures, and what the run cost the server: one run, or several
-/// merged (`Wrk::merged`).
-#[derive(Clone, Copy)]
-struct Wrk {
-    requests: f64,
-    seconds: f64,
-    /// Median, and for merged runs the median of the runs' medians.
-    p50_us: f64,
-    /// For merged runs the worst of the runs'.
-    p99_us: f64,
-    /// The server process's CPU time (user + system) over the run, in s.
-    cpu: f64,
-}
-
-impl Wrk {
-    fn rps(&self) -> f64 {
-        self.requests / self.seconds
-    }
-
-    /// Server CPU per answered request, in µs: what one request costs
-    /// whatever shares the cores with it.
-    fn cpu_us(&self) -> f64 {
-        self.cpu * 1e6 / self.requests.max(1.0)
-    }
-
-    /// Runs taken in turns with a baseline's, as one: totals over totals.
-    fn merged(runs: &[Wrk]) -> Wrk {
-        let mut p50: Vec<f64> = runs.iter().map(|r| r.p50_us).collect();
-        p50.sort_by(f64::total_cmp);
-        Wrk {
-            requests: runs.iter().map(|r| r.requests).sum(),
-            seconds: runs.iter().map(|r| r.seconds).sum(),
-            p50_us: p50.get(p50.len() / 2).copied().unwrap_or(0.0),
-            p99_us: runs.iter().map(|r| r.p99_us).fold(0.0, f64::max),
-            cpu: runs.iter().map(|r| r.cpu).sum(),
-        }
-    }
-
-    /// "N req/s, p50 …, p99 …"
-    fn summary(&self) -> String {
-        format!(
-            "{:.0} req/s, p50 {}, p99 {}",
-            self.rps(),
-            latency(self.p50_us),
-            latency(self.p99_us)
-        )
-    }
-}
-
-fn latency(us: f64) -> String {
-    if us >= 1000.0 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{us:.0} µs")
-    }
-}
-
-/// wrk's latency ("372.00us", "1.95ms", "1.02s") in µs.
-fn wrk_latency_us(text: &str) -> f64 {
-    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1e3)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60e6)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1e6)
-    } else {
-        (text, 1.0)
-    };
-    number.parse::<f64>().unwrap_or(f64::NAN) * scale
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line, in clock ticks (100 per s).
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: Vec<f64> = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    ticks.iter().sum::<f64>() / 100.0
-}
-
 /// `wrk` with 2 threads and 64 connections for `seconds` against `node`;
 /// with `keys`, `POST /api/v1/verify` cycling through them (requests
 /// formatted once in each thread's `init`), else `GET path`.
 fn wrk(node: &Running, path: &str, seconds: u64, keys: Option<(&[String], &str)>) -> Wrk {
     wrk_sized((THREADS, CONNECTIONS), node, path, seconds, keys)
-}
-
-/// `wrk` with (threads, connections) of its own.
-fn wrk_sized(
-    (threads, connections): (usize, usize),
-    node: &Running,
-    path: &str,
-    seconds: u64,
-    keys: Option<(&[String], &str)>,
-) -> Wrk {
-    let url = node.url(path);
-    let pid = node.child.id().unwrap_or(0);
-    let cpu_before = cpu_seconds(pid);
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new("wrk");
-    cmd.args([
-        &format!("-t{threads}"),
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-        "--latency",
-    ]);
-    if let Some((keys, verifier)) = keys {
-        let list = dir.path().join("keys");
-        let mut f = std::fs::File::create(&list).unwrap();
-        for k in keys {
-            writeln!(f, "{k}").unwrap();
-        }
-        let script = dir.path().join("verify.lua");
-        std::fs::write(
-            &script,
-            format!(
-                r#"
-local keys = {{}}
-for line in io.lines("{list}") do keys[#keys + 1] = line end
-local requests = {{}}
-local i = 0
-local threads = 0
--- Each thread starts its own share of the list away from the others, so
--- that no thread trails another over keys it has just put in the cache.
-function setup(thread)
-  thread:set("start", threads)
-  threads = threads + 1
-end
-function init(args)
-  for k = 1, #keys do
-    requests[k] = wrk.format('POST', '/api/v1/verify',
-      {{['Content-Type'] = 'application/json', ['Authorization'] = 'Bearer {verifier}'}},
-      '{{"apiKey":"' .. keys[k] .. '"}}')
-  end
-  i = math.floor(start * #keys / {threads})
-end
-function request()
-  i = i % #requests + 1
-  return requests[i]
-end
-"#,
-                list = list.display()
-            ),
-        )
-        .unwrap();
-        cmd.arg("-s").arg(&script);
-    }
-    let began = Instant::now();
-    let out = cmd
-        .arg(&url)
-        .output()
-        .expect("wrk runs (apt-get install wrk)");
-    let seconds = began.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let field = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("?")
-            .to_owned()
-    };
-    assert!(!text.contains("Non-2xx"), "wrk saw error answers: {text}");
-    // "  123456 requests in 10.00s, …"
-    let (requests, wrk_seconds) = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .map(|l| {
-            let mut words = l.split_whitespace();
-            let n = words.next().and_then(|n| n.parse().ok());
-            let s = words
-                .nth(2)
-                .map(|s| wrk_latency_us(s.trim_end_matches(',')) / 1e6);
-            (n.unwrap_or(0.0), s.unwrap_or(seconds))
-        })
-        .unwrap_or((0.0, seconds));
-    Wrk {
-        requests,
-        seconds: wrk_seconds,
-        p50_us: wrk_latency_us(&field("50%")),
-        p99_us: wrk_latency_us(&field("99%")),
-        cpu,
-    }
 }
 
 /// Verify answers that `node` counted: all, valid, from the cache.
@@ -1133,23 +873,6 @@ async fn explain_slowest(
     }
 }
 
-/// An admin request to the API at `node`, as `admin` (Basic).
-fn admin(
-    http: &reqwest::Client,
-    node: &Running,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> reqwest::RequestBuilder {
-    let req = http
-        .request(method, node.url(path))
-        .basic_auth("admin", Some(PASSWORD));
-    match body {
-        Some(body) => req.json(&body),
-        None => req,
-    }
-}
-
 /// Clients load both ingestor nodes with one key; the key is rotated with
 /// a 5 s grace and each client switches to the new secret at its own moment
 /// within the first 3 s of the grace; the load goes on past the grace's
@@ -1236,56 +959,4 @@ async fn rotation_under_load(http: &reqwest::Client, api: &Running, nodes: &[Run
          **{failed} failed** |",
         ok + failed
     );
-}
-
-/// The pause between rounds of calls while waiting for a change to reach
-/// the nodes (`KEYWARD_BENCH_POLL_PAUSE_MS`, 0: back to back). Calling
-/// without pause put the bench itself among the busiest processes on two
-/// cores shared with the broker, the database and the nodes it measures;
-/// a pause of 1 ms makes a sample late by at most that pause (tokio's
-/// timer ticks in milliseconds) — never early.
-fn poll_pause() -> Duration {
-    Duration::from_millis(env_or("KEYWARD_BENCH_POLL_PAUSE_MS", 1))
-}
-
-/// Ingests with `secret` at every node until each answers `want`; how
-/// long that took (zero when all did at the first try).
-async fn until_all(http: &reqwest::Client, nodes: &[Running], secret: &str, want: u16) -> Duration {
-    let pause = poll_pause();
-    let started = Instant::now();
-    let mut done = vec![false; nodes.len()];
-    let mut first = true;
-    while !done.iter().all(|d| *d) {
-        for (j, n) in nodes.iter().enumerate() {
-            if !done[j] {
-                let res = http
-                    .post(n.url("/ingest/clicks"))
-                    .bearer_auth(secret)
-                    .body("{}")
-                    .send()
-                    .await
-                    .unwrap();
-                done[j] = res.status().as_u16() == want;
-            }
-        }
-        if first && done.iter().all(|d| *d) {
-            return Duration::ZERO;
-        }
-        first = false;
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never answered {want}"
-        );
-        if !pause.is_zero() && !done.iter().all(|d| *d) {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    started.elapsed()
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -1,0 +1,100 @@
+//! How Keyward's cost grows with its work on this machine (issue #17): the
+//! real release binaries at their defaults, load from this process or from
+//! `wrk`, each figure next to a baseline of the same run. Each part prints
+//! its table and writes it into `docs/BENCHMARKS.md` between its markers.
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! target/release/scale all      # or some of: keys create storm fanout
+//! target/release/scale keys --steps 1000,10000 --stores sqlite
+//! ```
+//!
+//! `--steps` (default 1000,10000,100000,1000000) are the key counts the
+//! database grows through; `--stores` (default sqlite,postgres) for keys and
+//! create (storm and fanout run on PostgreSQL). Needs `wrk`, and
+//! PostgreSQL and RabbitMQ as the tests do.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod create;
+mod fanout;
+mod fleet;
+mod keys;
+mod report;
+mod storm;
+
+const PARTS: &[&str] = &["keys", "create", "storm", "fanout"];
+
+struct Args {
+    parts: Vec<String>,
+    steps: Vec<usize>,
+    stores: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        parts: Vec::new(),
+        steps: vec![1_000, 10_000, 100_000, 1_000_000],
+        stores: vec!["sqlite".into(), "postgres".into()],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut list = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{arg} needs a value")))
+        };
+        match arg.as_str() {
+            "--steps" => {
+                args.steps = list()
+                    .split(',')
+                    .map(|s| s.parse().unwrap_or_else(|_| usage("--steps: numbers")))
+                    .collect();
+            }
+            "--stores" => args.stores = list().split(',').map(str::to_owned).collect(),
+            "all" => args.parts.extend(PARTS.iter().map(|p| (*p).to_owned())),
+            part if PARTS.contains(&part) => args.parts.push(part.to_owned()),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    if args.parts.is_empty() {
+        usage("name a part");
+    }
+    if args.steps.is_empty() || args.steps.windows(2).any(|w| w[0] >= w[1]) {
+        usage("--steps must grow");
+    }
+    if let Some(s) = args
+        .stores
+        .iter()
+        .find(|s| !["sqlite", "postgres"].contains(&s.as_str()))
+    {
+        usage(&format!("--stores: unknown store {s}"));
+    }
+    args
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!(
+        "{why}\nusage: scale all|{} [--steps N,N,…] [--stores sqlite,postgres]",
+        PARTS.join("|")
+    );
+    std::process::exit(2)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = args();
+    let stores: Vec<&str> = args.stores.iter().map(String::as_str).collect();
+    eprintln!(
+        "# scale, {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    for part in &args.parts {
+        match part.as_str() {
+            "keys" => keys::run(&stores, &args.steps).await,
+            "create" => create::run(&stores).await,
+            "storm" => storm::run().await,
+            "fanout" => fanout::run().await,
+            _ => unreachable!("parts are checked in args()"),
+        }
+    }
+}
