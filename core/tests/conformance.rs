@@ -1328,6 +1328,27 @@ async fn ingestors_acks_and_applied_state(s: S) {
     assert_eq!(i1.queue, "keyward.ingestor.i1");
     assert_eq!(i1.unacked, 1, "acked one of two published events");
     assert_eq!(list[2].last_seen_at, t0.with_nanosecond_micros());
+    // Many at once, as the worker writes them: only the new one counts.
+    let report = |event_id, ingestor: &str| AppliedReport {
+        event_id,
+        ingestor_id: ingestor.into(),
+        applied_at: t0,
+    };
+    let batch = [
+        report(ev, "i1"),
+        report(EventId::new(), "i3"),
+        report(ev, "i3"),
+        report(ev, "i3"),
+    ];
+    assert_eq!(s.record_applied_all(&batch).await.unwrap(), 1);
+    assert_eq!(s.record_applied_all(&[]).await.unwrap(), 0);
+    let rev = s
+        .get_key(&acme, keys[0], now())
+        .await
+        .unwrap()
+        .revocation
+        .unwrap();
+    assert_eq!(rev.applied_by, 3, "i1, i2 and now i3");
 }
 
 trait Micros {

@@ -17,8 +17,9 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Confirmation, Connection, Consumer};
 use tokio::sync::watch;
 
-/// Unacked reports in flight to this worker at once.
-const REPORTS_PREFETCH: u16 = 64;
+/// Unacked reports in flight to this worker at once: a whole batch
+/// (`reports::MAX_BATCH`) can be waiting when one is written.
+const REPORTS_PREFETCH: u16 = crate::reports::MAX_BATCH as u16;
 /// Connecting (TCP, AMQP handshake, declarations) must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

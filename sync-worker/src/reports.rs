@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use keyward_core::amqp;
 use keyward_core::events::ReportMessage;
-use keyward_core::store::{IngestorStore, StoreError, StoreResult, error::chain};
+use keyward_core::store::{AppliedReport, IngestorStore, StoreError, StoreResult, error::chain};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
@@ -38,21 +38,107 @@ impl DeadLetters {
     }
 }
 
-/// Consumes until the stream ends or fails (the connection is gone).
+/// The most reports written in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+/// Consumes until the stream ends or fails (the connection is gone). The
+/// reports that have already arrived when one is taken are taken with it
+/// (up to `MAX_BATCH`), and their `applied` reports written in one
+/// transaction: one commit per report held a storm's reports to ~2,000 a
+/// second, behind the events themselves.
 pub async fn consume(store: Arc<dyn IngestorStore>, dead: DeadLetters, mut consumer: Consumer) {
-    while let Some(delivery) = consumer.next().await {
-        let delivery = match delivery {
+    while let Some(first) = consumer.next().await {
+        let mut arrived = vec![first];
+        while arrived.len() < MAX_BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(next)) => arrived.push(next),
+                _ => break,
+            }
+        }
+        let deliveries = match arrived.into_iter().collect::<Result<Vec<_>, _>>() {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(error = %e, "reports consumer stopped");
                 return;
             }
         };
-        if let Err(e) = handle(store.as_ref(), &dead, &delivery).await {
+        if let Err(e) = handle_all(store.as_ref(), &dead, &deliveries).await {
             tracing::warn!(error = %e, "answering a report failed");
             return;
         }
     }
+}
+
+/// Each delivery answered as `handle` would, the `applied` reports among
+/// them written together.
+async fn handle_all(
+    store: &dyn IngestorStore,
+    dead: &DeadLetters,
+    deliveries: &[Delivery],
+) -> lapin::Result<()> {
+    let now = Utc::now();
+    let mut applied = Vec::new();
+    for delivery in deliveries {
+        match decode_report(&delivery.data) {
+            Ok(ReportMessage::Applied {
+                event_id,
+                ingestor_id,
+                applied_at,
+            }) => applied.push((
+                delivery,
+                AppliedReport {
+                    event_id,
+                    ingestor_id,
+                    applied_at: not_after(applied_at, now),
+                },
+            )),
+            _ => {
+                handle(store, dead, delivery).await?;
+            }
+        }
+    }
+    if applied.len() < 2 {
+        for (delivery, _) in applied {
+            handle(store, dead, delivery).await?;
+        }
+        return Ok(());
+    }
+    let reports: Vec<AppliedReport> = applied.iter().map(|(_, r)| r.clone()).collect();
+    match store.record_applied_all(&reports).await {
+        Ok(new) => {
+            let duplicates = reports.len() as u64 - new;
+            metrics::counter!("keyward_acks_total", "result" => "applied").increment(new);
+            metrics::counter!("keyward_acks_total", "result" => "duplicate").increment(duplicates);
+            for (delivery, _) in applied {
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+        }
+        // The database refused one of them for its content: one at a time,
+        // so that only that one is dead-lettered.
+        Err(e) if !matches!(e, StoreError::Unavailable(_)) => {
+            tracing::warn!(error = %chain(&e), reports = reports.len(),
+                "the database refused a batch of reports; taking them one at a time");
+            for (delivery, _) in applied {
+                handle(store, dead, delivery).await?;
+            }
+        }
+        Err(e) => {
+            metrics::counter!("keyward_acks_total", "result" => "requeued")
+                .increment(reports.len() as u64);
+            tracing::warn!(error = %chain(&e), reports = reports.len(),
+                "recording reports failed; handed back to the broker");
+            tokio::time::sleep(STORE_RETRY_PAUSE).await;
+            for (delivery, _) in applied {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..BasicNackOptions::default()
+                    })
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why a message on the reports queue is not taken.

@@ -46,7 +46,7 @@ use crate::config::DatabaseUrl;
 
 pub use audit::AuditStore;
 pub use error::{StoreError, StoreResult};
-pub use ingestors::IngestorStore;
+pub use ingestors::{AppliedReport, IngestorStore};
 pub use keys::{KeyChange, KeyChanges, KeyStore};
 pub use model::*;
 pub use outbox::{OutboxStore, OutboxWakeups, Wakeup};

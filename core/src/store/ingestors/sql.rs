@@ -1,8 +1,7 @@
 //! Ingestor SQL, compiled once per backend (see `store/mod.rs`).
 
 use super::SqlStore;
-use crate::ids::EventId;
-use crate::store::ingestors::{IngestorRow, IngestorStore};
+use crate::store::ingestors::{AppliedReport, IngestorRow, IngestorStore};
 use crate::store::timestamp::Ts;
 use crate::store::{IngestorRecord, StoreResult, Timestamp};
 
@@ -42,23 +41,24 @@ impl IngestorStore for SqlStore {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    #[tracing::instrument(skip(self))]
-    async fn record_applied(
-        &self,
-        event_id: EventId,
-        ingestor_id: &str,
-        applied_at: Timestamp,
-    ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "INSERT INTO event_acks (event_id, ingestor_id, applied_at) \
-         SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM outbox WHERE event_id = $1) \
-         ON CONFLICT DO NOTHING",
-        )
-        .bind(event_id.to_string())
-        .bind(ingestor_id)
-        .bind(Ts(applied_at))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    #[tracing::instrument(skip_all, fields(reports = reports.len()))]
+    async fn record_applied_all(&self, reports: &[AppliedReport]) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let mut new = 0;
+        for report in reports {
+            new += sqlx::query(
+                "INSERT INTO event_acks (event_id, ingestor_id, applied_at) \
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM outbox WHERE event_id = $1) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(report.event_id.to_string())
+            .bind(&report.ingestor_id)
+            .bind(Ts(report.applied_at))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(new)
     }
 }
