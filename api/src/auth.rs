@@ -264,16 +264,20 @@ fn bad_password() -> ApiError {
 
 /// A password proven within the cache TTL is answered from memory (admin
 /// tooling pays one argon2 proof a minute, not one a request); otherwise,
+/// once no other request is proving the same credential (`proof_turns`),
 /// within the failed-proof limits of the username and the client
 /// (`failed_proofs`), a proof.
 async fn basic(state: &AppState, pair: &BasicPair, client: Option<IpAddr>) -> ApiResult<Principal> {
     let (username, password) = (pair.username(), pair.password());
     let proof = proof_digest(&state.proof_key, username, password);
-    if let Some(proven) = state.proven.get(&proof) {
-        return Ok(Principal {
-            id: PrincipalId::User(proven.value.username.clone()),
-            permissions: Arc::clone(&proven.value.permissions),
-        });
+    if let Some(principal) = remembered(state, &proof) {
+        return Ok(principal);
+    }
+    // Proven by the request this one waited for, unless that proof failed
+    // or its user changed meanwhile.
+    let _turn = state.proof_turns.take(proof).await;
+    if let Some(principal) = remembered(state, &proof) {
+        return Ok(principal);
     }
     let attempt = state.failed_proofs.attempt(username, client)?;
     let proved = prove(state, username, password, proof).await;
@@ -282,6 +286,14 @@ async fn basic(state: &AppState, pair: &BasicPair, client: Option<IpAddr>) -> Ap
         attempt.uncounted();
     }
     proved
+}
+
+fn remembered(state: &AppState, proof: &blake3::Hash) -> Option<Principal> {
+    let proven = state.proven.get(proof)?;
+    Some(Principal {
+        id: PrincipalId::User(proven.value.username.clone()),
+        permissions: Arc::clone(&proven.value.permissions),
+    })
 }
 
 /// argon2 on the bounded pool (`503` when it is full), then the user's

@@ -110,6 +110,7 @@ impl KeywardApi {
                 Arc::clone(&generations),
             ),
             proof_key: random_key(),
+            proof_turns: Default::default(),
             failed_proofs: FailedProofs::new(settings.failed_proof_limits()),
             denied_audit: crate::fixed_window::Counter::new(
                 denied::RECORDED_PER_CLIENT_PER_MINUTE,

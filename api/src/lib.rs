@@ -15,6 +15,7 @@ pub mod fixed_window;
 pub mod generations;
 pub mod key_loader;
 pub mod observe;
+pub mod proof_turns;
 pub mod provision;
 pub mod request_id;
 pub mod routes;

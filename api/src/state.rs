@@ -18,6 +18,8 @@ pub struct AppState {
     /// digest under `proof_key`, random per process.
     pub proven: ProvenPasswords,
     pub proof_key: [u8; 32],
+    /// Proofs in flight, one per credential.
+    pub proof_turns: crate::proof_turns::ProofTurns,
     /// Failed Basic proofs per username and per client address.
     pub failed_proofs: crate::failed_proofs::FailedProofs,
     /// Refusals audited per client address (`denied`).

@@ -213,6 +213,46 @@ async fn basic_user_deleted_during_its_proof_is_not_remembered(app: TestApp) {
     assert_error(s, &body, 401, "unauthenticated");
 }
 
+/// Sixteen concurrent first requests with one Basic credential share one
+/// proof: the others wait for it and are answered from memory, none takes
+/// a slot of the failed-proof limit (10 per username) meanwhile. Without
+/// the turns (`proof_turns` taken out of `auth::basic`), each ran its own
+/// argon2 and six were refused `429` with the right password.
+async fn concurrent_first_basic_requests_share_one_proof(app: TestApp) {
+    setup(&app).await;
+    let body = json!({"username": "ops", "password": ADMIN_PASSWORD, "roles": ["admins"]});
+    assert_eq!(
+        app.post("/api/v1/tenants/acme/users", ADMIN, body).await.0,
+        201
+    );
+    let fills = app.gates.user.passed();
+    let mut held = app.gates.user.hold_next();
+    let requests: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, base) = (app.client.clone(), app.base.clone());
+            tokio::spawn(async move {
+                client
+                    .get(format!("{base}/api/v1/tenants/acme/apikeys"))
+                    .basic_auth("ops", Some(ADMIN_PASSWORD))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    held.reached().await;
+    // Time for the other fifteen to arrive and queue behind the held proof
+    // (or, without the turns, to run proofs of their own).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    held.release();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(app.gates.user.passed(), fills + 1, "one argon2 proof");
+}
+
 /// A proven password is remembered: the second request runs no argon2.
 /// Its roles reduced, the very next request is judged by the new ones.
 async fn basic_proofs_are_remembered_until_the_user_changes(app: TestApp) {
@@ -322,6 +362,7 @@ on_both_stores!(
     role_withdrawn_during_a_miss_is_not_cached,
     basic_user_deleted_during_its_proof_is_not_remembered,
     basic_proofs_are_remembered_until_the_user_changes,
+    concurrent_first_basic_requests_share_one_proof,
     concurrent_misses_share_one_read,
     argon2_key_hashes_are_rewritten_after_a_proof,
 );
