@@ -191,3 +191,34 @@ pub async fn until_all(
         started.elapsed()
     }
 }
+
+/// The upper bound of the histogram bucket holding quantile `q` of `name`
+/// (Prometheus text, cumulative `_bucket{le="…"}` counts), in the metric's
+/// unit; `None` when it has no samples.
+pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let le = rest.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last()?.1;
+    (total > 0.0)
+        .then(|| {
+            buckets
+                .iter()
+                .find(|(_, n)| *n >= q * total)
+                .map(|(le, _)| *le)
+        })
+        .flatten()
+}
