@@ -9,6 +9,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use std::time::Duration;
+
 use crate::config::AmqpUrl;
 
 use crate::events::CONTENT_TYPE;
@@ -16,18 +18,63 @@ use crate::events::CONTENT_TYPE;
 /// `delivery_mode` 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
 
-/// The durable topic exchange events are published to.
-/// Opens a connection named `name`: plain for `amqp://`; for `amqps://`,
-/// TLS (rustls) verifying the broker's certificate and host name against
-/// the system's roots and the URL's extra CA, never falling back to plain.
+/// How long one broker address may take to accept a connection before
+/// the next one is tried (when there are several).
+const PER_ADDRESS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens a connection named `name` to the first address of `url` that
+/// takes one, in the order `AmqpUrl::in_turn` gives: plain for `amqp://`;
+/// for `amqps://`, TLS (rustls) verifying the broker's certificate and
+/// host name against the system's roots and the URL's extra CA, never
+/// falling back to plain. The error is the last address's.
 pub async fn connect(url: &AmqpUrl, name: &str) -> lapin::Result<Connection> {
+    let several = url.len() > 1;
+    let mut last = None;
+    for (i, address) in url.in_turn() {
+        let attempt = connect_to(address, url.ca_pem(), name);
+        let outcome = if several {
+            tokio::time::timeout(PER_ADDRESS_TIMEOUT, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(lapin::ErrorKind::IOError(std::sync::Arc::new(timed_out())).into())
+                })
+        } else {
+            attempt.await
+        };
+        match outcome {
+            Ok(conn) => {
+                if several {
+                    tracing::info!(broker = %url.shown(i), "connected to the broker");
+                }
+                return Ok(conn);
+            }
+            Err(e) => {
+                if several {
+                    tracing::warn!(broker = %url.shown(i), error = %e,
+                        "cannot connect to this broker; trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("an AmqpUrl has at least one address"))
+}
+
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no connection within {PER_ADDRESS_TIMEOUT:?}"),
+    )
+}
+
+async fn connect_to(address: &str, ca_pem: Option<&str>, name: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let tls = lapin::tcp::OwnedTLSConfig {
         identity: None,
-        cert_chain: url.ca_pem().map(str::to_owned),
+        cert_chain: ca_pem.map(str::to_owned),
     };
     let runtime = lapin::runtime::default_runtime()?;
-    Connection::connect_with_config(url.as_str(), props, tls, runtime).await
+    Connection::connect_with_config(address, props, tls, runtime).await
 }
 
 pub async fn declare_exchange(channel: &Channel, exchange: &str) -> lapin::Result<()> {
@@ -45,12 +92,16 @@ pub async fn declare_exchange(channel: &Channel, exchange: &str) -> lapin::Resul
 }
 
 /// The durable queue ingestors report to (on the default exchange).
-pub async fn declare_reports_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
+pub async fn declare_reports_queue(
+    channel: &Channel,
+    queue: &str,
+    kind: QueueType,
+) -> lapin::Result<()> {
     channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions::durable(),
-            FieldTable::default(),
+            of_type(kind, FieldTable::default()),
         )
         .await
         .map(drop)
@@ -71,7 +122,11 @@ pub fn dead_letter_queue(queue: &str) -> String {
 
 /// Declares `queue`'s dead-letter queue: durable, at most
 /// `DEAD_LETTER_MAX_LENGTH` messages (the oldest dropped).
-pub async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
+pub async fn declare_dead_letter_queue(
+    channel: &Channel,
+    queue: &str,
+    kind: QueueType,
+) -> lapin::Result<()> {
     let mut arguments = FieldTable::default();
     arguments.insert(
         "x-max-length".into(),
@@ -85,7 +140,7 @@ pub async fn declare_dead_letter_queue(channel: &Channel, queue: &str) -> lapin:
         .queue_declare(
             dead_letter_queue(queue).as_str().into(),
             QueueDeclareOptions::durable(),
-            arguments,
+            of_type(kind, arguments),
         )
         .await
         .map(drop)
@@ -145,6 +200,24 @@ pub enum QueueType {
     Quorum,
 }
 
+impl QueueType {
+    /// Quorum when `quorum` (`KEYWARD_QUORUM_QUEUE`), else classic.
+    pub fn quorum_if(quorum: bool) -> Self {
+        if quorum { Self::Quorum } else { Self::Classic }
+    }
+}
+
+/// `arguments` with the queue's type, for a quorum queue.
+fn of_type(kind: QueueType, mut arguments: FieldTable) -> FieldTable {
+    if kind == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    arguments
+}
+
 /// A durable queue bound to `exchange` with `binding` (`#` or a routing
 /// pattern), as an ingestor consumes it.
 pub async fn declare_bound_queue(
@@ -154,15 +227,12 @@ pub async fn declare_bound_queue(
     binding: &str,
     kind: QueueType,
 ) -> lapin::Result<()> {
-    let mut arguments = FieldTable::default();
-    if kind == QueueType::Quorum {
-        arguments.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString("quorum".into()),
-        );
-    }
     channel
-        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable(),
+            of_type(kind, FieldTable::default()),
+        )
         .await?;
     channel
         .queue_bind(

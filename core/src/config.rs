@@ -350,23 +350,57 @@ pub fn host_name() -> Option<String> {
     (!cleaned.is_empty()).then_some(cleaned)
 }
 
-/// An AMQP URL (`amqp://user:pass@host:port/vhost`, or `amqps://` for
-/// TLS), with the extra CA certificates an `amqps://` connection trusts
-/// besides the system's (`KEYWARD_AMQP_CA_FILE`). Its `Display` hides the
-/// password.
-#[derive(Clone, PartialEq, Eq)]
+/// One AMQP URL (`amqp://user:pass@host:port/vhost`, or `amqps://` for
+/// TLS), or several separated by commas: the nodes of one RabbitMQ
+/// cluster, tried in turn (`amqp::connect`). With the extra CA
+/// certificates an `amqps://` connection trusts besides the system's
+/// (`KEYWARD_AMQP_CA_FILE`). Its `Display` hides the passwords.
+#[derive(Clone)]
 pub struct AmqpUrl {
-    url: url::Url,
+    /// At least one; all of one scheme.
+    urls: Vec<url::Url>,
     ca_pem: Option<std::sync::Arc<str>>,
+    /// Which address the next connection tries first; shared by clones.
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl AmqpUrl {
+    /// The first address (the only one, for a single broker).
     pub fn as_str(&self) -> &str {
-        self.url.as_str()
+        self.urls[0].as_str()
+    }
+
+    /// How many addresses there are.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Never: there is always at least one address.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The addresses in the order the next connection tries them: from
+    /// the one after where the previous connection started, so that after
+    /// losing a node each reconnection leads with another one, and a node
+    /// that hangs instead of refusing cannot hold every attempt.
+    pub fn in_turn(&self) -> impl Iterator<Item = (usize, &str)> {
+        use std::sync::atomic::Ordering;
+        let n = self.urls.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n).map(move |k| {
+            let i = (start + k) % n;
+            (i, self.urls[i].as_str())
+        })
+    }
+
+    /// Address `i` with its password hidden, for logs.
+    pub fn shown(&self, i: usize) -> String {
+        Redacted(&self.urls[i]).to_string()
     }
 
     pub fn is_tls(&self) -> bool {
-        self.url.scheme() == "amqps"
+        self.urls[0].scheme() == "amqps"
     }
 
     /// Trusts the certificates of `pem` too (a private CA), for `amqps://`.
@@ -381,25 +415,71 @@ impl AmqpUrl {
     }
 }
 
+impl PartialEq for AmqpUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.urls == other.urls && self.ca_pem == other.ca_pem
+    }
+}
+
+impl Eq for AmqpUrl {}
+
 impl FromStr for AmqpUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
-        match url.scheme() {
-            "amqp" | "amqps" if url.host_str().is_some_and(|h| !h.is_empty()) => {
-                Ok(Self { url, ca_pem: None })
-            }
-            "amqp" | "amqps" => Err("the URL names no host".into()),
-            other => Err(format!(
-                "unsupported scheme `{other}` (use amqp: or amqps:)"
-            )),
+        let several = s.contains(',');
+        let urls = s
+            .split(',')
+            .enumerate()
+            .map(|(i, one)| {
+                parse_amqp_address(one.trim()).map_err(|e| {
+                    if several {
+                        format!("address {}: {e}", i + 1)
+                    } else {
+                        e
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.iter().any(|u| u.scheme() != urls[0].scheme()) {
+            return Err("mixes amqp: and amqps: addresses (use one for every node)".into());
         }
+        Ok(Self {
+            urls,
+            ca_pem: None,
+            next: Default::default(),
+        })
+    }
+}
+
+fn parse_amqp_address(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    match url.scheme() {
+        "amqp" | "amqps" if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(url),
+        "amqp" | "amqps" => Err("the URL names no host".into()),
+        other => Err(format!(
+            "unsupported scheme `{other}` (use amqp: or amqps:)"
+        )),
+    }
+}
+
+/// A URL shown with its password hidden.
+struct Redacted<'a>(&'a url::Url);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_redacted(self.0, f)
     }
 }
 
 impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_redacted(&self.url, f)
+        for (i, url) in self.urls.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write_redacted(url, f)?;
+        }
+        Ok(())
     }
 }
 
@@ -425,7 +505,8 @@ pub fn parse_amqp_name(value: &str) -> Result<String, String> {
 /// `KEYWARD_AMQP_URL` and `KEYWARD_EXCHANGE`, shared by the worker and ingestors.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpSettings {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; or the nodes of one cluster, comma-separated, tried
+    /// in turn (each reconnection leads with the next).
     #[arg(
         long = "amqp-url",
         env = "KEYWARD_AMQP_URL",
@@ -448,6 +529,12 @@ pub struct AmqpSettings {
     #[arg(long = "exchange", env = "KEYWARD_EXCHANGE", default_value = "keyward.events",
           value_parser = parse_amqp_name)]
     pub exchange: String,
+    /// Declare the queues this process declares (an ingestor's own queue,
+    /// the reports queue, their dead-letter queues) as quorum queues,
+    /// replicated across a RabbitMQ cluster. The worker and every ingestor
+    /// must agree: RabbitMQ refuses to redeclare a queue as another type.
+    #[arg(long = "quorum-queue", env = "KEYWARD_QUORUM_QUEUE")]
+    pub quorum_queue: bool,
 }
 
 impl ReadFiles for AmqpSettings {
@@ -574,5 +661,32 @@ mod amqp_tests {
         assert!(parse_amqp_name("keyward.events").is_ok());
         assert!(parse_amqp_name("").is_err());
         assert!(parse_amqp_name("a b").is_err());
+    }
+
+    #[test]
+    fn several_brokers_are_tried_in_turn() {
+        let url: AmqpUrl = "amqp://u:s1@n1:5672/%2f, amqp://u:s2@n2:5673/%2f,amqp://u:s3@n3/%2f"
+            .parse()
+            .unwrap();
+        assert_eq!(url.len(), 3);
+        let shown = url.to_string();
+        assert!(!shown.contains("s1") && !shown.contains("s2") && !shown.contains("s3"));
+        assert_eq!(shown.matches("***").count(), 3, "{shown}");
+        assert!(!url.shown(1).contains("s2"));
+        let order = |url: &AmqpUrl| url.in_turn().map(|(i, _)| i).collect::<Vec<_>>();
+        assert_eq!(order(&url), [0, 1, 2]);
+        // Each connection leads with the next node; clones share the turn.
+        assert_eq!(order(&url.clone()), [1, 2, 0]);
+        assert_eq!(order(&url), [2, 0, 1]);
+        assert_eq!(url.in_turn().next().unwrap().1, "amqp://u:s1@n1:5672/%2f");
+
+        let err = "amqp://n1/,http://n2/".parse::<AmqpUrl>().unwrap_err();
+        assert!(err.starts_with("address 2:"), "{err}");
+        assert!("amqp://n1/,".parse::<AmqpUrl>().is_err());
+        assert!("amqp://n1/,amqps://n2/".parse::<AmqpUrl>().is_err());
+        assert_eq!(
+            "amqp://n1/".parse::<AmqpUrl>().unwrap(),
+            "amqp://n1/".parse::<AmqpUrl>().unwrap()
+        );
     }
 }

@@ -139,14 +139,10 @@ impl RevocationConsumer {
             .await?;
         amqp::declare_exchange(&channel, &s.exchange).await?;
         let queue = s.queue();
-        let kind = if s.quorum {
-            QueueType::Quorum
-        } else {
-            QueueType::Classic
-        };
+        let kind = QueueType::quorum_if(s.quorum);
         amqp::declare_bound_queue(&channel, &queue, &s.exchange, &s.binding, kind).await?;
-        amqp::declare_dead_letter_queue(&channel, &queue).await?;
-        amqp::declare_reports_queue(&channel, &s.acks_queue).await?;
+        amqp::declare_dead_letter_queue(&channel, &queue, kind).await?;
+        amqp::declare_reports_queue(&channel, &s.acks_queue, kind).await?;
         channel
             .basic_qos(s.prefetch, BasicQosOptions::default())
             .await?;

@@ -68,9 +68,6 @@ pub struct Settings {
     #[arg(long = "binding", env = "KEYWARD_BINDING", default_value = ALL_EVENTS,
           value_parser = parse_binding)]
     pub binding: String,
-    /// Declare this node's queue as a quorum queue (RabbitMQ cluster).
-    #[arg(long = "quorum-queue", env = "KEYWARD_QUORUM_QUEUE")]
-    pub quorum_queue: bool,
     /// Seconds between heartbeats to the acks queue.
     #[arg(long = "heartbeat-seconds", env = "KEYWARD_HEARTBEAT_SECONDS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=300))]
@@ -181,7 +178,7 @@ mod tests {
         assert!(parse_ingestor_id(&s.ingestor_id()).is_ok());
         assert_eq!(s.binding, "#");
         assert_eq!(s.acks_queue, "keyward.acks");
-        assert!(!s.quorum_queue);
+        assert!(!s.amqp.quorum_queue);
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl Application {
                 ingestor_id: ingestor_id.clone(),
                 binding: settings.binding.clone(),
                 acks_queue: settings.acks_queue.clone(),
-                quorum: settings.quorum_queue,
+                quorum: settings.amqp.quorum_queue,
                 prefetch: PREFETCH,
                 heartbeat_every: Duration::from_secs(settings.heartbeat_seconds),
             },

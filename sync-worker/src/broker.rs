@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use keyward_core::amqp;
+use keyward_core::amqp::{self, QueueType};
 use keyward_core::config::AmqpUrl;
 use keyward_core::events::EventMessage;
 use keyward_core::store::OutboxEvent;
@@ -61,26 +61,37 @@ pub struct Broker {
     lost: watch::Receiver<bool>,
 }
 
+/// What the worker declares on the broker.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub acks_queue: String,
+    /// Of the reports queue and its dead-letter queue.
+    pub queue_type: QueueType,
+}
+
 impl Broker {
     /// Connects, declares the durable topic exchange and the durable reports
-    /// queue, and puts the publishing channel in confirm mode.
+    /// queue, and puts the publishing channel in confirm mode. Each broker
+    /// address of `url` may take `CONNECT_TIMEOUT`.
     pub async fn connect(
         url: &AmqpUrl,
-        exchange: &str,
-        acks_queue: &str,
+        topology: &Topology,
         name: &str,
     ) -> Result<Self, ConnectError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, Self::open(url, exchange, acks_queue, name))
+        let limit = CONNECT_TIMEOUT * u32::try_from(url.len()).unwrap_or(u32::MAX);
+        tokio::time::timeout(limit, Self::open(url, topology, name))
             .await
-            .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+            .map_err(|_| ConnectError::Timeout(limit))?
     }
 
-    async fn open(
-        url: &AmqpUrl,
-        exchange: &str,
-        acks_queue: &str,
-        name: &str,
-    ) -> Result<Self, ConnectError> {
+    async fn open(url: &AmqpUrl, topology: &Topology, name: &str) -> Result<Self, ConnectError> {
+        let Topology {
+            exchange,
+            acks_queue,
+            queue_type: kind,
+        } = topology;
+        let (exchange, acks_queue, kind) = (exchange.as_str(), acks_queue.as_str(), *kind);
         let conn = amqp::connect(url, name).await?;
         let lost = watch_for_loss(&conn);
         let publish = conn.create_channel().await?;
@@ -89,8 +100,8 @@ impl Broker {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         let reports = conn.create_channel().await?;
-        amqp::declare_reports_queue(&reports, acks_queue).await?;
-        amqp::declare_dead_letter_queue(&reports, acks_queue).await?;
+        amqp::declare_reports_queue(&reports, acks_queue, kind).await?;
+        amqp::declare_dead_letter_queue(&reports, acks_queue, kind).await?;
         // Dead-lettered reports are acknowledged once the broker has them.
         reports
             .confirm_select(ConfirmSelectOptions::default())

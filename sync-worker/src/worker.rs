@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyward_core::amqp::QueueType;
 use keyward_core::config::AmqpUrl;
 use keyward_core::reconnect::Reconnect;
 use keyward_core::store::{AuditStore, IngestorStore, OutboxStore, Wakeup, error::chain};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Topology};
 use crate::deliver::{Deliverer, Pipeline};
 use crate::health::Health;
 use crate::settings::Settings;
@@ -22,8 +23,7 @@ pub struct Worker {
     audit: Arc<dyn AuditStore>,
     health: Arc<Health>,
     amqp_url: AmqpUrl,
-    exchange: String,
-    acks_queue: String,
+    topology: Topology,
     poll_interval: Duration,
     retention: Duration,
     audit_retention: Duration,
@@ -60,8 +60,11 @@ impl Worker {
             audit,
             health,
             amqp_url: settings.amqp.amqp_url.clone(),
-            exchange: settings.amqp.exchange.clone(),
-            acks_queue: d.acks_queue.clone(),
+            topology: Topology {
+                exchange: settings.amqp.exchange.clone(),
+                acks_queue: d.acks_queue.clone(),
+                queue_type: QueueType::quorum_if(settings.amqp.quorum_queue),
+            },
             poll_interval: d.poll_interval(sqlite),
             retention: d.retention(),
             audit_retention: d.audit_retention(),
@@ -87,11 +90,11 @@ impl Worker {
         ));
         let wakeups = Wakeups::new(store, self.poll_interval);
         let mut reconnect = Reconnect::default();
-        tracing::info!(owner = %self.deliverer.owner, exchange = %self.exchange, "sync worker started");
+        tracing::info!(owner = %self.deliverer.owner, exchange = %self.topology.exchange, "sync worker started");
         while !shutdown.is_cancelled() {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = Broker::connect(&self.amqp_url, &self.exchange, &self.acks_queue, &self.deliverer.owner) => r,
+                r = Broker::connect(&self.amqp_url, &self.topology, &self.deliverer.owner) => r,
             };
             let broker = match connected {
                 Ok(broker) => broker,

@@ -143,9 +143,13 @@ impl TestBroker {
     /// Publishes raw bytes to the acks queue (declared as the worker
     /// declares it, so it exists before the worker first connects).
     pub async fn send_raw_ack(&self, body: &[u8]) {
-        keyward_core::amqp::declare_reports_queue(&self.channel, &self.acks_queue)
-            .await
-            .expect("declare the reports queue");
+        keyward_core::amqp::declare_reports_queue(
+            &self.channel,
+            &self.acks_queue,
+            keyward_core::amqp::QueueType::Classic,
+        )
+        .await
+        .expect("declare the reports queue");
         self.channel
             .basic_publish(
                 "".into(),

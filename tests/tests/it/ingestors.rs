@@ -589,25 +589,33 @@ async fn a_restarted_ingestor_rejects_a_key_revoked_while_it_was_down() {
 
 #[tokio::test]
 async fn api_down_on_a_cache_miss_answers_503_never_202() {
-    let Some(mut sys) = System::start("30").await else {
+    // Quorum queues, as on a RabbitMQ cluster: declared and consumed alike.
+    // The worker and the ingestor agree on the reports queue's type.
+    let quorum = [("KEYWARD_QUORUM_QUEUE", "true")];
+    let Some(mut sys) = System::start_with("30", &quorum).await else {
         return;
     };
     let amqp = keyward_tests::amqp::amqp_url();
-    // A quorum queue, as on a RabbitMQ cluster: declared and consumed alike.
-    let a = sys
-        .ingestor_with("a", &amqp, &[("KEYWARD_QUORUM_QUEUE", "true")])
-        .await;
+    let a = sys.ingestor_with("a", &amqp, &quorum).await;
     if let Ok(out) = std::process::Command::new("rabbitmqctl")
         .args(["list_queues", "-q", "name", "type"])
         .output()
     {
         let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-        let queue = format!("keyward.ingestor.{}-a", sys.prefix);
-        let line = listed
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(queue.as_str()))
-            .unwrap_or_else(|| panic!("queue listed: {listed}"));
-        assert!(line.ends_with("quorum"), "{line}");
+        let own = format!("keyward.ingestor.{}-a", sys.prefix);
+        let reports = sys.broker.acks_queue.clone();
+        for queue in [
+            own.clone(),
+            format!("{own}.dead"),
+            reports.clone(),
+            format!("{reports}.dead"),
+        ] {
+            let line = listed
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(queue.as_str()))
+                .unwrap_or_else(|| panic!("{queue} listed: {listed}"));
+            assert!(line.ends_with("quorum"), "{line}");
+        }
     }
     let (_, cached) = sys.key().await;
     let (_, uncached) = sys.key().await;
@@ -663,6 +671,61 @@ async fn after_losing_the_broker_an_ingestor_trusts_no_cache_and_later_revocatio
         || async { ingest(http, &a, "clicks-1", &second).await == 401 },
     )
     .await;
+    drop(a);
+    sys.cleanup().await;
+}
+
+/// `KEYWARD_AMQP_URL` naming two brokers (here one broker twice, the first
+/// behind a proxy): the worker and an ingestor connect to the first; when
+/// it hangs (accepts, answers nothing) and their connections drop, each
+/// reconnects to the other within seconds, and revocations keep reaching
+/// `applied`.
+#[tokio::test]
+async fn with_several_broker_addresses_a_hanging_node_is_passed_over() {
+    let proxy = FaultProxy::start(keyward_tests::amqp::broker_addr()).await;
+    let brokers = format!("{},{}", proxy.amqp_url(), keyward_tests::amqp::amqp_url());
+    let Some(sys) = System::start_with("30", &[("KEYWARD_AMQP_URL", &brokers)]).await else {
+        return;
+    };
+    let a = sys.ingestor("a", &brokers).await;
+    let http = &sys.http;
+    let applied = |key_id: String| {
+        let sys = &sys;
+        async move {
+            eventually("applied", Duration::from_secs(20), || async {
+                sys.revocation(&key_id).await["state"] == "applied"
+            })
+            .await;
+        }
+    };
+    eventually("a live", Duration::from_secs(10), || async {
+        let list = sys
+            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+            .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["live"] == true)
+    })
+    .await;
+    let (first_id, first) = sys.key().await;
+    assert_eq!(ingest(http, &a, "clicks-1", &first).await, 202);
+    sys.revoke(&first_id).await;
+    applied(first_id).await;
+    assert_eq!(ingest(http, &a, "clicks-1", &first).await, 401);
+
+    proxy.set(Mode::Stall);
+    proxy.cut();
+    let (second_id, second) = sys.key().await;
+    eventually("a ready again", Duration::from_secs(20), || async {
+        reqwest::get(a.url("/readyz")).await.unwrap().status() == 200
+    })
+    .await;
+    assert_eq!(ingest(http, &a, "clicks-1", &second).await, 202);
+    sys.revoke(&second_id).await;
+    applied(second_id).await;
+    assert_eq!(ingest(http, &a, "clicks-1", &second).await, 401);
     drop(a);
     sys.cleanup().await;
 }
