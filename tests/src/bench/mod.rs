@@ -222,3 +222,29 @@ pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         })
         .flatten()
 }
+
+/// The machine's CPU time so far, from `/proc/stat`: (busy, all), in
+/// clock ticks summed over every core. Two readings give how busy the
+/// machine was in between (`busy_share`).
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: idle and iowait
+    // are not busy.
+    let all: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (all - idle, all)
+}
+
+/// The share of the machine's CPU that was busy between two readings.
+pub fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1).max(1) as f64;
+    after.0.saturating_sub(before.0) as f64 / all
+}

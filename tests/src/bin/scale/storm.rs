@@ -14,7 +14,7 @@ use keyward_core::ids::{KeyId, KeyName, TenantId};
 use keyward_core::store::{NewApiKey, Store};
 use keyward_core::testing::change;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
-use keyward_tests::bench::{PASSWORD, env_or, ms};
+use keyward_tests::bench::{PASSWORD, busy_share, cpu_seconds, env_or, machine_ticks, ms};
 use sqlx::PgPool;
 
 use crate::fleet::Fleet;
@@ -40,8 +40,15 @@ pub async fn run() {
         let written = began.elapsed();
         let acked = count(&db, "SELECT COUNT(*) FROM event_acks").await;
         let began = Instant::now();
+        let ticks = machine_ticks();
         fleet.start_workers(workers).await;
         let (drained, applied) = until_applied(&db, acked, storm).await;
+        let busy = busy_share(ticks, machine_ticks());
+        let worker_cpu: f64 = fleet
+            .workers
+            .iter()
+            .map(|w| cpu_seconds(w.child.id().unwrap_or(0)))
+            .sum();
         let drained = drained.duration_since(began);
         let applied = applied.duration_since(began);
         rows.push(vec![
@@ -51,6 +58,11 @@ pub async fn run() {
             ),
             format!("{} ({:.0} events/s)", secs(drained), rate(storm, drained)),
             secs(applied),
+            format!(
+                "{:.0} % of 2 cores; workers {:.1} s of CPU",
+                busy * 100.0,
+                worker_cpu
+            ),
             lost(&db).await,
         ]);
         fleet.workers.clear();
@@ -59,9 +71,13 @@ pub async fn run() {
     fleet.start_workers(2).await;
     let acked = count(&db, "SELECT COUNT(*) FROM event_acks").await;
     let began = Instant::now();
+    let ticks = machine_ticks();
+    let api_cpu = cpu_seconds(fleet.api.child.id().unwrap_or(0));
     revoke_through_api(&fleet, keys).await;
     let answered = began.elapsed();
+    let api_cpu = cpu_seconds(fleet.api.child.id().unwrap_or(0)) - api_cpu;
     let (drained, applied) = until_applied(&db, acked, storm).await;
+    let busy = busy_share(ticks, machine_ticks());
     rows.push(vec![
         format!(
             "through the API ({CONCURRENCY} clients: {:.0} revokes/s, all answered in {}), 2 workers running",
@@ -74,6 +90,11 @@ pub async fn run() {
             rate(storm, drained.duration_since(began))
         ),
         secs(applied.duration_since(began)),
+        format!(
+            "{:.0} % of 2 cores; API {:.0} µs of CPU per revoke",
+            busy * 100.0,
+            api_cpu * 1e6 / storm as f64
+        ),
         lost(&db).await,
     ]);
     let took = Instant::now();
@@ -96,6 +117,7 @@ pub async fn run() {
                 &format!("{storm} revokes"),
                 "outbox drained",
                 &format!("applied by all {INGESTORS} ingestors"),
+                "machine busy (start → all applied)",
                 "lost",
             ],
             &rows,
