@@ -71,7 +71,12 @@ impl TestBroker {
 
     /// Names from `prefix` (`{prefix}.events`, `{prefix}.acks`).
     pub async fn with_prefix(prefix: &str) -> Option<Self> {
-        let conn = match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+        Self::at(&amqp_url(), prefix).await
+    }
+
+    /// On the broker at `url` (one address), names from `prefix`.
+    pub async fn at(url: &str, prefix: &str) -> Option<Self> {
+        let conn = match Connection::connect(url, ConnectionProperties::default()).await {
             Ok(c) => c,
             Err(e) => return keyward_core::testing::missing_service("RabbitMQ", &e),
         };

@@ -4,12 +4,34 @@
 
 use keyward_core::testing::TestDatabase;
 use keyward_tests::Running;
-use keyward_tests::amqp::{TestBroker, amqp_url};
+use keyward_tests::amqp::{TestBroker, amqp_url, unique_prefix};
 use keyward_tests::bench::{PASSWORD, admin, started};
 use serde_json::{Value, json};
 
+/// The brokers a fleet runs on.
+pub struct Brokers {
+    /// `KEYWARD_AMQP_URL` of the worker and ingestors: one or several.
+    pub urls: String,
+    /// `KEYWARD_QUORUM_QUEUE`.
+    pub quorum: bool,
+    /// One address, for the bench's own declarations and clean-up.
+    pub admin: String,
+}
+
+impl Brokers {
+    /// The broker the tests use.
+    pub fn local() -> Self {
+        Self {
+            urls: amqp_url(),
+            quorum: false,
+            admin: amqp_url(),
+        }
+    }
+}
+
 pub struct Fleet {
     pub db: TestDatabase,
+    brokers: Brokers,
     pub broker: TestBroker,
     pub api: Running,
     pub http: reqwest::Client,
@@ -25,8 +47,13 @@ impl Fleet {
     /// key for the ingestors, and tenant `acme` with a role `shippers`
     /// that may ingest anywhere. `None` when a service is missing.
     pub async fn new() -> Option<Self> {
+        Self::on(Brokers::local()).await
+    }
+
+    /// As `new`, on `brokers`.
+    pub async fn on(brokers: Brokers) -> Option<Self> {
         let db = TestDatabase::postgres_unmigrated().await?;
-        let broker = TestBroker::new().await?;
+        let broker = TestBroker::at(&brokers.admin, &unique_prefix()).await?;
         let api = started(
             "keyward-api",
             &[
@@ -38,6 +65,7 @@ impl Fleet {
         let http = reqwest::Client::new();
         let mut fleet = Self {
             db,
+            brokers,
             broker,
             api,
             http,
@@ -98,13 +126,14 @@ impl Fleet {
 
     /// Starts `n` more sync workers.
     pub async fn start_workers(&mut self, n: usize) {
-        let amqp = amqp_url();
+        let quorum = self.brokers.quorum.to_string();
         for _ in 0..n {
             let worker = started(
                 "keyward-sync-worker",
                 &[
                     ("KEYWARD_DATABASE_URL", self.db.url.as_str()),
-                    ("KEYWARD_AMQP_URL", &amqp),
+                    ("KEYWARD_AMQP_URL", &self.brokers.urls),
+                    ("KEYWARD_QUORUM_QUEUE", &quorum),
                     ("KEYWARD_EXCHANGE", &self.broker.exchange),
                     ("KEYWARD_ACKS_QUEUE", &self.broker.acks_queue),
                 ],
@@ -116,7 +145,7 @@ impl Fleet {
 
     /// Starts `n` more reference ingestors, each on its own queue.
     pub async fn start_ingestors(&mut self, n: usize) {
-        let amqp = amqp_url();
+        let quorum = self.brokers.quorum.to_string();
         let api = self.api.url("");
         for _ in 0..n {
             let id = format!(
@@ -129,7 +158,8 @@ impl Fleet {
                 &[
                     ("KEYWARD_API_URL", api.as_str()),
                     ("KEYWARD_VERIFIER_KEY", self.verifier.as_str()),
-                    ("KEYWARD_AMQP_URL", &amqp),
+                    ("KEYWARD_AMQP_URL", &self.brokers.urls),
+                    ("KEYWARD_QUORUM_QUEUE", &quorum),
                     ("KEYWARD_EXCHANGE", &self.broker.exchange),
                     ("KEYWARD_ACKS_QUEUE", &self.broker.acks_queue),
                     ("KEYWARD_INGESTOR_ID", &id),

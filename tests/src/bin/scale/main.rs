@@ -5,17 +5,19 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! target/release/scale all      # or some of: keys create storm fanout
+//! target/release/scale all      # or some of: keys create storm fanout cluster
 //! target/release/scale keys --steps 1000,10000 --stores sqlite
 //! ```
 //!
 //! `--steps` (default 1000,10000,100000,1000000) are the key counts the
 //! database grows through; `--stores` (default sqlite,postgres) for keys and
-//! create (storm and fanout run on PostgreSQL). Needs `wrk`, and
-//! PostgreSQL and RabbitMQ as the tests do.
+//! create (storm, fanout and cluster run on PostgreSQL). Needs `wrk`, and
+//! PostgreSQL and RabbitMQ as the tests do; cluster starts three more
+//! RabbitMQ nodes with `scripts/rabbitmq-cluster.sh` (and stops them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cluster;
 mod create;
 mod fanout;
 mod fleet;
@@ -23,7 +25,7 @@ mod keys;
 mod report;
 mod storm;
 
-const PARTS: &[&str] = &["keys", "create", "storm", "fanout"];
+const PARTS: &[&str] = &["keys", "create", "storm", "fanout", "cluster"];
 
 struct Args {
     parts: Vec<String>,
@@ -94,6 +96,7 @@ async fn main() {
             "create" => create::run(&stores).await,
             "storm" => storm::run().await,
             "fanout" => fanout::run().await,
+            "cluster" => cluster::run().await,
             _ => unreachable!("parts are checked in args()"),
         }
     }

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use crate::fleet::Fleet;
 use crate::report;
 
-const INGESTORS: usize = 3;
+pub const INGESTORS: usize = 3;
 /// Writers into the store, and clients of the API.
 const CONCURRENCY: usize = 16;
 
@@ -132,7 +132,7 @@ pub async fn run() {
 }
 
 /// `n` keys of `acme`, written through the store; their ids.
-async fn create_keys(store: &Arc<dyn Store>, n: usize) -> Vec<KeyId> {
+pub async fn create_keys(store: &Arc<dyn Store>, n: usize) -> Vec<KeyId> {
     let acme = TenantId::parse("acme").unwrap();
     let next = Arc::new(AtomicUsize::new(0));
     let made = futures_util::future::join_all((0..CONCURRENCY).map(|_| {
@@ -163,7 +163,7 @@ async fn create_keys(store: &Arc<dyn Store>, n: usize) -> Vec<KeyId> {
     made.concat()
 }
 
-async fn revoke_in_store(store: &Arc<dyn Store>, keys: Vec<KeyId>) {
+pub async fn revoke_in_store(store: &Arc<dyn Store>, keys: Vec<KeyId>) {
     let acme = TenantId::parse("acme").unwrap();
     let keys = Arc::new(keys);
     let next = Arc::new(AtomicUsize::new(0));
@@ -238,7 +238,7 @@ async fn until_applied(db: &PgPool, acked: i64, storm: usize) -> (Instant, Insta
 }
 
 /// Events dead, or not applied by every ingestor: "none", or how many.
-async fn lost(db: &PgPool) -> String {
+pub async fn lost(db: &PgPool) -> String {
     let dead = count(db, "SELECT COUNT(*) FROM outbox WHERE dead_at IS NOT NULL").await;
     let unapplied: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM outbox o WHERE o.kind = 'key.revoked' AND \
@@ -255,14 +255,14 @@ async fn lost(db: &PgPool) -> String {
     }
 }
 
-async fn count(db: &PgPool, sql: &'static str) -> i64 {
+pub async fn count(db: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(db).await.unwrap()
 }
 
-fn rate(n: usize, took: Duration) -> f64 {
+pub fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64().max(1e-9)
 }
 
-fn secs(d: Duration) -> String {
+pub fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
