@@ -168,16 +168,22 @@ struct KeyState {
     replaced: bool,
 }
 
-/// The start of the expired keys' listing. Given a cursor, SQLite would
-/// rather page `(tenant_id, status, key_id)` below it and test every
-/// active key's expiry than read the few expired ones and sort them; the
-/// expired keys are never more than the active keys below any cursor, so
-/// the expiring index is always the cheaper read. PostgreSQL weighs the
-/// two by its statistics of `expires_at`.
+/// The start of the expired keys' listing: the page's ids are chosen from
+/// the index of active keys by expiry alone (covering: the tenant's
+/// expired keys are read and sorted as index entries, and only the page's
+/// rows are fetched), then read. Given a cursor, SQLite would rather page
+/// `(tenant_id, status, key_id)` below it and test every active key's
+/// expiry; the expired keys are never more than the active keys below any
+/// cursor, so it is told which index to use. PostgreSQL weighs the two by
+/// its statistics of `expires_at`.
 const EXPIRED_KEY_SELECT: Dialect = Dialect {
-    sqlite: key_select!(@from "api_keys k INDEXED BY api_keys_tenant_expiring",
-                        "WHERE k.tenant_id = "),
-    postgres: key_select!("WHERE k.tenant_id = "),
+    sqlite: key_select!(
+        "WHERE k.key_id IN (SELECT e.key_id FROM api_keys e \
+         INDEXED BY api_keys_tenant_expiring WHERE e.tenant_id = "
+    ),
+    postgres: key_select!(
+        "WHERE k.key_id IN (SELECT e.key_id FROM api_keys e WHERE e.tenant_id = "
+    ),
 };
 
 /// A page of a tenant's keys, newest first: one statement per (status
@@ -188,22 +194,33 @@ const EXPIRED_KEY_SELECT: Dialect = Dialect {
 /// on every page, and a deep cursor every key before it (issue #17).
 ///
 /// Indexes (migration 0006): `all` pages `(tenant_id, key_id)`; `active`
-/// and `revoked` page `(tenant_id, status, key_id)`; `expired` reads the
-/// tenant's keys whose expiry has passed from `(tenant_id, expires_at)` of
-/// active keys and sorts them, so its cost grows with the expired keys of
-/// that tenant, not with all its keys.
+/// and `revoked` page `(tenant_id, status, key_id)`; `expired` sorts the
+/// ids of the tenant's expired keys, read from the index of active keys by
+/// expiry (`EXPIRED_KEY_SELECT`), so its cost grows with the expired keys
+/// of that tenant (as index entries), not with all its keys.
 pub(super) fn list_statement(
     tenant: &TenantId,
     query: &KeyQuery,
     now: Timestamp,
 ) -> sqlx::QueryBuilder<Db> {
-    let mut q = sqlx::QueryBuilder::new(match query.status {
-        StatusFilter::Expired => sql(&EXPIRED_KEY_SELECT),
-        _ => key_select!("WHERE k.tenant_id = "),
-    });
+    let limit = i64::from(query.limit);
+    if query.status == StatusFilter::Expired {
+        let mut q = sqlx::QueryBuilder::new(sql(&EXPIRED_KEY_SELECT));
+        q.push_bind(tenant.as_str());
+        q.push(" AND e.status = 'active' AND e.expires_at <= ")
+            .push_bind(Ts(now));
+        if let Some(before) = query.before {
+            q.push(" AND e.key_id < ").push_bind(before.to_string());
+        }
+        q.push(" ORDER BY e.key_id DESC LIMIT ")
+            .push_bind(limit)
+            .push(") ORDER BY k.key_id DESC");
+        return q;
+    }
+    let mut q = sqlx::QueryBuilder::new(key_select!("WHERE k.tenant_id = "));
     q.push_bind(tenant.as_str());
     match query.status {
-        StatusFilter::All => {}
+        StatusFilter::All | StatusFilter::Expired => {}
         StatusFilter::Revoked => {
             q.push(" AND k.status = 'revoked'");
         }
@@ -212,16 +229,11 @@ pub(super) fn list_statement(
                 .push_bind(Ts(now))
                 .push(")");
         }
-        StatusFilter::Expired => {
-            q.push(" AND k.status = 'active' AND k.expires_at <= ")
-                .push_bind(Ts(now));
-        }
     }
     if let Some(before) = query.before {
         q.push(" AND k.key_id < ").push_bind(before.to_string());
     }
-    q.push(" ORDER BY k.key_id DESC LIMIT ")
-        .push_bind(i64::from(query.limit));
+    q.push(" ORDER BY k.key_id DESC LIMIT ").push_bind(limit);
     q
 }
 
