@@ -28,8 +28,10 @@ const OTHER_TENANTS: usize = 999;
 const RARE: usize = 1_000;
 /// Keys cached before the API's memory is read.
 const CACHED: usize = 100_000;
-/// Sequential requests per list figure, after a few unmeasured ones.
-const LIST_REQUESTS: usize = 200;
+/// Sequential requests per list figure, after `LIST_WARMUP` unmeasured
+/// ones (the first proves the password; the API has just started).
+const LIST_REQUESTS: usize = 500;
+const LIST_WARMUP: usize = 50;
 const WRK_SECONDS: u64 = 5;
 const WRK: (usize, usize) = (2, 64);
 
@@ -306,12 +308,12 @@ async fn measure(
     (list_row, verify_row)
 }
 
-/// `LIST_REQUESTS` GETs of `url` one after another as the admin, after ten
-/// unmeasured ones (the first proves the password); each answer must be a
-/// 200, and with `below` every key it lists must sort before that id.
+/// `LIST_REQUESTS` GETs of `url` one after another as the admin, after
+/// `LIST_WARMUP` unmeasured ones; each answer must be a 200, and with
+/// `below` every key it lists must sort before that id.
 async fn sequential(http: &reqwest::Client, url: &str, below: Option<&str>) -> Vec<Duration> {
     let mut took = Vec::with_capacity(LIST_REQUESTS);
-    for n in 0..LIST_REQUESTS + 10 {
+    for n in 0..LIST_REQUESTS + LIST_WARMUP {
         let began = Instant::now();
         let res = http
             .get(url)
@@ -330,7 +332,7 @@ async fn sequential(http: &reqwest::Client, url: &str, below: Option<&str>) -> V
             let first = page["items"][0]["keyId"].as_str().unwrap_or_default();
             assert!(!first.is_empty() && first < below, "{url}: {first}");
         }
-        if n >= 10 {
+        if n >= LIST_WARMUP {
             took.push(elapsed);
         }
     }
