@@ -172,6 +172,23 @@ impl System {
         key["revocation"].clone()
     }
 
+    /// Waits until the API counts `n` ingestors live.
+    async fn until_live(&self, n: usize) {
+        eventually("ingestors live", Duration::from_secs(10), || async {
+            let list = self
+                .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+                .await;
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["live"] == true)
+                .count()
+                == n
+        })
+        .await;
+    }
+
     /// Starts an ingestor node named `{prefix}-{name}`, through `amqp`.
     async fn ingestor(&self, name: &str, amqp: &str) -> Running {
         self.ingestor_with(name, amqp, &[]).await
@@ -304,19 +321,7 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
         assert_eq!(res.status(), 413);
     }
     // Both nodes know both ingestors before the revoke, so both count.
-    eventually("ingestors live", Duration::from_secs(10), || async {
-        let list = sys
-            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
-            .await;
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|i| i["live"] == true)
-            .count()
-            == 2
-    })
-    .await;
+    sys.until_live(2).await;
 
     let event = sys.revoke(&key_id).await;
     let revoked_at = Instant::now();
@@ -698,17 +703,7 @@ async fn with_several_broker_addresses_a_hanging_node_is_passed_over() {
             .await;
         }
     };
-    eventually("a live", Duration::from_secs(10), || async {
-        let list = sys
-            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
-            .await;
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|i| i["live"] == true)
-    })
-    .await;
+    sys.until_live(1).await;
     let (first_id, first) = sys.key().await;
     assert_eq!(ingest(http, &a, "clicks-1", &first).await, 202);
     sys.revoke(&first_id).await;

@@ -2,7 +2,6 @@
 //! role) under `wrk`, and the API's CPU per created key, next to healthz.
 
 use base64::Engine;
-use keyward_core::testing::TestDatabase;
 use keyward_tests::bench::wrk::{self, Wrk};
 use keyward_tests::bench::{PASSWORD, admin, started};
 use serde_json::json;
@@ -16,12 +15,8 @@ const WRK: (usize, usize) = (2, 16);
 pub async fn run(stores: &[&str]) {
     let mut rows = Vec::new();
     for store in stores {
-        let db = match *store {
-            "sqlite" => TestDatabase::sqlite().await,
-            _ => match TestDatabase::postgres().await {
-                Some(db) => db,
-                None => continue,
-            },
+        let Some(db) = crate::database(store).await else {
+            continue;
         };
         let node = started(
             "keyward-api",

@@ -61,12 +61,8 @@ pub async fn run(stores: &[&str], steps: &[usize]) {
     let mut lists = Vec::new();
     let mut verify = Vec::new();
     for store in stores {
-        let db = match *store {
-            "sqlite" => TestDatabase::sqlite().await,
-            _ => match TestDatabase::postgres().await {
-                Some(db) => db,
-                None => continue,
-            },
+        let Some(db) = crate::database(store).await else {
+            continue;
         };
         let s = db.store();
         let mut seeded = setup(&s).await;

@@ -74,6 +74,16 @@ fn args() -> Args {
     args
 }
 
+/// A fresh, migrated database of `store` (`sqlite` or `postgres`);
+/// `None` when PostgreSQL is not there and services are optional.
+async fn database(store: &str) -> Option<keyward_core::testing::TestDatabase> {
+    use keyward_core::testing::TestDatabase;
+    match store {
+        "sqlite" => Some(TestDatabase::sqlite().await),
+        _ => TestDatabase::postgres().await,
+    }
+}
+
 fn usage(why: &str) -> ! {
     eprintln!(
         "{why}\nusage: scale all|{} [--steps N,N,…] [--stores sqlite,postgres]",
