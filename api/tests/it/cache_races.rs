@@ -180,6 +180,21 @@ async fn role_withdrawn_during_a_miss_is_not_cached(app: TestApp) {
     );
 }
 
+/// `GET …/acme/apikeys` as user `ops` (Basic), in the background; its status.
+fn ops_lists_keys_in_background(app: &TestApp) -> tokio::task::JoinHandle<u16> {
+    let (client, base) = (app.client.clone(), app.base.clone());
+    tokio::spawn(async move {
+        client
+            .get(format!("{base}/api/v1/tenants/acme/apikeys"))
+            .basic_auth("ops", Some(ADMIN_PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
 /// A Basic credential whose user is deleted while its proof is held is
 /// not remembered: the next request with it is refused.
 async fn basic_user_deleted_during_its_proof_is_not_remembered(app: TestApp) {
@@ -190,18 +205,7 @@ async fn basic_user_deleted_during_its_proof_is_not_remembered(app: TestApp) {
     let ops = As::User("ops", ADMIN_PASSWORD);
 
     let mut held = app.gates.user.hold_next();
-    let in_flight = {
-        let (client, base) = (app.client.clone(), app.base.clone());
-        tokio::spawn(async move {
-            client
-                .get(format!("{base}/api/v1/tenants/acme/apikeys"))
-                .basic_auth("ops", Some(ADMIN_PASSWORD))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let in_flight = ops_lists_keys_in_background(&app);
     held.reached().await;
     // The admin's own proof passes the (now unarmed) gate.
     let (s, _) = app.delete("/api/v1/tenants/acme/users/ops", ADMIN).await;
@@ -228,19 +232,7 @@ async fn concurrent_first_basic_requests_share_one_proof(app: TestApp) {
     let fills = app.gates.user.passed();
     let mut held = app.gates.user.hold_next();
     let requests: Vec<_> = (0..16)
-        .map(|_| {
-            let (client, base) = (app.client.clone(), app.base.clone());
-            tokio::spawn(async move {
-                client
-                    .get(format!("{base}/api/v1/tenants/acme/apikeys"))
-                    .basic_auth("ops", Some(ADMIN_PASSWORD))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
+        .map(|_| ops_lists_keys_in_background(&app))
         .collect();
     held.reached().await;
     // Time for the other fifteen to arrive and queue behind the held proof

@@ -172,19 +172,24 @@ impl System {
         key["revocation"].clone()
     }
 
+    /// The ids of the ingestors the API lists as live.
+    async fn live_ingestors(&self) -> Vec<String> {
+        let list = self
+            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
+            .await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["live"] == true)
+            .filter_map(|i| i["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Waits until the API counts `n` ingestors live.
     async fn until_live(&self, n: usize) {
         eventually("ingestors live", Duration::from_secs(10), || async {
-            let list = self
-                .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
-                .await;
-            list["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|i| i["live"] == true)
-                .count()
-                == n
+            self.live_ingestors().await.len() == n
         })
         .await;
     }
@@ -267,14 +272,10 @@ fn library_consumer(
 /// arrive: its queue is bound and reports flow).
 async fn library_node_live(sys: &System, ingestor_id: &str) {
     eventually("the library node live", Duration::from_secs(10), || async {
-        let list = sys
-            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
-            .await;
-        list["items"]
-            .as_array()
-            .unwrap()
+        sys.live_ingestors()
+            .await
             .iter()
-            .any(|i| i["id"] == ingestor_id && i["live"] == true)
+            .any(|id| id == ingestor_id)
     })
     .await;
 }
