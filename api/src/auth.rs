@@ -373,7 +373,7 @@ async fn bearer(state: &AppState, credentials: &str, cached: bool) -> ApiResult<
     if cached {
         return Ok(Principal {
             id: PrincipalId::Key(verified.key_id),
-            permissions: verified.permissions,
+            permissions: Arc::clone(verified.permissions()),
         });
     }
     let Some(key) = state.store.key_credentials(verified.key_id).await? else {

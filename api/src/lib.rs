@@ -13,6 +13,7 @@ pub mod failed_proofs;
 pub mod fill_gate;
 pub mod fixed_window;
 pub mod generations;
+pub mod interned;
 pub mod key_loader;
 pub mod observe;
 pub mod proof_turns;

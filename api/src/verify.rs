@@ -21,7 +21,8 @@ use serde::Serialize;
 
 use crate::error::{ApiError, ApiResult, Code};
 use crate::fill_gate::FillGates;
-use crate::generations::{Generations, Scope};
+use crate::generations::{Generations, Scope, Snapshot};
+use crate::interned::Interned;
 use crate::key_loader::{KeyLoader, ReadFailed};
 use crate::usage::UsageRecorder;
 use crate::verify_cache::{DependsOn, Filled, KeyCache, KeyEntry, KeyState, is_current};
@@ -40,13 +41,36 @@ pub enum InvalidReason {
     Malformed,
 }
 
-#[derive(Debug, Clone)]
+/// A key proven valid, with the entry that proved it (cached, or made for
+/// this answer alone when the cache would not take it).
+#[derive(Clone)]
 pub struct VerifiedKey {
     pub key_id: KeyId,
-    pub permissions: Arc<Permissions>,
-    pub expires_at: Option<DateTime<Utc>>,
+    entry: Arc<Filled<KeyEntry>>,
+}
+
+impl VerifiedKey {
+    pub fn permissions(&self) -> &Arc<Permissions> {
+        &self.entry.value.state.permissions
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.entry.value.state.expires_at
+    }
+
     /// The key's `verify` answer once made (`KeyState::answer`).
-    pub answer: Arc<OnceLock<Bytes>>,
+    pub fn answer(&self) -> &OnceLock<Bytes> {
+        &self.entry.value.state.answer
+    }
+}
+
+impl std::fmt::Debug for VerifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedKey")
+            .field("key_id", &self.key_id)
+            .field("tenant", &self.permissions().tenant)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +130,7 @@ impl VerifyService {
                 store,
                 generations,
                 gates,
+                permissions: Arc::default(),
             },
             passwords,
             cache,
@@ -121,8 +146,7 @@ impl VerifyService {
         let key_id = token.key_id();
         let offered = KeyDigest::of(token.expose_secret());
         if let Some(entry) = self.cache.get(&key_id) {
-            let verdict = self.judge(key_id, &entry.value.digest, &entry.value.state, &offered);
-            return Ok(count(verdict, "hit"));
+            return Ok(count(self.judge(key_id, entry, &offered), "hit"));
         }
         let reader = self.reader.clone();
         let mut read = self
@@ -140,13 +164,13 @@ impl VerifyService {
         };
         let verdict = match StoredSecret::classify(&row.secret_hash) {
             StoredSecret::Sha256(stored) => {
-                self.remember(key_id, stored, &read);
-                self.judge(key_id, &stored, &row.state, &offered)
+                let entry = self.remember(key_id, stored, row, read.filled);
+                self.judge(key_id, entry, &offered)
             }
             StoredSecret::Argon2(phc) => {
                 if self.prove_legacy(key_id, &token, phc).await? {
-                    self.remember(key_id, offered, &read);
-                    self.judge(key_id, &offered, &row.state, &offered)
+                    let entry = self.remember(key_id, offered, row, read.filled);
+                    self.judge(key_id, entry, &offered)
                 } else {
                     Outcome::Invalid(InvalidReason::Unknown)
                 }
@@ -159,30 +183,32 @@ impl VerifyService {
         Ok(count(verdict, "miss"))
     }
 
-    /// Caches what a read found; the cache refuses it if the key or its
-    /// tenant changed since the read's snapshot.
-    fn remember(&self, key_id: KeyId, digest: KeyDigest, read: &Read) {
-        let Some(row) = &read.value else { return };
+    /// The entry for what a read found, cached unless the key or its
+    /// tenant changed since the read's snapshot (then it serves this
+    /// answer alone).
+    fn remember(
+        &self,
+        key_id: KeyId,
+        digest: KeyDigest,
+        row: &KeyRow,
+        filled: Snapshot,
+    ) -> Arc<Filled<KeyEntry>> {
         // Every request of a flight gets here with the same read: the
         // first one caches it, the others find it there.
-        if self
-            .cache
-            .get(&key_id)
-            .is_some_and(|cached| cached.filled >= read.filled)
+        if let Some(cached) = self.cache.get(&key_id)
+            && cached.filled >= filled
         {
-            return;
+            return cached;
         }
-        let entry = KeyEntry {
-            digest,
-            state: row.state.clone(),
-        };
-        self.cache.insert(
-            key_id,
-            Arc::new(Filled {
-                value: entry,
-                filled: read.filled,
-            }),
-        );
+        let entry = Arc::new(Filled {
+            value: KeyEntry {
+                digest,
+                state: row.state.fresh_copy(),
+            },
+            filled,
+        });
+        self.cache.insert(key_id, Arc::clone(&entry));
+        entry
     }
 
     /// A key written as argon2id by an earlier version: proven on the
@@ -205,16 +231,11 @@ impl VerifyService {
 
     /// The offered secret against the key's digest, then status and expiry
     /// at this moment; a valid use is remembered.
-    fn judge(
-        &self,
-        key_id: KeyId,
-        stored: &KeyDigest,
-        state: &KeyState,
-        offered: &KeyDigest,
-    ) -> Outcome {
+    fn judge(&self, key_id: KeyId, entry: Arc<Filled<KeyEntry>>, offered: &KeyDigest) -> Outcome {
+        let state = &entry.value.state;
         // One key has one secret: another digest is a wrong secret, and
         // a wrong secret learns nothing about the key's state.
-        if !stored.matches(offered) {
+        if !entry.value.digest.matches(offered) {
             return Outcome::Invalid(InvalidReason::Unknown);
         }
         let now = Utc::now();
@@ -227,12 +248,7 @@ impl VerifyService {
         if state.first_use_in(now.timestamp()) {
             self.usage.record(key_id, now);
         }
-        Outcome::Valid(VerifiedKey {
-            key_id,
-            permissions: Arc::clone(&state.permissions),
-            expires_at: state.expires_at,
-            answer: Arc::clone(&state.answer),
-        })
+        Outcome::Valid(VerifiedKey { key_id, entry })
     }
 
     /// Writes remembered uses in one batch.
@@ -258,6 +274,9 @@ struct Reader {
     loader: Arc<KeyLoader>,
     generations: Arc<Generations>,
     gates: Arc<FillGates>,
+    /// Keys of a tenant mostly hold equal permissions: cached, they share
+    /// one copy.
+    permissions: Arc<Interned<Permissions>>,
 }
 
 impl Reader {
@@ -272,7 +291,8 @@ impl Reader {
                 state: KeyState::new(
                     c.active,
                     c.expires_at,
-                    Arc::new(Permissions::from_grants(c.tenant_id, c.grants)),
+                    self.permissions
+                        .share(Permissions::from_grants(c.tenant_id, c.grants)),
                 ),
                 secret_hash: c.secret_hash,
             }),

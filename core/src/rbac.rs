@@ -29,7 +29,7 @@ pub struct RoleGrant {
 }
 
 /// A role the principal holds, and every way it holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveRole {
@@ -39,7 +39,7 @@ pub struct EffectiveRole {
 }
 
 /// Everything a principal of `tenant` may do, as of the read that built it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Permissions {
     pub tenant: TenantId,
     pub roles: Vec<EffectiveRole>,

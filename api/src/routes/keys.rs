@@ -470,10 +470,10 @@ pub async fn validate(
     let tenant = scope.tenant;
     let body: ApiKeyBody = read_json(&req, payload).await?;
     let answer = match state.verifier.verify(body.api_key.expose()).await? {
-        Outcome::Valid(v) if v.permissions.tenant == tenant => Validation {
+        Outcome::Valid(v) if v.permissions().tenant == tenant => Validation {
             valid: true,
             key_id: Some(v.key_id),
-            roles: Some(v.permissions.role_names()),
+            roles: Some(v.permissions().role_names()),
         },
         _ => Validation {
             valid: false,
@@ -507,23 +507,26 @@ pub async fn verify(
     let answer = match state.verifier.verify(body.api_key.expose()).await? {
         Outcome::Valid(v) => {
             // Made once per cached key, then shared (`KeyState::answer`).
-            if let Some(made) = v.answer.get() {
+            if let Some(made) = v.answer().get() {
                 return Ok(json_body(made.clone()));
             }
+            // Exactly as long as the body: it is kept as long as the key is
+            // cached, and the serialiser's spare capacity was up to half.
             let made = Bytes::from(
                 serde_json::to_vec(&Verification {
                     valid: true,
-                    tenant_id: Some(v.permissions.tenant.clone()),
+                    tenant_id: Some(v.permissions().tenant.clone()),
                     key_id: Some(v.key_id),
-                    roles: Some(v.permissions.role_names()),
-                    privileges: Some(v.permissions.privileges()),
-                    expires_at: Some(v.expires_at),
+                    roles: Some(v.permissions().role_names()),
+                    privileges: Some(v.permissions().privileges()),
+                    expires_at: Some(v.expires_at()),
                     cache_ttl_seconds: Some(state.verifier.cache.ttl().as_secs()),
                     reason: None,
                 })
-                .map_err(ApiError::internal)?,
+                .map_err(ApiError::internal)?
+                .into_boxed_slice(),
             );
-            let _ = v.answer.set(made.clone());
+            let _ = v.answer().set(made.clone());
             return Ok(json_body(made));
         }
         Outcome::Invalid(reason) => Verification {
