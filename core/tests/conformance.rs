@@ -1351,6 +1351,48 @@ async fn ingestors_acks_and_applied_state(s: S) {
     assert_eq!(rev.applied_by, 3, "i1, i2 and now i3");
 }
 
+/// `unacked`: events published since the ingestor was first seen, less
+/// its acks of those — acks recorded before the worker marked their event
+/// published (the report outran the mark) included, before and after the
+/// worker's housekeeping settles them.
+async fn unacked_counts_acks_that_outran_their_publication(s: S) {
+    let acme = tenant(&s, "acme").await;
+    revoked_keys(&s, &acme, 5).await;
+    let t0 = now();
+    let at = |secs| t0 + chrono::Duration::seconds(secs);
+    let events = s.claim_events("w", LEASE, 10, t0).await.unwrap();
+    let [before, early, acked, late, never] = &events[..] else {
+        panic!("five events: {events:?}");
+    };
+    // Published before the ingestor was first seen: not owed.
+    s.mark_published(&[before.id], at(-10), at(-40))
+        .await
+        .unwrap();
+    s.ingestor_heartbeat("i1", "q1", t0).await.unwrap();
+    s.record_applied(before.event_id, "i1", at(1))
+        .await
+        .unwrap();
+    // This report outran the mark: recorded while still unpublished.
+    assert!(s.record_applied(early.event_id, "i1", at(1)).await.unwrap());
+    let rest = [early.id, acked.id, late.id, never.id];
+    s.mark_published(&rest, at(2), t0).await.unwrap();
+    s.record_applied(acked.event_id, "i1", at(3)).await.unwrap();
+    assert_eq!(unacked(&s, "i1").await, 2, "late and never");
+    assert_eq!(s.settle_acks().await.unwrap(), 1, "the early ack");
+    assert_eq!(unacked(&s, "i1").await, 2, "the same once settled");
+    assert_eq!(s.settle_acks().await.unwrap(), 0);
+    s.record_applied(late.event_id, "i1", at(4)).await.unwrap();
+    assert_eq!(unacked(&s, "i1").await, 1, "never");
+    // A node first seen after all of it owes nothing.
+    s.ingestor_heartbeat("i2", "q2", at(5)).await.unwrap();
+    assert_eq!(unacked(&s, "i2").await, 0);
+}
+
+async fn unacked(s: &S, ingestor: &str) -> i64 {
+    let list = s.list_ingestors().await.unwrap();
+    list.iter().find(|i| i.id == ingestor).unwrap().unacked
+}
+
 trait Micros {
     fn with_nanosecond_micros(self) -> Self;
 }
@@ -2056,6 +2098,7 @@ conformance!(
     purge_keeps_undelivered_rows,
     concurrent_claimers_never_share_a_row,
     ingestors_acks_and_applied_state,
+    unacked_counts_acks_that_outran_their_publication,
     rbac_changes_emit_events_and_audit,
     key_update_changes_and_announces,
     rotation_with_and_without_grace,

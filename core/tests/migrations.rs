@@ -80,6 +80,21 @@ async fn upgraded(store: &dyn Store, written: Written) {
     let pending = store.event_status(written.pending).await.unwrap().unwrap();
     assert_eq!(pending.state, EventState::Pending);
     assert!(pending.key_id.is_some());
+    // Acks written before 0007 took their event's publication time there:
+    // none is left for the worker to settle, and the one published event
+    // counts as acked by the node seen from the start.
+    assert_eq!(store.settle_acks().await.unwrap(), 0);
+    let epoch = chrono::DateTime::UNIX_EPOCH;
+    store.ingestor_heartbeat("i-1", "q", epoch).await.unwrap();
+    store.ingestor_heartbeat("i-2", "q", epoch).await.unwrap();
+    let unacked: Vec<i64> = store
+        .list_ingestors()
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.unacked)
+        .collect();
+    assert_eq!(unacked, [0, 1]);
 
     let acme = keyward_core::testing::ensure_tenant(store, "acme").await;
     let change = change();

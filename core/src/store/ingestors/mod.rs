@@ -13,6 +13,11 @@ use crate::ids::EventId;
 pub trait IngestorStore: Backend {
     async fn ingestor_heartbeat(&self, id: &str, queue: &str, at: Timestamp) -> StoreResult<()>;
     async fn list_ingestors(&self) -> StoreResult<Vec<IngestorRecord>>;
+    /// Gives the acks recorded before their event was marked published
+    /// (a report can outrun the worker's mark) the event's publication
+    /// time; how many. `list_ingestors` counts right either way; settled
+    /// acks are counted from an index alone.
+    async fn settle_acks(&self) -> StoreResult<u64>;
     /// Records an ingestor's `applied` report. Idempotent: the same report
     /// twice is one. A report for an event the outbox no longer holds is
     /// ignored. `true` when it was new.

@@ -4,6 +4,8 @@
 //! upgrade a read lock. SQLite has no NOTIFY: workers poll, and one process
 //! owns the file, so there is nobody else to tell of a change.
 
+#[cfg(test)]
+mod ack_plans;
 #[path = "../audit/sql.rs"]
 mod audit;
 #[path = "../backend.rs"]
