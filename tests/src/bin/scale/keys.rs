@@ -69,7 +69,12 @@ pub async fn run(stores: &[&str], steps: &[usize]) {
         let mut have = 0;
         for &step in steps {
             let started_at = Instant::now();
-            seed(&s, have, step, &mut seeded).await;
+            for chunk in (have..step).step_by(ANALYZE_EVERY) {
+                seed(&s, chunk, (chunk + ANALYZE_EVERY).min(step), &mut seeded).await;
+                if *store == "postgres" {
+                    crate::analyze(db.url.as_str()).await;
+                }
+            }
             let rate = (step - have) as f64 / started_at.elapsed().as_secs_f64();
             have = step;
             eprintln!("{store}: {step} keys ({rate:.0} keys/s through the store)");
@@ -106,6 +111,9 @@ const VERIFY_HEADER: &[&str] = &[
     "verify, miss (cache off)",
     "API RSS: ready → keys cached",
 ];
+
+/// Keys written between two `ANALYZE`s on PostgreSQL.
+const ANALYZE_EVERY: usize = 100_000;
 
 /// The tenants and the ingestors' verifier key.
 async fn setup(store: &Arc<dyn Store>) -> Seeded {

@@ -35,6 +35,7 @@ pub async fn run() {
     let mut rows = Vec::new();
     for workers in [1, 2] {
         let keys = create_keys(&store, storm).await;
+        crate::analyze(fleet.db.url.as_str()).await;
         let began = Instant::now();
         revoke_in_store(&store, keys).await;
         let written = began.elapsed();
@@ -66,8 +67,11 @@ pub async fn run() {
             lost(&db).await,
         ]);
         fleet.workers.clear();
+        // The outbox and the acks grew by a storm's worth.
+        crate::analyze(fleet.db.url.as_str()).await;
     }
     let keys = create_keys(&store, storm).await;
+    crate::analyze(fleet.db.url.as_str()).await;
     fleet.start_workers(2).await;
     let acked = count(&db, "SELECT COUNT(*) FROM event_acks").await;
     let began = Instant::now();
