@@ -35,15 +35,7 @@ async fn unacked_is_counted_from_index_ranges() {
         );
     }
     // The only scan is of the ingestors themselves.
-    let scans: Vec<_> = plan
-        .iter()
-        .filter(|step| step.starts_with("SCAN"))
-        .collect();
-    assert_eq!(
-        scans,
-        ["SCAN i USING INDEX sqlite_autoindex_ingestors_1"],
-        "{plan:#?}"
-    );
+    assert_scans(&plan, &["SCAN i USING INDEX sqlite_autoindex_ingestors_1"]);
 }
 
 #[tokio::test]
@@ -52,13 +44,15 @@ async fn settling_reads_the_unsettled_acks_alone() {
     store.migrate().await.unwrap();
     let plan = plan(&store, SETTLE_ACKS.sqlite).await;
     // A scan of the partial index: the unsettled acks, not every ack.
-    let scans: Vec<_> = plan
+    assert_scans(&plan, &["SCAN event_acks USING INDEX event_acks_unsettled"]);
+}
+
+/// The plan's scans (steps that read a table or index whole) are these.
+fn assert_scans(plan: &[String], expected: &[&str]) {
+    let scans: Vec<&str> = plan
         .iter()
+        .map(String::as_str)
         .filter(|step| step.starts_with("SCAN"))
         .collect();
-    assert_eq!(
-        scans,
-        ["SCAN event_acks USING INDEX event_acks_unsettled"],
-        "{plan:#?}"
-    );
+    assert_eq!(scans, expected, "{plan:#?}");
 }
