@@ -58,16 +58,13 @@ impl<T: Hash + Eq> Interned<T> {
     }
 
     /// Distinct values held (some may no longer be in use).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values
             .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -172,14 +172,18 @@ impl System {
         key["revocation"].clone()
     }
 
-    /// The ids of the ingestors the API lists as live.
-    async fn live_ingestors(&self) -> Vec<String> {
+    /// The ingestors as `GET /api/v1/ingestors` lists them.
+    async fn ingestors(&self) -> Vec<serde_json::Value> {
         let list = self
             .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
             .await;
-        list["items"]
-            .as_array()
-            .unwrap()
+        list["items"].as_array().unwrap().clone()
+    }
+
+    /// The ids of the ingestors the API lists as live.
+    async fn live_ingestors(&self) -> Vec<String> {
+        self.ingestors()
+            .await
             .iter()
             .filter(|i| i["live"] == true)
             .filter_map(|i| i["id"].as_str().map(str::to_owned))
@@ -355,10 +359,7 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
         (r["appliedBy"].as_i64(), r["ingestors"].as_i64()),
         (Some(2), Some(2))
     );
-    let list = sys
-        .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
-        .await;
-    for i in list["items"].as_array().unwrap() {
+    for i in &sys.ingestors().await {
         assert_eq!(i["unacked"], 0, "{i}");
         assert!(
             i["queue"]
@@ -555,12 +556,8 @@ async fn a_restarted_ingestor_rejects_a_key_revoked_while_it_was_down() {
     a.exit_status(Duration::from_secs(5)).await;
     // Past the liveness window, the dead node no longer counts.
     eventually("a not live", Duration::from_secs(10), || async {
-        let list = sys
-            .admin(reqwest::Method::GET, "/api/v1/ingestors", None)
-            .await;
-        list["items"]
-            .as_array()
-            .unwrap()
+        sys.ingestors()
+            .await
             .iter()
             .any(|i| i["id"].as_str().unwrap().ends_with("-a") && i["live"] == false)
     })
