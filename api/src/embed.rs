@@ -72,9 +72,10 @@ pub struct KeywardApi {
 
 impl KeywardApi {
     /// Migrates `store`'s database (the store opens migrated), creates the
-    /// first `admin` on an empty one, and starts the verifier's background
-    /// work (usage writes, the change feed of other replicas). Call it once
-    /// per process, inside the runtime that serves.
+    /// first `admin` on an empty one, and starts the background work (the
+    /// verifier's usage writes and change feed of other replicas, the
+    /// expired keys' sweep). Call it once per process, inside the runtime
+    /// that serves.
     pub async fn new(settings: &Settings, store: Arc<dyn Store>) -> anyhow::Result<Self> {
         let hasher = PasswordHasher::new(settings.argon2).context("argon2 settings")?;
         bootstrap_admin(store.as_ref(), &hasher, settings.admin_password.as_ref())
@@ -98,6 +99,7 @@ impl KeywardApi {
             Arc::clone(&generations),
             Arc::clone(&store),
         );
+        crate::expiry_sweep::spawn(Arc::clone(&store));
         let readiness: Arc<dyn Readiness> = Arc::new(DatabaseReadiness(Arc::clone(&store)));
         let state = web::Data::new(AppState {
             store,

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod denied;
 pub mod embed;
 pub mod error;
+pub mod expiry_sweep;
 pub mod extract;
 pub mod failed_proofs;
 pub mod fill_gate;

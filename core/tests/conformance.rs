@@ -889,6 +889,141 @@ async fn key_listing_pages_and_filters(s: S) {
     assert_eq!(under(StatusFilter::All).await, vec![ids[2], ids[1], ids[0]]);
 }
 
+/// The tenant's keys under `status`, paged `limit` at a time, as listed at
+/// `at`.
+async fn listed(
+    s: &S,
+    tenant: &TenantId,
+    status: StatusFilter,
+    at: Timestamp,
+    limit: u32,
+) -> Vec<(KeyId, KeyStatus)> {
+    let mut all = Vec::new();
+    let mut before = None;
+    loop {
+        let q = KeyQuery {
+            status,
+            limit,
+            before,
+        };
+        let page = s.list_keys(tenant, &q, at).await.unwrap();
+        all.extend(page.iter().map(|k| (k.key_id, k.status)));
+        match page.last() {
+            Some(last) if page.len() == limit as usize => before = Some(last.key_id),
+            _ => return all,
+        }
+    }
+}
+
+/// Expired keys list the same before, during and after the sweep that marks
+/// them (`expiry_passed`, migration 0008: which index holds a key, not
+/// whether it has expired): partly swept pages merge both indexes in
+/// order, a sweeper whose clock runs ahead changes no answer, a swept key
+/// whose expiry moves ahead is active again and expired once that passes,
+/// and a revoked one is only revoked.
+async fn expired_keys_list_the_same_swept_or_not(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let base = now();
+    let hours = |h: i64| base + chrono::Duration::hours(h);
+    let minutes = |m: i64| base + chrono::Duration::minutes(m);
+    // Key i expires at hour i + 1; key 6 never.
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut nk = new_key(&acme, &format!("k{i}"), &[]);
+        nk.expires_at = (i < 6).then(|| hours(i + 1));
+        ids.push(s.create_key(&nk, &change()).await.unwrap().key_id);
+        // ULIDs in the same millisecond still sort, but not by creation.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let other = tenant(&s, "other").await;
+    let mut theirs = new_key(&other, "theirs", &[]);
+    theirs.expires_at = Some(hours(1));
+    s.create_key(&theirs, &change()).await.unwrap();
+
+    let expired = |n: &[usize]| {
+        n.iter()
+            .map(|&i| (ids[i], KeyStatus::Expired))
+            .collect::<Vec<_>>()
+    };
+    let at4 = minutes(4 * 60 + 1);
+    let before_sweep = listed(&s, &acme, StatusFilter::Expired, at4, 2).await;
+    assert_eq!(before_sweep, expired(&[3, 2, 1, 0]));
+
+    // The sweep takes its batch, oldest expiry first, across tenants.
+    let sweep = |at, limit| {
+        let s = s.clone();
+        async move { s.sweep_expired_keys(at, limit).await.unwrap() }
+    };
+    assert_eq!(sweep(minutes(150), 2).await, 2, "acme's k0 and other's key");
+    assert_eq!(sweep(minutes(150), 2).await, 1, "k1");
+    assert_eq!(sweep(minutes(150), 2).await, 0);
+    // k0 and k1 swept, k2 and k3 not: every page size merges both.
+    for limit in [1, 2, 3, 50] {
+        assert_eq!(
+            listed(&s, &acme, StatusFilter::Expired, at4, limit).await,
+            before_sweep,
+            "limit {limit}"
+        );
+    }
+    // A sweeper whose clock runs ahead marks k4 too; at hour 4 it is still
+    // active, and listed as such.
+    assert_eq!(sweep(minutes(5 * 60 + 30), 100).await, 3);
+    assert_eq!(
+        listed(&s, &acme, StatusFilter::Expired, at4, 2).await,
+        before_sweep
+    );
+    let active = listed(&s, &acme, StatusFilter::Active, at4, 50).await;
+    assert_eq!(
+        active,
+        vec![
+            (ids[6], KeyStatus::Active),
+            (ids[5], KeyStatus::Active),
+            (ids[4], KeyStatus::Active)
+        ]
+    );
+
+    // k1's expiry moves ahead: active at hour 4, expired at hour 8.
+    let later = KeyUpdate {
+        expires_at: Some(Some(hours(7))),
+        ..KeyUpdate::default()
+    };
+    s.update_key(&acme, ids[1], &later, &change())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&s, &acme, StatusFilter::Expired, at4, 2).await,
+        expired(&[3, 2, 0])
+    );
+    assert!(
+        listed(&s, &acme, StatusFilter::Active, at4, 50)
+            .await
+            .contains(&(ids[1], KeyStatus::Active))
+    );
+    let at8 = hours(8);
+    assert_eq!(
+        listed(&s, &acme, StatusFilter::Expired, at8, 2).await,
+        expired(&[5, 4, 3, 2, 1, 0])
+    );
+
+    // A swept key revoked is revoked, not expired.
+    revoke(&s, &acme, ids[0]).await;
+    assert_eq!(
+        listed(&s, &acme, StatusFilter::Expired, at8, 4).await,
+        expired(&[5, 4, 3, 2, 1])
+    );
+    assert_eq!(
+        listed(&s, &acme, StatusFilter::Revoked, at8, 4).await,
+        vec![(ids[0], KeyStatus::Revoked)]
+    );
+    // Other tenants' expired keys, swept, stay theirs.
+    assert_eq!(
+        listed(&s, &other, StatusFilter::Expired, at8, 4)
+            .await
+            .len(),
+        1
+    );
+}
+
 async fn key_usage_is_recorded_in_batches(s: S) {
     let acme = tenant(&s, "acme").await;
     let a = key(&s, &acme, "a", &[]).await.key_id;
@@ -2088,6 +2223,7 @@ conformance!(
     key_names_unique_among_active_keys,
     key_creation_is_all_or_nothing,
     key_listing_pages_and_filters,
+    expired_keys_list_the_same_swept_or_not,
     key_usage_is_recorded_in_batches,
     revoke_writes_tombstone_and_one_event,
     concurrent_revokes_write_one_event,

@@ -80,6 +80,12 @@ pub trait KeyStore: Backend {
     /// Records last use for many keys in one transaction (the verify path
     /// batches them in memory first). Never moves `last_used_at` backwards.
     async fn record_key_usage(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<u64>;
+    /// Marks at most `limit` active keys whose expiry passed by `now` as
+    /// swept (`expiry_passed`, migration 0008); how many it marked. An index
+    /// hint for the listing of expired keys, not a change of state: no
+    /// event, no audit record, nothing cached changes. Keys another sweeper
+    /// holds are skipped.
+    async fn sweep_expired_keys(&self, now: Timestamp, limit: u32) -> StoreResult<u64>;
     /// A feed of cached-verification invalidations from other replicas
     /// (PostgreSQL `LISTEN keyward_keys`); `None` where there are none to
     /// hear (SQLite: one process owns the file).

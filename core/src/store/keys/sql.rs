@@ -168,22 +168,84 @@ struct KeyState {
     replaced: bool,
 }
 
-/// The start of the expired keys' listing: the page's ids are chosen from
-/// the index of active keys by expiry alone (covering: the tenant's
-/// expired keys are read and sorted as index entries, and only the page's
-/// rows are fetched), then read. Given a cursor, SQLite would rather page
-/// `(tenant_id, status, key_id)` below it and test every active key's
-/// expiry; the expired keys are never more than the active keys below any
-/// cursor, so it is told which index to use. PostgreSQL weighs the two by
-/// its statistics of `expires_at`.
-const EXPIRED_KEY_SELECT: Dialect = Dialect {
-    sqlite: key_select!(
-        "WHERE k.key_id IN (SELECT e.key_id FROM api_keys e \
-         INDEXED BY api_keys_tenant_expiring WHERE e.tenant_id = "
-    ),
-    postgres: key_select!(
-        "WHERE k.key_id IN (SELECT e.key_id FROM api_keys e WHERE e.tenant_id = "
-    ),
+/// Where the expired keys' listing reads its ids: the swept keys
+/// (`expiry_passed`) from their index by (tenant, id), and the few not yet
+/// swept from the index of unswept expiring keys (migration 0008). Given a
+/// cursor, SQLite would rather page `(tenant_id, status, key_id)` below it
+/// and test every active key, so it is told which index to use; PostgreSQL
+/// picks these by their predicates.
+const SWEPT_EXPIRED_FROM: Dialect = Dialect {
+    sqlite: "api_keys e INDEXED BY api_keys_tenant_expired",
+    postgres: "api_keys e",
+};
+const UNSWEPT_EXPIRED_FROM: Dialect = Dialect {
+    sqlite: "api_keys e INDEXED BY api_keys_tenant_expiring",
+    postgres: "api_keys e",
+};
+
+/// A page of the tenant's expired keys: the page's ids are the newest of
+/// the swept ones (a range of their index, like any other filter) merged
+/// with the newest of the unswept ones (a minute's worth of expiries,
+/// sorted), then those rows are read. Both parts test the expiry against
+/// `now`: the flag only says which index holds a key, never whether it
+/// has expired (a sweeper whose clock runs ahead may set it early).
+fn expired_list_statement(
+    tenant: &TenantId,
+    query: &KeyQuery,
+    now: Timestamp,
+) -> sqlx::QueryBuilder<Db> {
+    let limit = i64::from(query.limit);
+    let mut q = sqlx::QueryBuilder::new(key_select!("WHERE k.key_id IN ("));
+    let parts = [
+        ("swept", &SWEPT_EXPIRED_FROM, "e.expiry_passed"),
+        ("unswept", &UNSWEPT_EXPIRED_FROM, "NOT e.expiry_passed"),
+    ];
+    for (i, (alias, from, flag)) in parts.into_iter().enumerate() {
+        if i > 0 {
+            q.push(" UNION ALL ");
+        }
+        q.push("SELECT key_id FROM (SELECT e.key_id FROM ")
+            .push(sql(from))
+            .push(" WHERE e.tenant_id = ")
+            .push_bind(tenant.as_str())
+            .push(" AND e.status = 'active' AND ")
+            .push(flag)
+            .push(" AND e.expires_at <= ")
+            .push_bind(Ts(now));
+        if let Some(before) = query.before {
+            q.push(" AND e.key_id < ").push_bind(before.to_string());
+        }
+        q.push(" ORDER BY e.key_id DESC LIMIT ")
+            .push_bind(limit)
+            .push(") AS ")
+            .push(alias);
+    }
+    q.push(") ORDER BY k.key_id DESC LIMIT ").push_bind(limit);
+    q
+}
+
+/// Marks active keys whose expiry has passed as swept, oldest expiry
+/// first, a batch at a time (`api_keys_expiring` holds only the unswept).
+/// The outer test is checked again against a row another transaction
+/// changed meanwhile (an update that moved the expiry ahead is left
+/// alone); on PostgreSQL rows another sweeper (or a change) holds are
+/// skipped rather than waited for, so two replicas sweeping at once never
+/// deadlock. The batch is a materialised CTE there: as `IN (SELECT … LIMIT
+/// … FOR UPDATE SKIP LOCKED)` PostgreSQL marked more than the limit (the
+/// conformance test caught it). SQLite serialises writers.
+const SWEEP_EXPIRED: Dialect = Dialect {
+    sqlite: "UPDATE api_keys SET expiry_passed = TRUE \
+             WHERE status = 'active' AND expires_at <= $1 AND key_id IN \
+               (SELECT key_id FROM api_keys INDEXED BY api_keys_expiring \
+                WHERE status = 'active' AND expires_at IS NOT NULL AND NOT expiry_passed \
+                  AND expires_at <= $1 ORDER BY expires_at LIMIT $2)",
+    postgres: "WITH batch AS MATERIALIZED \
+                 (SELECT key_id FROM api_keys \
+                  WHERE status = 'active' AND expires_at IS NOT NULL AND NOT expiry_passed \
+                    AND expires_at <= $1 ORDER BY expires_at LIMIT $2 \
+                  FOR UPDATE SKIP LOCKED) \
+               UPDATE api_keys k SET expiry_passed = TRUE FROM batch \
+               WHERE k.key_id = batch.key_id AND k.status = 'active' AND k.expires_at <= $1",
 };
 
 /// A page of a tenant's keys, newest first: one statement per (status
@@ -194,10 +256,9 @@ const EXPIRED_KEY_SELECT: Dialect = Dialect {
 /// on every page, and a deep cursor every key before it (issue #17).
 ///
 /// Indexes (migration 0006): `all` pages `(tenant_id, key_id)`; `active`
-/// and `revoked` page `(tenant_id, status, key_id)`; `expired` sorts the
-/// ids of the tenant's expired keys, read from the index of active keys by
-/// expiry (`EXPIRED_KEY_SELECT`), so its cost grows with the expired keys
-/// of that tenant (as index entries), not with all its keys.
+/// and `revoked` page `(tenant_id, status, key_id)`; `expired` pages the
+/// swept expired keys' index (migration 0008) and adds the newest of those
+/// not yet swept (`expired_list_statement`).
 pub(super) fn list_statement(
     tenant: &TenantId,
     query: &KeyQuery,
@@ -205,17 +266,7 @@ pub(super) fn list_statement(
 ) -> sqlx::QueryBuilder<Db> {
     let limit = i64::from(query.limit);
     if query.status == StatusFilter::Expired {
-        let mut q = sqlx::QueryBuilder::new(sql(&EXPIRED_KEY_SELECT));
-        q.push_bind(tenant.as_str());
-        q.push(" AND e.status = 'active' AND e.expires_at <= ")
-            .push_bind(Ts(now));
-        if let Some(before) = query.before {
-            q.push(" AND e.key_id < ").push_bind(before.to_string());
-        }
-        q.push(" ORDER BY e.key_id DESC LIMIT ")
-            .push_bind(limit)
-            .push(") ORDER BY k.key_id DESC");
-        return q;
+        return expired_list_statement(tenant, query, now);
     }
     let mut q = sqlx::QueryBuilder::new(key_select!("WHERE k.tenant_id = "));
     q.push_bind(tenant.as_str());
@@ -483,12 +534,15 @@ impl KeyStore for SqlStore {
                 .await?;
         }
         if let Some(expires_at) = update.expires_at {
-            sqlx::query("UPDATE api_keys SET expires_at = $3 WHERE tenant_id = $1 AND key_id = $2")
-                .bind(tenant.as_str())
-                .bind(key_id.to_string())
-                .bind(expires_at.map(|t| Ts(truncate_micros(t))))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE api_keys SET expires_at = $3, expiry_passed = FALSE \
+                 WHERE tenant_id = $1 AND key_id = $2",
+            )
+            .bind(tenant.as_str())
+            .bind(key_id.to_string())
+            .bind(expires_at.map(|t| Ts(truncate_micros(t))))
+            .execute(&mut *tx)
+            .await?;
         }
         self.key_changed(
             &mut tx,
@@ -543,7 +597,7 @@ impl KeyStore for SqlStore {
             // A grace period never extends the old key's life.
             let until = old.expires_at.map_or(now + grace, |at| at.min(now + grace));
             sqlx::query(
-                "UPDATE api_keys SET expires_at = $3, replaced_by = $4 \
+                "UPDATE api_keys SET expires_at = $3, replaced_by = $4, expiry_passed = FALSE \
                  WHERE tenant_id = $1 AND key_id = $2",
             )
             .bind(tenant.as_str())
@@ -633,6 +687,19 @@ impl KeyStore for SqlStore {
             .fetch_all(&self.pool)
             .await?;
         keys_credentials(found)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn sweep_expired_keys(&self, now: Timestamp, limit: u32) -> StoreResult<u64> {
+        let mut tx = self.begin_write().await?;
+        let swept = sqlx::query(sql(&SWEEP_EXPIRED))
+            .bind(Ts(now))
+            .bind(i64::from(limit))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(swept)
     }
 
     async fn key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>> {
