@@ -594,15 +594,50 @@ async fn group_members_must_exist_in_the_tenant(s: S) {
 async fn keys_create_get(s: S) {
     let acme = tenant(&s, "acme").await;
     let ship = role(&s, &acme, "ship", ingest_priv("app-*")).await;
-    let mut nk = new_key(&acme, "ci", std::slice::from_ref(&ship));
-    nk.expires_at = Some(now() + chrono::Duration::days(1));
+    // Names whose order differs between byte order and a database's
+    // collation, one given twice: creation answers without reading back,
+    // and must answer what every read returns.
+    let mut roles = Vec::new();
+    for name in ["zeta", "a-c", "ab", "B", "a"] {
+        roles.push(role(&s, &acme, name, vec![]).await);
+    }
+    let mut given = vec![ship.clone()];
+    given.extend(roles.iter().cloned());
+    given.push(ship.clone());
+    let mut nk = new_key(&acme, "ci", &given);
+    nk.expires_at = Some(now() + chrono::Duration::nanoseconds(86_400_000_000_123));
     let created = s.create_key(&nk, &change()).await.unwrap();
     assert_eq!(created.key_id, nk.key_id);
     assert_eq!(created.status, KeyStatus::Active);
-    assert_eq!(created.roles, vec![ship]);
+    let mut sorted = given.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(created.roles, sorted);
     assert_eq!(created.start, nk.start);
     assert!(created.revocation.is_none() && created.last_used_at.is_none());
     assert_eq!(s.get_key(&acme, nk.key_id, now()).await.unwrap(), created);
+    let listed = s
+        .list_keys(
+            &acme,
+            &KeyQuery {
+                status: StatusFilter::All,
+                limit: 50,
+                before: None,
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![created.clone()]);
+    // An expiry already passed: created expired, as read.
+    let mut past = new_key(&acme, "past", &[]);
+    past.expires_at = Some(now() - chrono::Duration::seconds(1));
+    let created_past = s.create_key(&past, &change()).await.unwrap();
+    assert_eq!(created_past.status, KeyStatus::Expired);
+    assert_eq!(
+        s.get_key(&acme, past.key_id, now()).await.unwrap(),
+        created_past
+    );
     let other = tenant(&s, "other").await;
     assert!(matches!(
         s.get_key(&other, nk.key_id, now()).await,

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::FromRow;
 
 use super::rows::{GrantRow, fold_grants, key_id, parse, roles, tenant};
-use super::timestamp::Ts;
+use super::timestamp::{Ts, truncate_micros};
 use super::{
     ApiKey, Backend, Change, EventProgress, KeyCredentials, KeyQuery, KeyStatus, KeyUpdate,
     NewApiKey, Revocation, Revoked, Rotated, RotatedKey, StoreResult, Timestamp,
@@ -160,6 +160,10 @@ pub(crate) struct KeyRow {
 impl KeyRow {
     pub(crate) fn into_key(self, role_names: &[String], now: Timestamp) -> StoreResult<ApiKey> {
         let active = self.status == "active";
+        let mut roles = roles(role_names)?;
+        // In Rust's order, not the database's collation: a key just created
+        // is answered without reading its roles back (`NewApiKey::as_created`).
+        roles.sort();
         let revocation = match (&self.event_id, active) {
             (Some(event_id), false) => Some(revocation(&self, event_id)?),
             _ => None,
@@ -168,7 +172,7 @@ impl KeyRow {
             key_id: key_id(&self.key_id)?,
             tenant_id: tenant(&self.tenant_id)?,
             name: parse("key name", &self.name, KeyName::parse)?,
-            roles: roles(role_names)?,
+            roles,
             start: self.start,
             created_by: self.created_by,
             created_at: self.created_at.0,
@@ -265,6 +269,34 @@ pub(crate) fn keys_credentials(mut rows: Vec<KeyGrantRow>) -> StoreResult<Vec<Ke
             })
         })
         .collect()
+}
+
+impl NewApiKey {
+    /// The key as a read returns it right after its creation at `now`:
+    /// times at the stored precision, roles sorted and once each.
+    pub(crate) fn as_created(&self, now: Timestamp) -> ApiKey {
+        let expires_at = self.expires_at.map(truncate_micros);
+        let mut roles = self.roles.clone();
+        roles.sort();
+        roles.dedup();
+        ApiKey {
+            key_id: self.key_id,
+            tenant_id: self.tenant_id.clone(),
+            name: self.name.clone(),
+            roles,
+            start: self.start.clone(),
+            created_by: self.created_by.clone(),
+            created_at: truncate_micros(self.created_at),
+            expires_at,
+            last_used_at: None,
+            status: KeyStatus::at(true, expires_at, now),
+            revoked_at: None,
+            revoked_by: None,
+            revocation: None,
+            replaces: None,
+            replaced_by: None,
+        }
+    }
 }
 
 #[cfg(test)]

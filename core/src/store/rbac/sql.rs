@@ -90,8 +90,9 @@ pub(super) async fn require_roles(
     }
 }
 
-/// Maps a failed role-link insert: a role deleted since
-/// `require_roles` looked (its FK fired) is `UnknownRoles`.
+/// Maps a failed role-link insert: a role the tenant lacks (its FK fired:
+/// never there, or deleted since someone looked) is `UnknownRoles`, naming
+/// the missing ones as committed now.
 pub(super) async fn link_error(
     pool: &Pool,
     e: sqlx::Error,
