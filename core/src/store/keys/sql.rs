@@ -195,42 +195,55 @@ const UNSWEPT_EXPIRED_FROM: Dialect = Dialect {
 
 /// A page of the tenant's expired keys: the page's ids are the newest of
 /// the swept ones (a range of their index, like any other filter) merged
-/// with the newest of the unswept ones (a minute's worth of expiries,
-/// sorted), then those rows are read. Both parts test the expiry against
-/// `now`: the flag only says which index holds a key, never whether it
-/// has expired (a sweeper whose clock runs ahead may set it early).
+/// with the unswept ones (a minute's worth of expiries, sorted), then those
+/// rows are read. Both parts test the expiry against `now`: the flag only
+/// says which index holds a key, never whether it has expired (a sweeper
+/// whose clock runs ahead may set it early).
+///
+/// The shape is for PostgreSQL's generic plans (a prepared statement is
+/// planned without its values after a few runs): with a `LIMIT` of its
+/// own, the unswept part was read by walking the tenant's active keys in
+/// id order, testing each (4.5 ms at 10,000 keys in the scale run, where
+/// nothing was unswept); as a materialised CTE it has no order to keep and
+/// reads its partial index. The outer query has no `LIMIT`, so it never
+/// walks the primary key looking for the page's ids.
 fn expired_list_statement(
     tenant: &TenantId,
     query: &KeyQuery,
     now: Timestamp,
 ) -> sqlx::QueryBuilder<Db> {
     let limit = i64::from(query.limit);
-    let mut q = sqlx::QueryBuilder::new(key_select!("WHERE k.key_id IN ("));
-    let parts = [
-        ("swept", &SWEPT_EXPIRED_FROM, "e.expiry_passed"),
-        ("unswept", &UNSWEPT_EXPIRED_FROM, "NOT e.expiry_passed"),
-    ];
-    for (i, (alias, from, flag)) in parts.into_iter().enumerate() {
-        if i > 0 {
-            q.push(" UNION ALL ");
-        }
-        q.push("SELECT key_id FROM (SELECT e.key_id FROM ")
-            .push(sql(from))
-            .push(" WHERE e.tenant_id = ")
-            .push_bind(tenant.as_str())
-            .push(" AND e.status = 'active' AND ")
-            .push(flag)
-            .push(" AND e.expires_at <= ")
-            .push_bind(Ts(now));
+    let cursor = |q: &mut sqlx::QueryBuilder<Db>| {
         if let Some(before) = query.before {
             q.push(" AND e.key_id < ").push_bind(before.to_string());
         }
-        q.push(" ORDER BY e.key_id DESC LIMIT ")
-            .push_bind(limit)
-            .push(") AS ")
-            .push(alias);
-    }
-    q.push(") ORDER BY k.key_id DESC LIMIT ").push_bind(limit);
+    };
+    let mut q = sqlx::QueryBuilder::new("WITH unswept AS MATERIALIZED (SELECT e.key_id FROM ");
+    q.push(sql(&UNSWEPT_EXPIRED_FROM))
+        .push(" WHERE e.tenant_id = ")
+        .push_bind(tenant.as_str())
+        .push(" AND e.status = 'active' AND NOT e.expiry_passed AND e.expires_at <= ")
+        .push_bind(Ts(now));
+    cursor(&mut q);
+    q.push(") ")
+        .push(key_select!(
+            "WHERE k.key_id IN (SELECT key_id FROM (",
+            "SELECT key_id FROM (SELECT e.key_id FROM "
+        ))
+        .push(sql(&SWEPT_EXPIRED_FROM))
+        .push(" WHERE e.tenant_id = ")
+        .push_bind(tenant.as_str())
+        .push(" AND e.status = 'active' AND e.expiry_passed AND e.expires_at <= ")
+        .push_bind(Ts(now));
+    cursor(&mut q);
+    q.push(" ORDER BY e.key_id DESC LIMIT ")
+        .push_bind(limit)
+        .push(
+            ") AS swept UNION ALL SELECT key_id FROM unswept) AS expired \
+             ORDER BY key_id DESC LIMIT ",
+        )
+        .push_bind(limit)
+        .push(") ORDER BY k.key_id DESC");
     q
 }
 
