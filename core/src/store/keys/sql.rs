@@ -206,7 +206,8 @@ const UNSWEPT_EXPIRED_FROM: Dialect = Dialect {
 /// id order, testing each (4.5 ms at 10,000 keys in the scale run, where
 /// nothing was unswept); as a materialised CTE it has no order to keep and
 /// reads its partial index. The outer query has no `LIMIT`, so it never
-/// walks the primary key looking for the page's ids.
+/// walks the primary key looking for the page's ids
+/// (`store::postgres::list_plans` checks the generic plan).
 fn expired_list_statement(
     tenant: &TenantId,
     query: &KeyQuery,
@@ -236,14 +237,15 @@ fn expired_list_statement(
         .push(" AND e.status = 'active' AND e.expiry_passed AND e.expires_at <= ")
         .push_bind(Ts(now));
     cursor(&mut q);
-    q.push(" ORDER BY e.key_id DESC LIMIT ")
-        .push_bind(limit)
-        .push(
-            ") AS swept UNION ALL SELECT key_id FROM unswept) AS expired \
-             ORDER BY key_id DESC LIMIT ",
-        )
-        .push_bind(limit)
-        .push(") ORDER BY k.key_id DESC");
+    // The page size in the text, not a parameter: a generic plan takes an
+    // unknown LIMIT for a tenth of its input, and then joined the ids by
+    // hashing the whole key table (a sequential scan per page). It is a
+    // number from 1 to 200 (`KeyQuery`), so a statement per page size.
+    q.push(format_args!(
+        " ORDER BY e.key_id DESC LIMIT {limit}) AS swept \
+         UNION ALL SELECT key_id FROM unswept) AS expired \
+         ORDER BY key_id DESC LIMIT {limit}) ORDER BY k.key_id DESC"
+    ));
     q
 }
 

@@ -12,6 +12,8 @@ mod builtin;
 mod ingestors;
 #[path = "../keys/sql.rs"]
 mod keys;
+#[cfg(test)]
+mod list_plans;
 #[path = "../outbox/sql.rs"]
 mod outbox;
 #[path = "../rbac/sql.rs"]

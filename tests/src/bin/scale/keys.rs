@@ -71,6 +71,14 @@ pub async fn run(stores: &[&str], steps: &[usize]) {
             let started_at = Instant::now();
             for chunk in (have..step).step_by(ANALYZE_EVERY) {
                 seed(&s, chunk, (chunk + ANALYZE_EVERY).min(step), &mut seeded).await;
+                // The keys that expired are marked as the API's minute
+                // sweep (`expiry_sweep`) would have marked them by now.
+                while s
+                    .sweep_expired_keys(chrono::Utc::now(), 1_000)
+                    .await
+                    .unwrap()
+                    > 0
+                {}
                 if *store == "postgres" {
                     crate::analyze(db.url.as_str()).await;
                 }
