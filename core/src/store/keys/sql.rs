@@ -249,6 +249,17 @@ fn expired_list_statement(
     q
 }
 
+/// The expired page's plan, on PostgreSQL: the generic one, made once per
+/// connection. Left to choose, PostgreSQL planned this statement anew on
+/// every run (planning 0.5-2.3 ms against 0.5-0.7 ms of execution at 1M
+/// keys); its generic plan reads the partial indexes whatever the tenant
+/// (`store::postgres::list_plans`). Three round trips (BEGIN, this,
+/// COMMIT) cost less than the planning. SQLite does not plan that way.
+const GENERIC_PLAN: Dialect = Dialect {
+    sqlite: "",
+    postgres: "SET LOCAL plan_cache_mode = force_generic_plan",
+};
+
 /// Marks active keys whose expiry has passed as swept, oldest expiry
 /// first, a batch at a time (`api_keys_expiring` holds only the unswept).
 /// The outer test is checked again against a row another transaction
@@ -445,7 +456,16 @@ impl KeyStore for SqlStore {
     ) -> StoreResult<Vec<ApiKey>> {
         let mut conn = self.pool.acquire().await?;
         let mut statement = list_statement(tenant, query, now);
-        let rows: Vec<KeyRow> = statement.build_query_as().fetch_all(&mut *conn).await?;
+        let generic = sql(&GENERIC_PLAN);
+        let rows: Vec<KeyRow> = if query.status == StatusFilter::Expired && !generic.is_empty() {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            sqlx::query(generic).execute(&mut *tx).await?;
+            let rows = statement.build_query_as().fetch_all(&mut *tx).await?;
+            tx.commit().await?;
+            rows
+        } else {
+            statement.build_query_as().fetch_all(&mut *conn).await?
+        };
         keys_in(&mut conn, rows, now).await
     }
 
