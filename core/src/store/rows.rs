@@ -30,8 +30,10 @@ pub(crate) fn role(v: &str) -> StoreResult<RoleName> {
 pub(crate) fn key_id(v: &str) -> StoreResult<KeyId> {
     parse("key id", v, KeyId::parse)
 }
-pub(crate) fn roles(names: &[String]) -> StoreResult<Vec<RoleName>> {
-    names.iter().map(|n| role(n)).collect()
+pub(crate) fn roles(
+    names: impl IntoIterator<Item = impl AsRef<str>>,
+) -> StoreResult<Vec<RoleName>> {
+    names.into_iter().map(|n| role(n.as_ref())).collect()
 }
 
 pub(crate) fn privilege(kind: &str, stream: Option<&str>) -> StoreResult<Privilege> {

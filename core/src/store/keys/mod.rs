@@ -155,12 +155,15 @@ pub(crate) struct KeyRow {
     pub last_error: Option<String>,
     pub live_ingestors: Option<i64>,
     pub applied_by: Option<i64>,
+    /// The key's role names, comma separated; NULL without roles.
+    pub roles: Option<String>,
 }
 
 impl KeyRow {
-    pub(crate) fn into_key(self, role_names: &[String], now: Timestamp) -> StoreResult<ApiKey> {
+    pub(crate) fn into_key(self, now: Timestamp) -> StoreResult<ApiKey> {
         let active = self.status == "active";
-        let mut roles = roles(role_names)?;
+        let role_names = self.roles.as_deref().map(|r| r.split(','));
+        let mut roles = roles(role_names.into_iter().flatten())?;
         // In Rust's order, not the database's collation: a key just created
         // is answered without reading its roles back (`NewApiKey::as_created`).
         roles.sort();

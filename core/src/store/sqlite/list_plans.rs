@@ -92,3 +92,29 @@ async fn every_filter_and_cursor_reads_one_index_range() {
         );
     }
 }
+
+/// A page's roles are its keys' own links, read by key id in the page's
+/// statement. They were a second statement over the page's id range,
+/// which for a sparse filter read the links of every key in between
+/// (~49,000 at 1M keys for a page of revoked keys).
+#[tokio::test]
+async fn every_page_reads_only_its_own_keys_roles() {
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    for status in [
+        StatusFilter::All,
+        StatusFilter::Active,
+        StatusFilter::Revoked,
+        StatusFilter::Expired,
+    ] {
+        for before in [None, Some(KeyId::new())] {
+            let plan = plan(&store, status, before).await;
+            let links: Vec<&str> = plan.split("; ").filter(|s| s.contains(" r ")).collect();
+            assert_eq!(
+                links,
+                ["SEARCH r USING COVERING INDEX sqlite_autoindex_api_key_roles_1 (key_id=?)"],
+                "{status:?} {before:?}: {plan}"
+            );
+        }
+    }
+}

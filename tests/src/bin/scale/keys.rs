@@ -1,5 +1,6 @@
 //! (1) Keys: one database grown to each step (1k … 1M keys across 1,000
-//! tenants, half of them in one big tenant), written through the store;
+//! tenants, half of them in one big tenant, each key with a role),
+//! written through the store;
 //! at each step a cold `keyward-api` (release, defaults) answers list
 //! pages of the big tenant (first page, a cursor three quarters deep, every
 //! status filter) and verifications on a hit and on a miss, next to its
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use keyward_core::digest::KeyDigest;
 use keyward_core::ids::{KeyId, KeyName, RoleName, TenantId};
+use keyward_core::privilege::{Privilege, PrivilegeKind, StreamPattern};
 use keyward_core::store::{NewApiKey, Store};
 use keyward_core::testing::{TestDatabase, change};
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
@@ -26,6 +28,10 @@ const OTHER_TENANTS: usize = 999;
 /// Of the big tenant's keys, one in this many is revoked and one expired:
 /// the rare filters a scan would pay for.
 const RARE: usize = 1_000;
+/// The role every tenant's keys hold, as real keys hold one (a page of
+/// keys reads their role links: a bench without them hid a listing that
+/// read the links of every key between a page's first and last).
+const ROLE: &str = "ingest";
 /// Keys cached before the API's memory is read.
 const CACHED: usize = 100_000;
 /// Sequential requests per list figure, after `LIST_WARMUP` unmeasured
@@ -126,13 +132,17 @@ const ANALYZE_EVERY: usize = 100_000;
 /// The tenants and the ingestors' verifier key.
 async fn setup(store: &Arc<dyn Store>) -> Seeded {
     let now = change();
-    store
-        .create_tenant(&TenantId::parse(BIG).unwrap(), None, &now)
-        .await
-        .unwrap();
-    for t in 0..OTHER_TENANTS {
-        let id = TenantId::parse(&format!("t{t:03}")).unwrap();
+    let ingest = vec![Privilege::new(
+        PrivilegeKind::Ingestor,
+        Some(StreamPattern::parse("events-*").unwrap()),
+    )];
+    let tenants =
+        std::iter::once(BIG.to_owned()).chain((0..OTHER_TENANTS).map(|t| format!("t{t:03}")));
+    for t in tenants {
+        let id = TenantId::parse(&t).unwrap();
         store.create_tenant(&id, None, &now).await.unwrap();
+        let role = RoleName::parse(ROLE).unwrap();
+        store.put_role(&id, &role, &ingest, &now).await.unwrap();
     }
     let verifier = new_key(&TenantId::platform(), "verifier", RoleName::VERIFIER, None);
     store.create_key(&verifier.0, &now).await.unwrap();
@@ -187,7 +197,7 @@ async fn seed(store: &Arc<dyn Store>, from: usize, to: usize, seeded: &mut Seede
                 } else {
                     None
                 };
-                let (key, secret) = new_key(&tenant, &format!("k{i}"), "", expires_at);
+                let (key, secret) = new_key(&tenant, &format!("k{i}"), ROLE, expires_at);
                 store.create_key(&key, &change()).await.unwrap();
                 if revoked {
                     store
