@@ -620,8 +620,60 @@ mod replicas {
         assert_eq!(app.store().outbox_stats().await.unwrap().pending, earlier);
     }
 
+    /// The same for an RBAC change: B has the key's privileges cached, A
+    /// changes its role, B answers the new privileges at once (the
+    /// change's event and its `keyward_keys` notice share a statement).
+    async fn a_role_changed_on_a_is_answered_by_b_at_once(app: TestApp) {
+        if app.store().backend() == "sqlite" {
+            return; // Replicas share PostgreSQL; one process owns a SQLite file.
+        }
+        setup(&app).await;
+        verifier_user(&app).await;
+        let key = create_shipper_key(&app, "ci").await;
+        let secret = key["secret"].as_str().unwrap();
+        let b = app.replica().await;
+        let verify_on_b = || async {
+            let res = app
+                .client
+                .post(format!("{b}/api/v1/verify"))
+                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
+                .json(&json!({"apiKey": secret}))
+                .send()
+                .await
+                .unwrap();
+            read(res).await.1
+        };
+        let before = verify_on_b().await;
+        assert_eq!(
+            before["privileges"],
+            json!([{"privilege": "ingestor", "resource": {"stream": "app-*"}}]),
+            "B proved and cached it: {before}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let role = json!({"privileges": [{"privilege": "reader"}]});
+        let (s, _) = app
+            .put("/api/v1/tenants/acme/roles/shippers", ACME_ADMIN, role)
+            .await;
+        assert_eq!(s, 200);
+        let mut answer = verify_on_b().await;
+        for _ in 0..20 {
+            if answer != before {
+                break;
+            }
+            // NOTIFY is delivered at commit; allow for its flight time only.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            answer = verify_on_b().await;
+        }
+        assert_eq!(
+            answer["privileges"],
+            json!([{"privilege": "reader", "resource": null}]),
+            "{answer}"
+        );
+    }
+
     on_both_stores!(
         revoke_on_a_is_rejected_by_b_at_once,
+        a_role_changed_on_a_is_answered_by_b_at_once,
         revoke_with_the_database_down_is_503_and_writes_nothing,
     );
 }

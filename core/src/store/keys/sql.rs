@@ -159,8 +159,8 @@ impl SqlStore {
 
 impl SqlStore {
     /// What a change of one key writes besides itself, on its transaction:
-    /// its event (`kind`), the notice to other API replicas, and the audit
-    /// record.
+    /// its event (`kind`) with the notice to other API replicas, and the
+    /// audit record.
     async fn key_changed(
         &self,
         conn: &mut Conn,
@@ -170,8 +170,10 @@ impl SqlStore {
         kind: &str,
         action: Action,
     ) -> StoreResult<()> {
-        let event = self.emit(conn, change, kind, tenant, Some(key_id)).await?;
-        self.notify_keys(conn, &KeyChange::Key(key_id)).await?;
+        let evicted = KeyChange::Key(key_id);
+        let event = self
+            .emit(conn, change, kind, tenant, Some(key_id), Some(&evicted))
+            .await?;
         let target = key_id.to_string();
         record_in(conn, change, tenant, action, &target, Some(event)).await
     }

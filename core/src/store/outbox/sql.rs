@@ -7,6 +7,7 @@ use super::keys::key_in;
 use super::{Conn, SqlStore, id_list, sql};
 use crate::ids::{EventId, KeyId, TenantId};
 use crate::store::audit::Action;
+use crate::store::keys::KeyChange;
 use crate::store::outbox::{EventStatusRow, OutboxRow, OutboxStore, OutboxWakeups};
 use crate::store::timestamp::Ts;
 use crate::store::{
@@ -60,7 +61,8 @@ const RELEASE: Dialect = Dialect {
 
 impl SqlStore {
     /// Writes the event of `change` (its id is `change.event_id`) on the
-    /// change's own transaction, and wakes the sync workers once it commits.
+    /// change's own transaction, and wakes the sync workers once it commits;
+    /// `keys` tells other API replicas what to drop, in the same notice.
     pub(super) async fn emit(
         &self,
         conn: &mut Conn,
@@ -68,6 +70,7 @@ impl SqlStore {
         kind: &str,
         tenant: &TenantId,
         key: Option<KeyId>,
+        keys: Option<&KeyChange>,
     ) -> StoreResult<EventId> {
         sqlx::query(
             "INSERT INTO outbox (event_id, kind, tenant_id, key_id, created_at, next_attempt_at) \
@@ -80,7 +83,7 @@ impl SqlStore {
         .bind(Ts(change.at))
         .execute(&mut *conn)
         .await?;
-        self.notify_outbox(conn).await?;
+        self.notify_event(conn, keys).await?;
         Ok(change.event_id)
     }
 }

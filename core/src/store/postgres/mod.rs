@@ -85,6 +85,23 @@ impl PgStore {
         None
     }
 
+    /// An event's wake-up for the workers, and with it `keys` (what
+    /// other replicas must drop), in one statement: a change that writes
+    /// an event and evicts keys (a revoke, an RBAC change) pays one round
+    /// trip for both notices, not two (issue #17).
+    async fn notify_event(&self, conn: &mut Conn, keys: Option<&KeyChange>) -> StoreResult<()> {
+        let Some(payload) = keys.and_then(KeyChange::payload) else {
+            return self.notify_outbox(conn).await;
+        };
+        sqlx::query("SELECT pg_notify($1, ''), pg_notify($2, $3)")
+            .bind(OUTBOX_CHANNEL)
+            .bind(KEYS_CHANNEL)
+            .bind(payload)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     async fn notify_keys(&self, conn: &mut Conn, change: &KeyChange) -> StoreResult<()> {
         let Some(payload) = change.payload() else {
             return Ok(());

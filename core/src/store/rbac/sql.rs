@@ -282,16 +282,19 @@ pub(super) async fn grants(
 impl SqlStore {
     /// What every RBAC change of a tenant writes besides itself, on its
     /// transaction: the `rbac.changed` event that makes ingestors drop the
-    /// tenant's cached keys, and the audit record.
+    /// tenant's cached keys, with the notice of what other API replicas
+    /// must drop (`evicted`), and the audit record.
     async fn rbac_changed(
         &self,
         conn: &mut Conn,
         change: &Change,
         tenant: &TenantId,
-        action: Action,
-        target: &str,
+        (action, target): (Action, &str),
+        evicted: Option<KeyChange>,
     ) -> StoreResult<()> {
-        let event = self.emit(conn, change, RBAC_CHANGED, tenant, None).await?;
+        let event = self
+            .emit(conn, change, RBAC_CHANGED, tenant, None, evicted.as_ref())
+            .await?;
         record_in(conn, change, tenant, action, target, Some(event)).await
     }
 }
@@ -358,9 +361,9 @@ impl RbacStore for SqlStore {
         }
         // Keys holding the role (directly or via a group) now hold
         // other privileges: caches must forget them.
-        self.notify_keys(&mut tx, &KeyChange::Tenant(tenant.clone()))
-            .await?;
-        self.rbac_changed(&mut tx, change, tenant, Action::RolePut, name.as_str())
+        let evicted = Some(KeyChange::Tenant(tenant.clone()));
+        let what = (Action::RolePut, name.as_str());
+        self.rbac_changed(&mut tx, change, tenant, what, evicted)
             .await?;
         let role = roles_in(&mut tx, tenant, Some(name))
             .await?
@@ -409,7 +412,9 @@ impl RbacStore for SqlStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::RoleNotFound);
         }
-        self.rbac_changed(&mut tx, change, tenant, Action::RoleDelete, name.as_str())
+        // No key or user holds a role that can be deleted.
+        let what = (Action::RoleDelete, name.as_str());
+        self.rbac_changed(&mut tx, change, tenant, what, None)
             .await?;
         tx.commit().await?;
         Ok(())
@@ -505,16 +510,10 @@ impl RbacStore for SqlStore {
             .await?;
         insert_user_roles(&self.pool, &mut tx, tenant, username, roles).await?;
         // Remembered Basic proofs of this user hold its old roles.
-        self.notify_keys(&mut tx, &KeyChange::User(username.clone()))
+        let evicted = Some(KeyChange::User(username.clone()));
+        let what = (Action::UserRoles, username.as_str());
+        self.rbac_changed(&mut tx, change, tenant, what, evicted)
             .await?;
-        self.rbac_changed(
-            &mut tx,
-            change,
-            tenant,
-            Action::UserRoles,
-            username.as_str(),
-        )
-        .await?;
         builtin::finish(guard, &mut tx).await?;
         let user = users_in(&mut tx, tenant, Some(username))
             .await?
@@ -695,9 +694,9 @@ impl RbacStore for SqlStore {
         }
         // Keys joining or leaving the group gain or lose its roles:
         // their cached verifications must go.
-        self.notify_keys(&mut tx, &KeyChange::Tenant(tenant.clone()))
-            .await?;
-        self.rbac_changed(&mut tx, change, tenant, Action::GroupPut, name.as_str())
+        let evicted = Some(KeyChange::Tenant(tenant.clone()));
+        let what = (Action::GroupPut, name.as_str());
+        self.rbac_changed(&mut tx, change, tenant, what, evicted)
             .await?;
         builtin::finish(guard, &mut tx).await?;
         let group = groups_in(&mut tx, tenant, Some(name))
@@ -732,8 +731,6 @@ impl RbacStore for SqlStore {
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
         let guard = PlatformChange::begin(&mut tx, tenant, Target::Group(name), change).await?;
-        self.notify_keys(&mut tx, &KeyChange::Tenant(tenant.clone()))
-            .await?;
         let deleted = sqlx::query("DELETE FROM rbac_groups WHERE tenant_id = $1 AND name = $2")
             .bind(tenant.as_str())
             .bind(name.as_str())
@@ -742,7 +739,10 @@ impl RbacStore for SqlStore {
         if deleted.rows_affected() == 0 {
             return Err(StoreError::GroupNotFound);
         }
-        self.rbac_changed(&mut tx, change, tenant, Action::GroupDelete, name.as_str())
+        // Its keys lose its roles.
+        let evicted = Some(KeyChange::Tenant(tenant.clone()));
+        let what = (Action::GroupDelete, name.as_str());
+        self.rbac_changed(&mut tx, change, tenant, what, evicted)
             .await?;
         builtin::finish(guard, &mut tx).await?;
         tx.commit().await?;

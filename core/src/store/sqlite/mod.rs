@@ -134,6 +134,10 @@ impl SqliteStore {
         Ok(())
     }
 
+    async fn notify_event(&self, _conn: &mut Conn, _keys: Option<&KeyChange>) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn listen_key_changes(&self) -> StoreResult<Option<Box<dyn KeyChanges>>> {
         Ok(None)
     }
