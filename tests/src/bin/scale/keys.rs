@@ -24,7 +24,12 @@ use crate::report;
 
 /// The tenant that holds half of the keys; the others share the rest.
 const BIG: &str = "big";
-const OTHER_TENANTS: usize = 999;
+/// A tenant with `SMALL_KEYS` keys whatever the step (`plan`).
+const SMALL: &str = "small";
+const SMALL_KEYS: usize = 60;
+const OTHER_TENANTS: usize = 998;
+/// `big`'s first keys, where a revoked and an expired page are dense.
+const EARLY: usize = 200;
 /// Of the big tenant's keys, one in this many is revoked and one expired:
 /// the rare filters a scan would pay for.
 const RARE: usize = 1_000;
@@ -52,11 +57,27 @@ struct Seeded {
 }
 
 /// Key `i`'s tenant and fate: which tenant, revoked, expired, expiring.
+///
+/// Every page measured is a full page at every step, so that the steps
+/// compare like with like: `big`'s first `EARLY` keys hold a page of
+/// revoked and a page of expired ones among them (what 1,000 keys can
+/// show); past those, one in `RARE`, so that from 100k keys on the newest
+/// page of each spans ~50,000 of the tenant's keys. `SMALL` gets the first
+/// `SMALL_KEYS` of the other tenants' keys and no more: the same page at
+/// any size.
 fn plan(i: usize) -> (TenantId, bool, bool, bool) {
     let j = i / 2;
     if i.is_multiple_of(2) {
         let t = TenantId::parse(BIG).unwrap();
-        (t, j % RARE == 1, j % RARE == 2, false)
+        let early = j < EARLY;
+        (
+            t,
+            if early { j % 4 == 1 } else { j % RARE == 1 },
+            if early { j % 4 == 2 } else { j % RARE == 2 },
+            false,
+        )
+    } else if j < SMALL_KEYS {
+        (TenantId::parse(SMALL).unwrap(), false, false, false)
     } else {
         let t = TenantId::parse(&format!("t{:03}", j % OTHER_TENANTS)).unwrap();
         (t, false, false, j.is_multiple_of(2))
@@ -136,13 +157,18 @@ async fn setup(store: &Arc<dyn Store>) -> Seeded {
         PrivilegeKind::Ingestor,
         Some(StreamPattern::parse("events-*").unwrap()),
     )];
-    let tenants =
-        std::iter::once(BIG.to_owned()).chain((0..OTHER_TENANTS).map(|t| format!("t{t:03}")));
+    let tenants = [BIG.to_owned(), SMALL.to_owned()]
+        .into_iter()
+        .chain((0..OTHER_TENANTS).map(|t| format!("t{t:03}")));
     for t in tenants {
         let id = TenantId::parse(&t).unwrap();
         store.create_tenant(&id, None, &now).await.unwrap();
         let role = RoleName::parse(ROLE).unwrap();
-        store.put_role(&id, &role, &ingest, &now).await.unwrap();
+        // A change each: a role's change is an event with its own id.
+        store
+            .put_role(&id, &role, &ingest, &change())
+            .await
+            .unwrap();
     }
     let verifier = new_key(&TenantId::platform(), "verifier", RoleName::VERIFIER, None);
     store.create_key(&verifier.0, &now).await.unwrap();
@@ -266,7 +292,8 @@ async fn measure(
         let took = sequential(&http, &node.url(&format!("{base}{query}")), Some(deep)).await;
         list_row.push(p50_p99(&took));
     }
-    let small = sequential(&http, &node.url("/api/v1/tenants/t001/apikeys"), None).await;
+    let small = format!("/api/v1/tenants/{SMALL}/apikeys");
+    let small = sequential(&http, &node.url(&small), None).await;
     list_row.push(p50_p99(&small));
 
     // Verification under wrk: healthz, then 1,000 keys cached.
