@@ -73,16 +73,7 @@ fn verify_in_background(
     secret: &str,
 ) -> tokio::task::JoinHandle<(u16, Value)> {
     let (client, base, secret) = (app.client.clone(), base.to_owned(), secret.to_owned());
-    tokio::spawn(async move {
-        let res = client
-            .post(format!("{base}/api/v1/verify"))
-            .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
-            .json(&json!({"apiKey": secret}))
-            .send()
-            .await
-            .unwrap();
-        crate::support::read(res).await
-    })
+    tokio::spawn(async move { crate::support::verify_as_verifier(&client, &base, &secret).await })
 }
 
 async fn revoke(app: &TestApp, key_id: &str) {

@@ -550,6 +550,34 @@ on_both_stores!(
 mod replicas {
     use super::*;
 
+    /// Replica `base`'s verify answer for `secret`, asked as the ingestors'
+    /// user.
+    async fn verify_on(app: &TestApp, base: &str, secret: &str) -> Value {
+        crate::support::verify_as_verifier(&app.client, base, secret)
+            .await
+            .1
+    }
+
+    /// `verify_on` until `done` holds of its answer, allowing for a
+    /// NOTIFY's flight time only (it is delivered at commit): the last
+    /// answer.
+    async fn verify_on_until(
+        app: &TestApp,
+        base: &str,
+        secret: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut answer = verify_on(app, base, secret).await;
+        for _ in 0..20 {
+            if done(&answer) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            answer = verify_on(app, base, secret).await;
+        }
+        answer
+    }
+
     /// Two API replicas on one PostgreSQL database: B has the key cached,
     /// A revokes it, B rejects it at once (NOTIFY keyward_keys).
     async fn revoke_on_a_is_rejected_by_b_at_once(app: TestApp) {
@@ -561,18 +589,8 @@ mod replicas {
         let key = create_shipper_key(&app, "ci").await;
         let secret = key["secret"].as_str().unwrap();
         let b = app.replica().await;
-        let verify_on_b = || async {
-            let res = app
-                .client
-                .post(format!("{b}/api/v1/verify"))
-                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
-                .json(&json!({"apiKey": secret}))
-                .send()
-                .await
-                .unwrap();
-            read(res).await.1
-        };
-        assert_eq!(verify_on_b().await["valid"], true, "B proved and cached it");
+        let cached = verify_on(&app, &b, secret).await;
+        assert_eq!(cached["valid"], true, "B proved and cached it");
         let _ = verifier;
         // Give B's listener a moment to be subscribed before the revoke.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -583,15 +601,7 @@ mod replicas {
                 .0,
             202
         );
-        let mut answer = verify_on_b().await;
-        for _ in 0..20 {
-            if answer["valid"] == false {
-                break;
-            }
-            // NOTIFY is delivered at commit; allow for its flight time only.
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            answer = verify_on_b().await;
-        }
+        let answer = verify_on_until(&app, &b, secret, |a| a["valid"] == false).await;
         assert_eq!(answer, json!({"valid": false, "reason": "revoked"}));
     }
 
@@ -632,18 +642,7 @@ mod replicas {
         let key = create_shipper_key(&app, "ci").await;
         let secret = key["secret"].as_str().unwrap();
         let b = app.replica().await;
-        let verify_on_b = || async {
-            let res = app
-                .client
-                .post(format!("{b}/api/v1/verify"))
-                .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
-                .json(&json!({"apiKey": secret}))
-                .send()
-                .await
-                .unwrap();
-            read(res).await.1
-        };
-        let before = verify_on_b().await;
+        let before = verify_on(&app, &b, secret).await;
         assert_eq!(
             before["privileges"],
             json!([{"privilege": "ingestor", "resource": {"stream": "app-*"}}]),
@@ -655,15 +654,7 @@ mod replicas {
             .put("/api/v1/tenants/acme/roles/shippers", ACME_ADMIN, role)
             .await;
         assert_eq!(s, 200);
-        let mut answer = verify_on_b().await;
-        for _ in 0..20 {
-            if answer != before {
-                break;
-            }
-            // NOTIFY is delivered at commit; allow for its flight time only.
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            answer = verify_on_b().await;
-        }
+        let answer = verify_on_until(&app, &b, secret, |a| *a != before).await;
         assert_eq!(
             answer["privileges"],
             json!([{"privilege": "reader", "resource": null}]),

@@ -261,3 +261,20 @@ pub async fn verifier_user(app: &TestApp) -> As<'static> {
     );
     As::User("ingest-node", ADMIN_PASSWORD)
 }
+
+/// `POST {base}/api/v1/verify` of `secret` as `verifier_user`, on any
+/// replica (`base`), from any task (`client` is cheap to clone).
+pub async fn verify_as_verifier(
+    client: &reqwest::Client,
+    base: &str,
+    secret: &str,
+) -> (u16, Value) {
+    let res = client
+        .post(format!("{base}/api/v1/verify"))
+        .basic_auth("ingest-node", Some(ADMIN_PASSWORD))
+        .json(&serde_json::json!({"apiKey": secret}))
+        .send()
+        .await
+        .unwrap();
+    read(res).await
+}
