@@ -1573,6 +1573,152 @@ async fn unacked_counts_acks_that_outran_their_publication(s: S) {
     assert_eq!(unacked(&s, "i2").await, 0);
 }
 
+/// `unacked` is kept by counts the database updates as it writes
+/// (migration 0009): a long mixed history — events published in batches
+/// (some stamped before an ingestor's first sight, as a worker with a slow
+/// clock would), ingestors first seen along the way, reports before and
+/// after their event's mark, duplicates, reports from nodes not seen yet
+/// and for events unknown or purged, settling, purges — against a model
+/// of the definition after every step.
+async fn unacked_stays_exact_through_a_mixed_history(s: S) {
+    let acme = tenant(&s, "acme").await;
+    // A fixed sequence (xorshift): the same history on both stores.
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut roll = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    struct Event {
+        id: i64,
+        event_id: EventId,
+        published_at: Option<Timestamp>,
+    }
+    let mut events: Vec<Event> = Vec::new();
+    let mut acks: HashSet<(EventId, String)> = HashSet::new();
+    let mut seen: Vec<(String, Timestamp)> = Vec::new();
+    let nodes = ["n0", "n1", "n2", "n3", "n4"];
+    let mut keys = 0;
+    // What the history went through, checked at the end.
+    let (mut recorded, mut settled, mut purged_events) = (0, 0, 0);
+    for step in 0..240_i64 {
+        let t = at(step * 10);
+        match roll(6) {
+            0 => {
+                for _ in 0..=roll(3) {
+                    let k = key(&s, &acme, &format!("k{keys}"), &[]).await;
+                    keys += 1;
+                    revoke(&s, &acme, k.key_id).await;
+                }
+                let far = at(1_000_000 + step * 100);
+                for e in s.claim_events("w", LEASE, 100, far).await.unwrap() {
+                    if !events.iter().any(|known| known.event_id == e.event_id) {
+                        events.push(Event {
+                            id: e.id,
+                            event_id: e.event_id,
+                            published_at: None,
+                        });
+                    }
+                }
+            }
+            1 => {
+                // A slow clock now and then: stamped before the last sight.
+                let stamp = t - chrono::Duration::seconds(if roll(4) == 0 { 25 } else { 0 });
+                let batch: Vec<i64> = events
+                    .iter()
+                    .filter(|e| e.published_at.is_none() && roll(2) == 0)
+                    .map(|e| e.id)
+                    .collect();
+                s.mark_published(&batch, stamp, stamp).await.unwrap();
+                for e in events.iter_mut().filter(|e| batch.contains(&e.id)) {
+                    e.published_at = Some(stamp);
+                }
+            }
+            2 => {
+                let node = nodes[roll(5) as usize];
+                s.ingestor_heartbeat(node, "q", t).await.unwrap();
+                if !seen.iter().any(|(id, _)| id == node) {
+                    seen.push((node.to_owned(), t));
+                }
+            }
+            3 => {
+                let mut batch = Vec::new();
+                for _ in 0..roll(8) {
+                    let node = nodes[roll(5) as usize];
+                    let event_id = match (roll(10), events.len()) {
+                        (0, _) | (_, 0) => EventId::new(),
+                        (_, n) => events[roll(n as u64) as usize].event_id,
+                    };
+                    batch.push(AppliedReport {
+                        event_id,
+                        ingestor_id: node.to_owned(),
+                        applied_at: t,
+                    });
+                    if roll(4) == 0 {
+                        batch.push(batch[batch.len() - 1].clone());
+                    }
+                }
+                let mut new = 0;
+                for r in &batch {
+                    let known = events.iter().any(|e| e.event_id == r.event_id);
+                    if known && acks.insert((r.event_id, r.ingestor_id.clone())) {
+                        new += 1;
+                    }
+                }
+                assert_eq!(s.record_applied_all(&batch).await.unwrap(), new);
+                recorded += new;
+            }
+            4 => {
+                settled += s.settle_acks().await.unwrap();
+            }
+            _ => {
+                let before = t - chrono::Duration::seconds(roll(300) as i64);
+                let gone: Vec<EventId> = events
+                    .iter()
+                    .filter(|e| e.published_at.is_some_and(|p| p < before))
+                    .map(|e| e.event_id)
+                    .collect();
+                let purged = s.purge(before).await.unwrap();
+                assert_eq!(purged.events, gone.len() as u64);
+                purged_events += purged.events;
+                events.retain(|e| !gone.contains(&e.event_id));
+                acks.retain(|(e, _)| !gone.contains(e));
+            }
+        }
+        let expected: Vec<(String, i64)> = {
+            let mut v: Vec<(String, i64)> = seen
+                .iter()
+                .map(|(node, first)| {
+                    let owed = |e: &&Event| e.published_at.is_some_and(|p| p >= *first);
+                    let published = events.iter().filter(owed).count() as i64;
+                    let acked = events
+                        .iter()
+                        .filter(owed)
+                        .filter(|e| acks.contains(&(e.event_id, node.clone())))
+                        .count() as i64;
+                    (node.clone(), published - acked)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let listed: Vec<(String, i64)> = s
+            .list_ingestors()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.id, i.unacked))
+            .collect();
+        assert_eq!(listed, expected, "after step {step}");
+    }
+    assert!(
+        recorded > 20 && settled > 0 && purged_events > 20 && seen.len() == nodes.len(),
+        "recorded {recorded}, settled {settled}, purged {purged_events}, seen {}",
+        seen.len()
+    );
+}
+
 async fn unacked(s: &S, ingestor: &str) -> i64 {
     let list = s.list_ingestors().await.unwrap();
     list.iter().find(|i| i.id == ingestor).unwrap().unacked
@@ -2285,6 +2431,7 @@ conformance!(
     concurrent_claimers_never_share_a_row,
     ingestors_acks_and_applied_state,
     unacked_counts_acks_that_outran_their_publication,
+    unacked_stays_exact_through_a_mixed_history,
     rbac_changes_emit_events_and_audit,
     key_update_changes_and_announces,
     rotation_with_and_without_grace,
@@ -2342,20 +2489,7 @@ async fn postgres_a_revoke_committed_during_a_rotation_or_an_update_wins() {
                     .map(|k| k.name.to_string())
             }
         });
-        let mut watch = sqlx::PgConnection::connect(db.url.as_str()).await.unwrap();
-        for _ in 0..500 {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&mut watch)
-            .await
-            .unwrap();
-            if waiting > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for_a_lock_wait(db.url.as_str()).await;
         sqlx::query("COMMIT").execute(&mut revoke).await.unwrap();
         let result = other.await.unwrap();
         assert!(
@@ -2364,4 +2498,189 @@ async fn postgres_a_revoke_committed_during_a_rotation_or_an_update_wins() {
         );
         assert!(claim_all(&s).await.is_empty(), "{op}: wrote an event");
     }
+}
+
+/// PostgreSQL: an ingestor's first row and a write that counts for it,
+/// committed in either order, are counted once (migration 0009). Each
+/// write here is held uncommitted while a node's first heartbeat (at 10)
+/// comes: an event's mark stamped at 0, before that first sight (not
+/// owed); an ack of an event published at 20 (owed, and acked). The
+/// heartbeat waits for the write and counts it. Checked by removing the
+/// `FOR UPDATE` from `ingestors_count_at_first_sight`: the heartbeat then
+/// counted without the uncommitted write, whose trigger had found no
+/// ingestor row, and each node owed one event more than it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_first_heartbeat_waits_for_writes_in_flight() {
+    use sqlx::Connection;
+    let Some(db) = keyward_core::testing::TestDatabase::postgres().await else {
+        return;
+    };
+    let s = db.store();
+    let acme = tenant(&s, "acme").await;
+    revoked_keys(&s, &acme, 2).await;
+    let events = claim_all(&s).await;
+    let (early, late) = (&events[0], &events[1]);
+    s.mark_published(&[late.id], at(20), at(20)).await.unwrap();
+    let writes = [
+        (
+            "n-mark",
+            "UPDATE outbox SET published_at = $1 WHERE event_id = $2",
+            at(0),
+            early.event_id,
+        ),
+        (
+            "n-ack",
+            "INSERT INTO event_acks (event_id, ingestor_id, applied_at, published_at) \
+             VALUES ($2, 'n-ack', $1, $1)",
+            at(20),
+            late.event_id,
+        ),
+    ];
+    for (node, write, stamp, event) in writes {
+        let mut held = sqlx::PgConnection::connect(db.url.as_str()).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut held).await.unwrap();
+        sqlx::query(write)
+            .bind(stamp)
+            .bind(event.to_string())
+            .execute(&mut held)
+            .await
+            .unwrap();
+        let store = Arc::clone(&s);
+        let first_sight =
+            tokio::spawn(async move { store.ingestor_heartbeat(node, "q", at(10)).await });
+        wait_for_a_lock_wait(db.url.as_str()).await;
+        sqlx::query("COMMIT").execute(&mut held).await.unwrap();
+        first_sight.await.unwrap().unwrap();
+    }
+    // Both owe the late event; n-ack acked it.
+    let listed: Vec<(String, i64)> = s
+        .list_ingestors()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.id, i.unacked))
+        .collect();
+    assert_eq!(listed, [("n-ack".to_owned(), 0), ("n-mark".to_owned(), 1)]);
+}
+
+/// Polls until a session of this database waits for a lock (at most 5 s:
+/// past that the test's assertions say what went wrong).
+async fn wait_for_a_lock_wait(url: &str) {
+    use sqlx::Connection;
+    let mut watch = sqlx::PgConnection::connect(url).await.unwrap();
+    for _ in 0..500 {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// PostgreSQL: `unacked`'s counts (migration 0009) under every writer at
+/// once — two workers claiming and marking, three report batches of
+/// overlapping acks (some before their event's mark), nodes seen for the
+/// first time meanwhile, settling and purges — end equal to the
+/// definition counted from the rows, and no writer meets a deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unacked_stays_exact_under_concurrent_writers() {
+    use sqlx::Connection;
+    let Some(db) = keyward_core::testing::TestDatabase::postgres().await else {
+        return;
+    };
+    let s = db.store();
+    let acme = tenant(&s, "acme").await;
+    revoked_keys(&s, &acme, 120).await;
+    let all = claim_all(&s).await;
+    let ids: Vec<i64> = all.iter().map(|e| e.id).collect();
+    s.release_leases("lifecycle", &ids).await.unwrap();
+    let event_ids: Arc<Vec<EventId>> = Arc::new(all.iter().map(|e| e.event_id).collect());
+    let nodes = ["n0", "n1", "n2", "n3"];
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..2 {
+        let s = Arc::clone(&s);
+        tasks.spawn(async move {
+            let owner = format!("w{w}");
+            loop {
+                let batch = s.claim_events(&owner, LEASE, 7, now()).await.unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
+                s.mark_published(&ids, now(), now()).await.unwrap();
+            }
+        });
+    }
+    for r in 0..3_u64 {
+        let (s, event_ids) = (Arc::clone(&s), Arc::clone(&event_ids));
+        tasks.spawn(async move {
+            let mut seed = 0x2545_F491_4F6C_DD1D_u64 + r;
+            for _ in 0..40 {
+                let mut batch = Vec::new();
+                for _ in 0..12 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    batch.push(AppliedReport {
+                        event_id: event_ids[(seed % event_ids.len() as u64) as usize],
+                        ingestor_id: nodes[(seed >> 32) as usize % nodes.len()].to_owned(),
+                        applied_at: now(),
+                    });
+                }
+                s.record_applied_all(&batch).await.unwrap();
+            }
+        });
+    }
+    {
+        let s = Arc::clone(&s);
+        tasks.spawn(async move {
+            for round in 0..20 {
+                for node in &nodes[..(round / 5 + 1).min(nodes.len())] {
+                    s.ingestor_heartbeat(node, "q", now()).await.unwrap();
+                }
+                s.settle_acks().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+    {
+        let s = Arc::clone(&s);
+        tasks.spawn(async move {
+            for _ in 0..10 {
+                s.purge(now() - chrono::Duration::milliseconds(100))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let mut conn = sqlx::PgConnection::connect(db.url.as_str()).await.unwrap();
+    let defined: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT i.id, \
+           (SELECT COUNT(*) FROM outbox o WHERE o.published_at >= i.first_seen_at) \
+         - (SELECT COUNT(*) FROM event_acks a JOIN outbox o ON o.event_id = a.event_id \
+            WHERE a.ingestor_id = i.id AND o.published_at >= i.first_seen_at) \
+         FROM ingestors i ORDER BY i.id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let listed: Vec<(String, i64)> = s
+        .list_ingestors()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.id, i.unacked))
+        .collect();
+    assert_eq!(listed, defined);
+    assert_eq!(listed.len(), nodes.len());
 }

@@ -5,19 +5,61 @@ use crate::store::ingestors::{AppliedReport, IngestorRow, IngestorStore};
 use crate::store::timestamp::Ts;
 use crate::store::{Dialect, IngestorRecord, StoreResult, Timestamp};
 
-/// Every ingestor with its `unacked`: two index range counts each
-/// (migration 0007) — events published since it was first seen, less its
-/// acks of those, read from the ack itself or, for the few acks recorded
-/// before their event was marked published, through the outbox.
+/// Every ingestor with its `unacked`, from the counts the database keeps
+/// (migration 0009): events published since it was first seen, less its
+/// acks of those — the settled ones counted as they were written, the few
+/// recorded before their event was marked published read through the
+/// outbox (the unsettled index). Constant in the events kept.
 pub(super) const LIST_INGESTORS: &str = "SELECT i.id, i.queue, i.first_seen_at, i.last_seen_at, \
-       (SELECT COUNT(*) FROM outbox o WHERE o.published_at >= i.first_seen_at) \
-     - (SELECT COUNT(*) FROM event_acks a \
-        WHERE a.ingestor_id = i.id AND a.published_at >= i.first_seen_at) \
+       t.published - i.published_before - i.acked \
      - (SELECT COUNT(*) FROM event_acks a JOIN outbox o ON o.event_id = a.event_id \
         WHERE a.ingestor_id = i.id AND a.published_at IS NULL \
           AND o.published_at >= i.first_seen_at) \
        AS unacked \
-     FROM ingestors i ORDER BY i.id";
+     FROM ingestors i CROSS JOIN outbox_totals t ORDER BY i.id";
+
+/// Reports to record, as `[[event id, ingestor id, applied at µs], …]`,
+/// each taking its event's publication time; sorted, so that two workers
+/// recording overlapping batches meet their rows in the same order.
+/// SQLite needs the `WHERE` to read `ON CONFLICT` as the upsert's.
+const RECORD_APPLIED: Dialect = Dialect {
+    sqlite: "INSERT INTO event_acks (event_id, ingestor_id, applied_at, published_at) \
+             SELECT r.event_id, r.ingestor_id, r.applied_at, o.published_at \
+             FROM (SELECT json_extract(value, '$[0]') AS event_id, \
+                          json_extract(value, '$[1]') AS ingestor_id, \
+                          json_extract(value, '$[2]') AS applied_at \
+                   FROM json_each($1)) AS r \
+             JOIN outbox o ON o.event_id = r.event_id \
+             WHERE true ORDER BY r.ingestor_id, r.event_id \
+             ON CONFLICT DO NOTHING",
+    postgres: "INSERT INTO event_acks (event_id, ingestor_id, applied_at, published_at) \
+               SELECT r->>0, r->>1, \
+                      timestamptz 'epoch' + (r->>2)::bigint * interval '1 microsecond', \
+                      o.published_at \
+               FROM jsonb_array_elements($1::jsonb) AS r \
+               JOIN outbox o ON o.event_id = r->>0 \
+               ORDER BY r->>1, r->>0 \
+               ON CONFLICT DO NOTHING",
+};
+
+/// Reports per `RECORD_APPLIED` statement.
+const RECORD_APPLIED_CHUNK: usize = 1000;
+
+fn report_list(reports: &[AppliedReport]) -> String {
+    serde_json::Value::from(
+        reports
+            .iter()
+            .map(|r| {
+                serde_json::json!([
+                    r.event_id.to_string(),
+                    r.ingestor_id,
+                    r.applied_at.timestamp_micros()
+                ])
+            })
+            .collect::<Vec<_>>(),
+    )
+    .to_string()
+}
 
 /// Copies the publication time into acks recorded before it was known,
 /// read from the index of those alone (SQLite is told to use it).
@@ -36,6 +78,23 @@ pub(super) const SETTLE_ACKS: Dialect = Dialect {
 impl IngestorStore for SqlStore {
     #[tracing::instrument(skip(self))]
     async fn ingestor_heartbeat(&self, id: &str, queue: &str, at: Timestamp) -> StoreResult<()> {
+        // An update first: an ingestor's first row is where its counts
+        // start (migration 0009), which a heartbeat needs only once.
+        let seen = sqlx::query(
+            "UPDATE ingestors SET queue = $2, \
+               last_seen_at = CASE WHEN $3 > last_seen_at THEN $3 ELSE last_seen_at END \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(queue)
+        .bind(Ts(at))
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        if seen {
+            return Ok(());
+        }
         sqlx::query(
             "INSERT INTO ingestors (id, queue, first_seen_at, last_seen_at) \
          VALUES ($1, $2, $3, $3) \
@@ -72,19 +131,14 @@ impl IngestorStore for SqlStore {
     #[tracing::instrument(skip_all, fields(reports = reports.len()))]
     async fn record_applied_all(&self, reports: &[AppliedReport]) -> StoreResult<u64> {
         let mut tx = self.begin_write().await?;
+        self.share_outbox_totals(&mut tx).await?;
         let mut new = 0;
-        for report in reports {
-            new += sqlx::query(
-                "INSERT INTO event_acks (event_id, ingestor_id, applied_at, published_at) \
-                 SELECT $1, $2, $3, o.published_at FROM outbox o WHERE o.event_id = $1 \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(report.event_id.to_string())
-            .bind(&report.ingestor_id)
-            .bind(Ts(report.applied_at))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        for chunk in reports.chunks(RECORD_APPLIED_CHUNK) {
+            new += sqlx::query(sql(&RECORD_APPLIED))
+                .bind(report_list(chunk))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(new)

@@ -203,6 +203,7 @@ impl OutboxStore for SqlStore {
     async fn purge(&self, before: Timestamp) -> StoreResult<Purged> {
         let before = Ts(before);
         let mut tx = self.begin_write().await?;
+        self.lock_outbox_totals(&mut tx).await?;
         let acks = sqlx::query(
             "DELETE FROM event_acks WHERE event_id IN \
            (SELECT event_id FROM outbox WHERE published_at < $1)",

@@ -102,6 +102,27 @@ impl PgStore {
         Ok(())
     }
 
+    /// Holds the outbox's counts (migration 0009) for the rest of the
+    /// transaction, before any ingestor row: the purge, whose acks' and
+    /// events' triggers would otherwise take it late.
+    async fn lock_outbox_totals(&self, conn: &mut Conn) -> StoreResult<()> {
+        sqlx::query("SELECT published FROM outbox_totals FOR UPDATE")
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The same, shared, for recording acks, in its own statement: the
+    /// acks' statement then reads the outbox after a purge that held it
+    /// (a trigger's lock would come after the statement's snapshot: it
+    /// saw an event the purge had deleted, and failed its foreign key).
+    async fn share_outbox_totals(&self, conn: &mut Conn) -> StoreResult<()> {
+        sqlx::query("SELECT published FROM outbox_totals FOR SHARE")
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     async fn notify_keys(&self, conn: &mut Conn, change: &KeyChange) -> StoreResult<()> {
         let Some(payload) = change.payload() else {
             return Ok(());

@@ -130,6 +130,15 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// One writer at a time: the write transaction holds everything.
+    async fn lock_outbox_totals(&self, _conn: &mut Conn) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn share_outbox_totals(&self, _conn: &mut Conn) -> StoreResult<()> {
+        Ok(())
+    }
+
     async fn notify_keys(&self, _conn: &mut Conn, _change: &KeyChange) -> StoreResult<()> {
         Ok(())
     }
