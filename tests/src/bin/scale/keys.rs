@@ -41,7 +41,7 @@ const ROLE: &str = "ingest";
 const CACHED: usize = 100_000;
 /// Sequential requests per list figure, after `LIST_WARMUP` unmeasured
 /// ones (the first proves the password; the API has just started).
-const LIST_REQUESTS: usize = 500;
+const LIST_REQUESTS: usize = 2_000;
 const LIST_WARMUP: usize = 50;
 const WRK_SECONDS: u64 = 5;
 const WRK: (usize, usize) = (2, 64);
