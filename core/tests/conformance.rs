@@ -1703,13 +1703,7 @@ async fn unacked_stays_exact_through_a_mixed_history(s: S) {
             v.sort();
             v
         };
-        let listed: Vec<(String, i64)> = s
-            .list_ingestors()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|i| (i.id, i.unacked))
-            .collect();
+        let listed = unacked_by_node(&s).await;
         assert_eq!(listed, expected, "after step {step}");
     }
     assert!(
@@ -1717,6 +1711,12 @@ async fn unacked_stays_exact_through_a_mixed_history(s: S) {
         "recorded {recorded}, settled {settled}, purged {purged_events}, seen {}",
         seen.len()
     );
+}
+
+/// Every ingestor's `unacked`, by id.
+async fn unacked_by_node(s: &S) -> Vec<(String, i64)> {
+    let list = s.list_ingestors().await.unwrap();
+    list.into_iter().map(|i| (i.id, i.unacked)).collect()
 }
 
 async fn unacked(s: &S, ingestor: &str) -> i64 {
@@ -2553,13 +2553,7 @@ async fn postgres_a_first_heartbeat_waits_for_writes_in_flight() {
         first_sight.await.unwrap().unwrap();
     }
     // Both owe the late event; n-ack acked it.
-    let listed: Vec<(String, i64)> = s
-        .list_ingestors()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| (i.id, i.unacked))
-        .collect();
+    let listed = unacked_by_node(&s).await;
     assert_eq!(listed, [("n-ack".to_owned(), 0), ("n-mark".to_owned(), 1)]);
 }
 
@@ -2674,13 +2668,7 @@ async fn postgres_unacked_stays_exact_under_concurrent_writers() {
     .fetch_all(&mut conn)
     .await
     .unwrap();
-    let listed: Vec<(String, i64)> = s
-        .list_ingestors()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| (i.id, i.unacked))
-        .collect();
+    let listed = unacked_by_node(&s).await;
     assert_eq!(listed, defined);
     assert_eq!(listed.len(), nodes.len());
 }

@@ -41,49 +41,51 @@ UPDATE ingestors i SET
     acked = (SELECT COUNT(*) FROM event_acks a
              WHERE a.ingestor_id = i.id AND a.published_at >= i.first_seen_at);
 
--- An UPDATE of the outbox that published (or, were it ever written so,
--- unpublished) events. Claims and retries touch only unpublished rows and
--- return at once.
-CREATE FUNCTION outbox_count_published() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    delta BIGINT := (SELECT COUNT(published_at) FROM marked)
-                  - (SELECT COUNT(published_at) FROM unmarked);
+-- Published events come (+1) or gone (-1), by publication time: the
+-- totals row first, then each ingestor first seen after them.
+CREATE TYPE publication_count AS (published_at TIMESTAMPTZ, sign INTEGER);
+CREATE FUNCTION outbox_count(changes publication_count[]) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    IF delta = 0 AND NOT EXISTS (SELECT 1 FROM marked WHERE published_at IS NOT NULL) THEN
-        RETURN NULL;
+    IF cardinality(changes) = 0 THEN
+        RETURN;
     END IF;
-    UPDATE outbox_totals SET published = published + delta;
+    UPDATE outbox_totals SET published = published + (SELECT SUM(c.sign) FROM unnest(changes) c);
     -- A new statement: it sees an ingestor whose first row committed
     -- while this one waited for outbox_totals.
     UPDATE ingestors i SET published_before = i.published_before + d.n
-    FROM (SELECT i2.id,
-                 (SELECT COUNT(*) FROM marked m WHERE m.published_at < i2.first_seen_at)
-               - (SELECT COUNT(*) FROM unmarked u WHERE u.published_at < i2.first_seen_at) AS n
-          FROM ingestors i2) d
+    FROM (SELECT i2.id, SUM(c.sign) AS n FROM ingestors i2
+          JOIN unnest(changes) c ON c.published_at < i2.first_seen_at
+          GROUP BY i2.id) d
     WHERE i.id = d.id AND d.n <> 0;
+END $$;
+
+-- An UPDATE of the outbox: events published (or, were it ever written
+-- so, unpublished). Claims and retries touch only unpublished rows: an
+-- empty list.
+CREATE FUNCTION outbox_count_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM outbox_count(ARRAY(
+        SELECT ROW(m.published_at, 1)::publication_count FROM marked m
+        WHERE m.published_at IS NOT NULL
+        UNION ALL
+        SELECT ROW(u.published_at, -1)::publication_count FROM unmarked u
+        WHERE u.published_at IS NOT NULL));
     RETURN NULL;
 END $$;
 CREATE TRIGGER outbox_published_counted AFTER UPDATE ON outbox
     REFERENCING OLD TABLE AS unmarked NEW TABLE AS marked
-    FOR EACH STATEMENT EXECUTE FUNCTION outbox_count_published();
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_count_updated();
 
 -- Rows written already published (the store never writes them so; a
--- restore or a hand-written row might). Per statement: a row trigger's
--- update of the one counts row per row made a 150,000-row insert take
--- minutes (each update walks the row's versions of the transaction).
+-- restore or a hand-written row might). Per statement, as all of these:
+-- a row trigger's update of the one counts row per row made a
+-- 150,000-row insert take minutes (each update walks the versions the
+-- transaction left of that row).
 CREATE FUNCTION outbox_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    added BIGINT := (SELECT COUNT(published_at) FROM inserted);
 BEGIN
-    IF added = 0 THEN
-        RETURN NULL;
-    END IF;
-    UPDATE outbox_totals SET published = published + added;
-    UPDATE ingestors i SET published_before = i.published_before + d.n
-    FROM (SELECT i2.id, COUNT(*) AS n FROM ingestors i2
-          JOIN inserted p ON p.published_at < i2.first_seen_at
-          GROUP BY i2.id) d
-    WHERE i.id = d.id;
+    PERFORM outbox_count(ARRAY(
+        SELECT ROW(p.published_at, 1)::publication_count FROM inserted p
+        WHERE p.published_at IS NOT NULL));
     RETURN NULL;
 END $$;
 CREATE TRIGGER outbox_inserted_counted AFTER INSERT ON outbox
@@ -92,18 +94,10 @@ CREATE TRIGGER outbox_inserted_counted AFTER INSERT ON outbox
 
 -- A DELETE of the outbox (the purge of old published events).
 CREATE FUNCTION outbox_count_purged() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    gone BIGINT := (SELECT COUNT(published_at) FROM purged);
 BEGIN
-    IF gone = 0 THEN
-        RETURN NULL;
-    END IF;
-    UPDATE outbox_totals SET published = published - gone;
-    UPDATE ingestors i SET published_before = i.published_before - d.n
-    FROM (SELECT i2.id, COUNT(*) AS n FROM ingestors i2
-          JOIN purged p ON p.published_at < i2.first_seen_at
-          GROUP BY i2.id) d
-    WHERE i.id = d.id;
+    PERFORM outbox_count(ARRAY(
+        SELECT ROW(p.published_at, -1)::publication_count FROM purged p
+        WHERE p.published_at IS NOT NULL));
     RETURN NULL;
 END $$;
 CREATE TRIGGER outbox_purged_counted AFTER DELETE ON outbox
