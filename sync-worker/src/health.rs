@@ -1,5 +1,6 @@
 //! The worker's readiness (`/readyz` on `KEYWARD_LISTEN`): connected to the
-//! broker, and the database answers. A worker that is reconnecting says 503
+//! broker (its reports consumer up, so it is delivering), and the database
+//! answers. A worker that is reconnecting says 503
 //! so an orchestrator can tell.
 
 use std::sync::Arc;

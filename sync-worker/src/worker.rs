@@ -108,7 +108,6 @@ impl Worker {
                 }
             };
             tracing::info!("connected to the broker");
-            self.health.set_broker_connected(true);
             let end = self.session(&broker, &wakeups, &shutdown).await;
             self.health.set_broker_connected(false);
             broker.close().await;
@@ -128,7 +127,9 @@ impl Worker {
     }
 
     /// Delivers and consumes reports on one connection until it fails or
-    /// shutdown is asked for.
+    /// shutdown is asked for. Ready (`/readyz`) only once the reports
+    /// consumer is up: until the broker has answered that, the connection
+    /// may yet hang, and nothing would be delivered.
     async fn session(
         &self,
         broker: &Broker,
@@ -142,6 +143,7 @@ impl Worker {
                 return SessionEnd::Lost;
             }
         };
+        self.health.set_broker_connected(true);
         let reports = tokio::spawn(crate::reports::consume(
             Arc::clone(&self.reports),
             broker.dead_letters(),

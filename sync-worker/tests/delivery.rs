@@ -275,11 +275,17 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
 /// still unconfirmed, and each is marked published only once its own
 /// confirm arrives. Without the pipeline the second event waits for the
 /// first one's confirm and this test times out (tried).
+///
+/// The link is slow until the worker is ready, so a worker that said ready
+/// before its last request was answered (its reports consumer) would have
+/// that answer held below and deliver nothing (tried: the first event is
+/// never out).
 #[tokio::test]
 async fn a_slow_confirm_does_not_hold_back_the_next_event() {
     let (db, mut broker) = services!(TestDatabase::postgres().await);
     let store = db.store();
     let proxy = FaultProxy::start(broker_addr()).await;
+    proxy.set(Mode::SlowReplies(Duration::from_millis(150)));
     let mut queue = broker.bind("all", "#", FieldTable::default()).await;
     let worker = RunningWorker::start(
         &db,

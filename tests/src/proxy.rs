@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,15 +23,27 @@ pub enum Mode {
     /// Forward what clients send, hold what the server answers until the
     /// mode changes: a broker whose confirms are slow to come.
     HoldReplies,
+    /// Forward both ways, each piece of what the server answers after this
+    /// long: a slow link, which widens every window between a client's
+    /// request and its answer.
+    SlowReplies(Duration),
 }
 
 impl Mode {
     /// Whether bytes may go the way `upstream` says (client to server).
     fn forwards(self, upstream: bool) -> bool {
         match self {
-            Self::Pass | Self::Refuse => true,
+            Self::Pass | Self::Refuse | Self::SlowReplies(_) => true,
             Self::Stall => false,
             Self::HoldReplies => upstream,
+        }
+    }
+
+    /// How long bytes going the way `upstream` says wait before going on.
+    fn delay(self, upstream: bool) -> Option<Duration> {
+        match self {
+            Self::SlowReplies(delay) if !upstream => Some(delay),
+            _ => None,
         }
     }
 }
@@ -114,6 +127,12 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        // The mode after the delay decides: a change made meanwhile (say,
+        // to hold replies) applies to what was read before it.
+        let delay = mode.borrow().delay(upstream);
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         if mode.wait_for(|m| m.forwards(upstream)).await.is_err() {
             return;
         }
