@@ -709,6 +709,13 @@ async fn the_worker_rides_out_a_database_outage_without_restarting() {
     let before = revocations(store.as_ref(), "acme", 2).await;
     let seen = collect_events(&mut queue, 2, Duration::from_secs(10)).await;
     assert_eq!(distinct(&seen).len(), before.len());
+    // Their confirms recorded first: were the outage to cut the recording,
+    // they would go out again only when their lease ends (30 s; the
+    // conformance test `claim_lease_publish` covers a lease's end).
+    eventually("settled before the outage", Duration::from_secs(10), || {
+        outbox_settled(store.as_ref())
+    })
+    .await;
 
     // The database goes away (its connections cut, new ones refused) and
     // comes back: the worker's pool and its LISTEN connection recover.
