@@ -19,6 +19,10 @@ pub struct Wrk {
     pub p99_us: f64,
     /// The server process's CPU time (user + system) over the run, in s.
     pub cpu: f64,
+    /// wrk's own CPU time (user + system), in s: on a machine whose cores
+    /// wrk shares with the server, what the load costs is throughput the
+    /// server does not get.
+    pub load_cpu: f64,
 }
 
 impl Wrk {
@@ -32,6 +36,11 @@ impl Wrk {
         self.cpu * 1e6 / self.requests.max(1.0)
     }
 
+    /// wrk's CPU per request, in µs.
+    pub fn load_cpu_us(&self) -> f64 {
+        self.load_cpu * 1e6 / self.requests.max(1.0)
+    }
+
     /// Runs taken in turns with a baseline's, as one: totals over totals.
     pub fn merged(runs: &[Wrk]) -> Wrk {
         let mut p50: Vec<f64> = runs.iter().map(|r| r.p50_us).collect();
@@ -42,6 +51,7 @@ impl Wrk {
             p50_us: p50.get(p50.len() / 2).copied().unwrap_or(0.0),
             p99_us: runs.iter().map(|r| r.p99_us).fold(0.0, f64::max),
             cpu: runs.iter().map(|r| r.cpu).sum(),
+            load_cpu: runs.iter().map(|r| r.load_cpu).sum(),
         }
     }
 
@@ -93,6 +103,39 @@ pub fn run(
     let Some((keys, verifier)) = keys else {
         return run_script(shape, node, path, seconds, None);
     };
+    let request = format!(
+        r#"wrk.format('POST', '/api/v1/verify',
+      {{['Content-Type'] = 'application/json', ['Authorization'] = 'Bearer {verifier}'}},
+      '{{"apiKey":"' .. keys[k] .. '"}}')"#
+    );
+    cycling(shape, node, path, seconds, keys, &request)
+}
+
+/// `GET path` made by the same Lua as [`run`]'s verify requests (a
+/// `request()` call cycling through as many formatted requests): a
+/// baseline whose load costs wrk what verify's does.
+pub fn run_get_cycling(
+    shape: (usize, usize),
+    node: &Running,
+    path: &str,
+    seconds: u64,
+    cycle: usize,
+) -> Wrk {
+    let lines = vec![String::new(); cycle];
+    let request = format!("wrk.format('GET', '{path}')");
+    cycling(shape, node, path, seconds, &lines, &request)
+}
+
+/// wrk whose `request()` returns, in turn, `request` (a Lua expression of
+/// `keys[k]`) made for each line of `keys`.
+fn cycling(
+    shape: (usize, usize),
+    node: &Running,
+    path: &str,
+    seconds: u64,
+    keys: &[String],
+    request: &str,
+) -> Wrk {
     let dir = tempfile::tempdir().unwrap();
     let list = dir.path().join("keys");
     let mut f = std::fs::File::create(&list).unwrap();
@@ -114,9 +157,7 @@ function setup(thread)
 end
 function init(args)
   for k = 1, #keys do
-    requests[k] = wrk.format('POST', '/api/v1/verify',
-      {{['Content-Type'] = 'application/json', ['Authorization'] = 'Bearer {verifier}'}},
-      '{{"apiKey":"' .. keys[k] .. '"}}')
+    requests[k] = {request}
   end
   i = math.floor(start * #keys / {threads})
 end
@@ -144,7 +185,9 @@ pub fn run_script(
     let pid = node.child.id().unwrap_or(0);
     let cpu_before = cpu_seconds(pid);
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = std::process::Command::new("wrk");
+    // Through bash, whose `times` says what its child (wrk) cost.
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", r#"wrk "$@"; s=$?; times >&2; exit $s"#, "wrk"]);
     cmd.args([
         &format!("-t{threads}"),
         &format!("-c{connections}"),
@@ -164,6 +207,7 @@ pub fn run_script(
     let seconds = began.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let load_cpu = children_cpu(&String::from_utf8_lossy(&out.stderr));
     let field = |prefix: &str| {
         text.lines()
             .map(str::trim)
@@ -192,5 +236,30 @@ pub fn run_script(
         p50_us: wrk_latency_us(&field("50%")),
         p99_us: wrk_latency_us(&field("99%")),
         cpu,
+        load_cpu,
+    }
+}
+
+/// The children's user + system time from bash's `times` (its last line:
+/// "0m1.234s 0m0.567s"), in s; NaN when it is not there.
+fn children_cpu(stderr: &str) -> f64 {
+    let seconds = |t: &str| -> Option<f64> {
+        let (m, s) = t.strip_suffix('s')?.split_once('m')?;
+        Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+    };
+    stderr
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().map(seconds).sum::<Option<f64>>())
+        .unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrk_cpu_is_read_from_bash_times() {
+        let times = "0m0.003s 0m0.001s\n1m2.500s 0m0.250s\n";
+        assert!((super::children_cpu(times) - 62.75).abs() < 1e-9);
+        assert!(super::children_cpu("").is_nan());
     }
 }

@@ -26,7 +26,7 @@ use keyward_core::store::{NewApiKey, Store};
 use keyward_core::testing::TestDatabase;
 use keyward_core::token::{ApiKeyToken, KeyPrefix};
 use keyward_tests::Running;
-use keyward_tests::bench::wrk::{Wrk, run as wrk_sized};
+use keyward_tests::bench::wrk::{Wrk, run as wrk_sized, run_get_cycling};
 use keyward_tests::bench::{
     PASSWORD, admin, env_or, metric, metrics, ms, poll_pause, quantile, started, started_under,
     until_all,
@@ -286,17 +286,80 @@ async fn measured_verify(
 const TURNS: usize = 3;
 const TURN_SECONDS: u64 = 10;
 
-/// `TURNS` turns of healthz then verify over `seeded` on `node`, each kind
-/// merged, with the verify answers' mix.
-async fn healthz_and_verify_in_turns(node: &Running, seeded: &Seeded) -> (Wrk, Wrk, Mix) {
-    let (mut health, mut verify, mut mix) = (Vec::new(), Vec::new(), Mix::default());
+/// Each kind of run a verify figure is measured with, merged over `TURNS`.
+struct Turns {
+    /// `GET /healthz`, one request formatted once by wrk.
+    healthz: Wrk,
+    /// `GET /healthz` made by the same Lua as verify's requests: the load
+    /// costs wrk what verify's does, so the two differ by the server only.
+    healthz_lua: Wrk,
+    verify: Wrk,
+    mix: Mix,
+}
+
+impl Turns {
+    /// The two healthz rows and verify's, as the tables show them.
+    fn rows(&self, store: &str, verify: &str) {
+        let Self {
+            healthz,
+            healthz_lua,
+            verify: v,
+            mix,
+        } = self;
+        let cpu = |w: &Wrk| {
+            format!(
+                "server CPU {:.1} µs/request, wrk's {:.1}",
+                w.cpu_us(),
+                w.load_cpu_us()
+            )
+        };
+        println!(
+            "| {store}wrk `GET /healthz`, {TURNS} × {TURN_SECONDS} s in turns | {}; {} |",
+            healthz.summary(),
+            cpu(healthz)
+        );
+        println!(
+            "| {store}the same, each request made by the Lua that makes verify's | {}; {} |",
+            healthz_lua.summary(),
+            cpu(healthz_lua)
+        );
+        println!(
+            "| {store}{verify}, {TURNS} × {TURN_SECONDS} s in turns | {}; {}; **{:.0} % of healthz**, \
+             {:.0} % of the Lua-made healthz; {}; server CPU = {:.0} % of healthz's |",
+            v.summary(),
+            mix.summary(),
+            100.0 * v.rps() / healthz.rps(),
+            100.0 * v.rps() / healthz_lua.rps(),
+            cpu(v),
+            100.0 * v.cpu_us() / healthz.cpu_us()
+        );
+    }
+}
+
+/// `TURNS` turns of healthz (plain, then made by Lua) then verify over
+/// `seeded` on `node`.
+async fn healthz_and_verify_in_turns(node: &Running, seeded: &Seeded) -> Turns {
+    let (mut health, mut health_lua, mut verify, mut mix) =
+        (Vec::new(), Vec::new(), Vec::new(), Mix::default());
     for _ in 0..TURNS {
         health.push(wrk(node, "/healthz", TURN_SECONDS, None));
+        health_lua.push(run_get_cycling(
+            (THREADS, CONNECTIONS),
+            node,
+            "/healthz",
+            TURN_SECONDS,
+            seeded.keys.len(),
+        ));
         let (run, m) = measured_verify(node, TURN_SECONDS, &seeded.keys, &seeded.verifier).await;
         verify.push(run);
         mix.add(m);
     }
-    (Wrk::merged(&health), Wrk::merged(&verify), mix)
+    Turns {
+        healthz: Wrk::merged(&health),
+        healthz_lua: Wrk::merged(&health_lua),
+        verify: Wrk::merged(&verify),
+        mix,
+    }
 }
 
 /// (2) Cache hits under wrk next to healthz on the same server: first a
@@ -313,7 +376,7 @@ async fn hit_and_healthz() {
     let (cold, cold_mix) = measured_verify(&node, seconds, &seeded.keys, &seeded.verifier).await;
     let after = wrk(&node, "/healthz", TURN_SECONDS, None);
     let around = Wrk::merged(&[before, after]);
-    let (health, verify, mix) = healthz_and_verify_in_turns(&node, &seeded).await;
+    let turns = healthz_and_verify_in_turns(&node, &seeded).await;
     println!(
         "| wrk `GET /healthz`, {CONNECTIONS} connections, 10 s before and 10 s after the cold run | {}; \
          server CPU {:.1} µs/request |",
@@ -328,20 +391,7 @@ async fn hit_and_healthz() {
         100.0 * cold.rps() / around.rps(),
         cold.cpu_us()
     );
-    println!(
-        "| in turns, warm: healthz {TURNS} × {TURN_SECONDS} s | {}; server CPU {:.1} µs/request |",
-        health.summary(),
-        health.cpu_us()
-    );
-    println!(
-        "| in turns, warm: verify {TURNS} × {TURN_SECONDS} s | {}; {}; **{:.0} % of healthz**; \
-         server CPU {:.1} µs/request = {:.0} % of healthz's |",
-        verify.summary(),
-        mix.summary(),
-        100.0 * verify.rps() / health.rps(),
-        verify.cpu_us(),
-        100.0 * verify.cpu_us() / health.cpu_us()
-    );
+    turns.rows("warm: ", "verify");
 }
 
 /// (3) A rotating set: 100,000 keys with a 5 s TTL, from a cold start,
@@ -411,20 +461,8 @@ async fn miss_sqlite() {
         ),
     ] {
         let node = api(&db, &[("KEYWARD_VERIFY_CACHE_TTL_SECONDS", ttl)]).await;
-        let (health, miss, mix) = healthz_and_verify_in_turns(&node, &seeded).await;
-        println!(
-            "| SQLite: wrk `GET /healthz`, {TURNS} × {TURN_SECONDS} s in turns | {}; server CPU {:.1} µs/request |",
-            health.summary(),
-            health.cpu_us()
-        );
-        println!(
-            "| SQLite: wrk verify, 100,000 keys, {what}, {TURNS} × {TURN_SECONDS} s in turns | \
-             {}; {}; **{:.0} % of healthz**; server CPU {:.1} µs/request |",
-            miss.summary(),
-            mix.summary(),
-            100.0 * miss.rps() / health.rps(),
-            miss.cpu_us()
-        );
+        let turns = healthz_and_verify_in_turns(&node, &seeded).await;
+        turns.rows("SQLite: ", &format!("wrk verify, 100,000 keys, {what}"));
     }
 }
 
