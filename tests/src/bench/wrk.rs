@@ -200,14 +200,16 @@ pub fn run_script(
         cmd.arg("-s").arg(&file);
     }
     let began = Instant::now();
-    let out = cmd
-        .arg(&url)
-        .output()
-        .expect("wrk runs (apt-get install wrk)");
+    let out = cmd.arg(&url).output().expect("bash runs");
     let seconds = began.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu_before;
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "wrk failed (apt-get install wrk): {errors}"
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let load_cpu = children_cpu(&String::from_utf8_lossy(&out.stderr));
+    let load_cpu = children_cpu(&errors);
     let field = |prefix: &str| {
         text.lines()
             .map(str::trim)
