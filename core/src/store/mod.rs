@@ -86,6 +86,17 @@ pub(crate) struct Dialect {
     pub postgres: &'static str,
 }
 
+/// Items per statement that takes its rows as one JSON array (`json_each`
+/// on SQLite, `jsonb_array_elements` on PostgreSQL): one statement for many
+/// rows, and no statement text beyond a bound.
+pub(crate) const JSON_ROWS_PER_STATEMENT: usize = 1000;
+
+/// `items` as one JSON array of `row(item)`, the parameter of such a
+/// statement.
+pub(crate) fn json_rows<T>(items: &[T], row: impl Fn(&T) -> serde_json::Value) -> String {
+    serde_json::Value::from(items.iter().map(row).collect::<Vec<_>>()).to_string()
+}
+
 /// Opens the store a URL names and applies the migrations not yet applied:
 /// how every binary opens its database. Errors show the URL without its
 /// password.

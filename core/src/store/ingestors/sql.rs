@@ -3,7 +3,9 @@
 use super::{SqlStore, sql};
 use crate::store::ingestors::{AppliedReport, IngestorRow, IngestorStore};
 use crate::store::timestamp::Ts;
-use crate::store::{Dialect, IngestorRecord, StoreResult, Timestamp};
+use crate::store::{
+    Dialect, IngestorRecord, JSON_ROWS_PER_STATEMENT, StoreResult, Timestamp, json_rows,
+};
 
 /// Every ingestor with its `unacked`, from the counts the database keeps
 /// (migration 0009): events published since it was first seen, less its
@@ -41,25 +43,6 @@ const RECORD_APPLIED: Dialect = Dialect {
                ORDER BY r->>1, r->>0 \
                ON CONFLICT DO NOTHING",
 };
-
-/// Reports per `RECORD_APPLIED` statement.
-const RECORD_APPLIED_CHUNK: usize = 1000;
-
-fn report_list(reports: &[AppliedReport]) -> String {
-    serde_json::Value::from(
-        reports
-            .iter()
-            .map(|r| {
-                serde_json::json!([
-                    r.event_id.to_string(),
-                    r.ingestor_id,
-                    r.applied_at.timestamp_micros()
-                ])
-            })
-            .collect::<Vec<_>>(),
-    )
-    .to_string()
-}
 
 /// Copies the publication time into acks recorded before it was known,
 /// read from the index of those alone (SQLite is told to use it).
@@ -133,9 +116,16 @@ impl IngestorStore for SqlStore {
         let mut tx = self.begin_write().await?;
         self.share_outbox_totals(&mut tx).await?;
         let mut new = 0;
-        for chunk in reports.chunks(RECORD_APPLIED_CHUNK) {
+        for chunk in reports.chunks(JSON_ROWS_PER_STATEMENT) {
+            let list = json_rows(chunk, |r| {
+                serde_json::json!([
+                    r.event_id.to_string(),
+                    r.ingestor_id,
+                    r.applied_at.timestamp_micros()
+                ])
+            });
             new += sqlx::query(sql(&RECORD_APPLIED))
-                .bind(report_list(chunk))
+                .bind(list)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -10,8 +10,9 @@ use crate::store::error::{Violation, on_constraint};
 use crate::store::keys::{KeyChange, KeyChanges, KeyGrantRow, KeyRow, KeyStore, keys_credentials};
 use crate::store::timestamp::{Ts, truncate_micros};
 use crate::store::{
-    ApiKey, Change, Dialect, KEY_REVOKED, KEY_UPDATED, KeyCredentials, KeyQuery, KeyUpdate,
-    NewApiKey, Revoked, Rotated, RotatedKey, StatusFilter, StoreError, StoreResult, Timestamp,
+    ApiKey, Change, Dialect, JSON_ROWS_PER_STATEMENT, KEY_REVOKED, KEY_UPDATED, KeyCredentials,
+    KeyQuery, KeyUpdate, NewApiKey, Revoked, Rotated, RotatedKey, StatusFilter, StoreError,
+    StoreResult, Timestamp, json_rows,
 };
 
 /// The key columns every key read selects, with its roles and its
@@ -108,18 +109,6 @@ const RECORD_USAGE: Dialect = Dialect {
                WHERE k.key_id = u.key_id \
                  AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
 };
-
-/// Keys per `RECORD_USAGE` statement.
-const USAGE_CHUNK: usize = 1000;
-
-fn usage_list(used: &[(KeyId, Timestamp)]) -> String {
-    serde_json::Value::from(
-        used.iter()
-            .map(|(key_id, at)| serde_json::json!([key_id.to_string(), at.timestamp_micros()]))
-            .collect::<Vec<_>>(),
-    )
-    .to_string()
-}
 
 /// A key's role links in one statement, whatever their number. A role the
 /// tenant lacks fails its foreign key, and `link_error` names the missing
@@ -688,9 +677,12 @@ impl KeyStore for SqlStore {
         }
         let mut tx = self.begin_write().await?;
         let mut updated = 0;
-        for chunk in used.chunks(USAGE_CHUNK) {
+        for chunk in used.chunks(JSON_ROWS_PER_STATEMENT) {
+            let list = json_rows(chunk, |(key_id, at)| {
+                serde_json::json!([key_id.to_string(), at.timestamp_micros()])
+            });
             updated += sqlx::query(sql(&RECORD_USAGE))
-                .bind(usage_list(chunk))
+                .bind(list)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
