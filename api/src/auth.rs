@@ -8,7 +8,7 @@
 //! membership or user change retires at once (generations), so such a
 //! change counts from the very next request.
 
-use std::future::Future;
+use std::future::{Future, Ready, ready};
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, web};
 use base64::Engine;
+use futures_util::future::Either;
 use keyward_core::ids::{KeyId, RoleName, TenantId, Username};
 use keyward_core::rbac::Permissions;
 use keyward_core::store::Change;
@@ -24,7 +25,7 @@ use zeroize::Zeroizing;
 use crate::denied::Caller;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::state::AppState;
-use crate::verify::{InvalidReason, Outcome};
+use crate::verify::{InvalidReason, Outcome, VerifiedKey};
 use crate::verify_cache::{Filled, ProvenUser};
 
 /// Who a principal is.
@@ -128,8 +129,7 @@ fn principal_of(
         let state = state.ok_or_else(|| ApiError::new(Code::Internal))?;
         let authorization = authorization.ok_or_else(|| unauthenticated("Missing credentials."))?;
         let principal =
-            authenticate_with(&state, &authorization, client, cached_key_permissions).await?;
-        tracing::Span::current().record("principal", tracing::field::display(&principal.id));
+            noted(authenticate_with(&state, &authorization, client, cached_key_permissions).await?);
         // Names the caller in the audit record of a refusal that follows
         // (verify, the only caller of cached permissions, changes nothing).
         if let Some(req) = req {
@@ -140,6 +140,12 @@ fn principal_of(
         }
         Ok(principal)
     }
+}
+
+/// Names the principal in the request's span.
+fn noted(principal: Principal) -> Principal {
+    tracing::Span::current().record("principal", tracing::field::display(&principal.id));
+    principal
 }
 
 impl FromRequest for Principal {
@@ -188,12 +194,40 @@ pub struct CachedPrincipal(pub Principal);
 
 impl FromRequest for CachedPrincipal {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+    type Future = Either<
+        Ready<Result<Self, ApiError>>,
+        Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>,
+    >;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        // A key the verify cache holds is answered here and now: no
+        // future to allocate, no copy of the header, no shared state to
+        // clone — each a cost on every request of the hot path.
+        if let Some(answered) = cached_bearer(req) {
+            return Either::Left(ready(answered.map(CachedPrincipal)));
+        }
         let principal = principal_of(req, true);
-        Box::pin(async move { principal.await.map(CachedPrincipal) })
+        Either::Right(Box::pin(
+            async move { principal.await.map(CachedPrincipal) },
+        ))
     }
+}
+
+/// A Bearer caller whose key the verify cache holds (or whose token is
+/// malformed); `None` for anything else — no header, Basic, a key to read
+/// from the store — which takes the full path.
+fn cached_bearer(req: &HttpRequest) -> Option<ApiResult<Principal>> {
+    let state = req.app_data::<web::Data<AppState>>()?;
+    let header = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, _) = header.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let Ok(Presented::Bearer(key)) = parse_authorization(header) else {
+        return None;
+    };
+    let outcome = state.verifier.verify_cached(key)?;
+    Some(proven_key(outcome).map(|key| noted(key_principal(&key))))
 }
 
 /// What an `Authorization` header presents.
@@ -359,22 +393,9 @@ fn proof_digest(key: &[u8; 32], username: &str, password: &str) -> blake3::Hash 
 /// Identity from the shared verification path (fast after the first
 /// proof); what the key may do is read from the store at this request.
 async fn bearer(state: &AppState, credentials: &str, cached: bool) -> ApiResult<Principal> {
-    let verified = match state.verifier.verify(credentials).await? {
-        Outcome::Valid(v) => v,
-        // Revoked/expired are told only after the secret was proven.
-        Outcome::Invalid(InvalidReason::Revoked) => {
-            return Err(unauthenticated("The API key is revoked."));
-        }
-        Outcome::Invalid(InvalidReason::Expired) => {
-            return Err(unauthenticated("The API key is expired."));
-        }
-        Outcome::Invalid(_) => return Err(unauthenticated("Invalid API key.")),
-    };
+    let verified = proven_key(state.verifier.verify(credentials).await?)?;
     if cached {
-        return Ok(Principal {
-            id: PrincipalId::Key(verified.key_id),
-            permissions: Arc::clone(verified.permissions()),
-        });
+        return Ok(key_principal(&verified));
     }
     let Some(key) = state.store.key_credentials(verified.key_id).await? else {
         return Err(unauthenticated("Invalid API key."));
@@ -386,6 +407,25 @@ async fn bearer(state: &AppState, credentials: &str, cached: bool) -> ApiResult<
         id: PrincipalId::Key(key.key_id),
         permissions: Arc::new(Permissions::from_grants(key.tenant_id, key.grants)),
     })
+}
+
+/// The key a verification proved, or why its caller is refused.
+fn proven_key(outcome: Outcome) -> ApiResult<VerifiedKey> {
+    match outcome {
+        Outcome::Valid(v) => Ok(v),
+        // Revoked/expired are told only after the secret was proven.
+        Outcome::Invalid(InvalidReason::Revoked) => Err(unauthenticated("The API key is revoked.")),
+        Outcome::Invalid(InvalidReason::Expired) => Err(unauthenticated("The API key is expired.")),
+        Outcome::Invalid(_) => Err(unauthenticated("Invalid API key.")),
+    }
+}
+
+/// A key as a principal, with the permissions its verification holds.
+fn key_principal(key: &VerifiedKey) -> Principal {
+    Principal {
+        id: PrincipalId::Key(key.key_id),
+        permissions: Arc::clone(key.permissions()),
+    }
 }
 
 #[cfg(test)]

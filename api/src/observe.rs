@@ -112,9 +112,10 @@ pub async fn observe(
 /// Counts the request and records its latency; returns the latency.
 fn record(method: &Method, route: &str, status: u16, started: Instant) -> f64 {
     let elapsed = started.elapsed().as_secs_f64();
-    let (count, latency) = handles(method, route, status);
-    count.increment(1);
-    latency.record(elapsed);
+    with_handles(method, route, status, |count, latency| {
+        count.increment(1);
+        latency.record(elapsed);
+    });
     elapsed
 }
 
@@ -149,13 +150,16 @@ fn method_label(method: &Method) -> &'static str {
         .map_or("other", Method::as_str)
 }
 
-fn handles(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
+/// Runs `f` with the route's handles where they are kept: cloned out and
+/// dropped, each would cost two writes to a reference count that every
+/// worker thread shares.
+fn with_handles(method: &Method, route: &str, status: u16, f: impl FnOnce(&Counter, &Histogram)) {
     let method = method_label(method);
     HANDLES.with(|cell| {
         let mut map = cell.borrow_mut();
         let routes = map.entry((method, status)).or_default();
         if let Some((_, c, h)) = routes.iter().find(|(r, _, _)| r == route) {
-            return (c.clone(), h.clone());
+            return f(c, h);
         }
         let labels = [
             ("method", method.to_owned()),
@@ -164,8 +168,8 @@ fn handles(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
         ];
         let c = metrics::counter!("keyward_http_requests_total", &labels);
         let h = metrics::histogram!("keyward_http_request_duration_seconds", &labels);
-        routes.push((route.to_owned(), c.clone(), h.clone()));
-        (c, h)
+        f(&c, &h);
+        routes.push((route.to_owned(), c, h));
     })
 }
 

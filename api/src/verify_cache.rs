@@ -161,7 +161,10 @@ impl KeyState {
     /// one in the same second already was.
     pub fn first_use_in(&self, second: i64) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
-        self.last_use_recorded.swap(second, Relaxed) != second
+        // Read before writing: a hot key is verified on every core, and a
+        // write on each verify would bounce its cache line between them.
+        self.last_use_recorded.load(Relaxed) != second
+            && self.last_use_recorded.swap(second, Relaxed) != second
     }
 }
 

@@ -109,5 +109,5 @@ fn refuse(status: StatusCode, code: &'static str, message: &'static str) -> Http
 }
 
 fn count(result: &'static str) {
-    keyward_core::telemetry::counter("keyward_ingest_total", &[("result", result)]).increment(1);
+    keyward_core::telemetry::count("keyward_ingest_total", &[("result", result)]);
 }

@@ -304,11 +304,10 @@ impl Verifier {
             Verdict::Invalid(_) => "invalid",
             Verdict::Unavailable => "unavailable",
         };
-        keyward_core::telemetry::counter(
+        keyward_core::telemetry::count(
             "keyward_ingestor_verify_total",
             &[("result", result), ("cache", cache)],
-        )
-        .increment(1);
+        );
         verdict
     }
 }

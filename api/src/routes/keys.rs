@@ -496,13 +496,17 @@ fn json_body(body: Bytes) -> HttpResponse {
     responses((status = 200, body = Verification)), security(("basic" = []), ("bearer" = [])))]
 pub async fn verify(
     req: HttpRequest,
-    state: web::Data<AppState>,
     CachedPrincipal(who): CachedPrincipal,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
     if !who.permissions.may_verify() {
         return Err(ApiError::new(Code::Forbidden));
     }
+    // Borrowed, not extracted: `web::Data` clones an `Arc` that every
+    // worker thread shares, a cost on each request of the hot path.
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::new(Code::Internal))?;
     let body: ApiKeyBody = read_json(&req, payload).await?;
     let answer = match state.verifier.verify(body.api_key.expose()).await? {
         Outcome::Valid(v) => {

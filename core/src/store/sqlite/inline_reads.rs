@@ -143,14 +143,18 @@ fn each_key_grants(conn: &Connection, ids: &[String]) -> rusqlite::Result<Vec<Ke
     Ok(found)
 }
 
+/// A row of `KEY_GRANTS_OF_ONE`, read by position: by name, each value
+/// looked its column up by comparing names, a tenth of the inline read's
+/// time under misses. `columns_are_read_by_position` holds the positions
+/// to the statement.
 fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyGrantRow> {
     Ok(KeyGrantRow {
-        key_id: r.get("key_id")?,
-        tenant_id: r.get("tenant_id")?,
-        secret_hash: r.get("secret_hash")?,
-        status: r.get("status")?,
+        key_id: r.get(0)?,
+        tenant_id: r.get(1)?,
+        secret_hash: r.get(2)?,
+        status: r.get(3)?,
         expires_at: r
-            .get::<_, Option<i64>>("expires_at")?
+            .get::<_, Option<i64>>(4)?
             .map(|micros| {
                 Utc.timestamp_micros(micros)
                     .single()
@@ -158,11 +162,11 @@ fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyGrantRow> {
                     .ok_or(rusqlite::Error::IntegralValueOutOfRange(4, micros))
             })
             .transpose()?,
-        role_name: r.get("role_name")?,
-        group_name: r.get("group_name")?,
-        privilege: r.get("privilege")?,
-        stream: r.get("stream")?,
-        position: r.get("position")?,
+        role_name: r.get(5)?,
+        group_name: r.get(6)?,
+        privilege: r.get(7)?,
+        stream: r.get(8)?,
+        position: r.get(9)?,
     })
 }
 
@@ -228,6 +232,28 @@ mod tests {
         };
         assert_eq!(inline.len(), 1);
         assert_eq!(fields(&inline), fields(&pooled));
+    }
+
+    /// `grant_row` reads by position what the statement names.
+    #[tokio::test]
+    async fn columns_are_read_by_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let _migrated = store(&dir).await;
+        let conn = Connection::open(dir.path().join("k.db")).unwrap();
+        let statement = conn.prepare(KEY_GRANTS_OF_ONE.sqlite).unwrap();
+        let by_position = [
+            "key_id",
+            "tenant_id",
+            "secret_hash",
+            "status",
+            "expires_at",
+            "role_name",
+            "group_name",
+            "privilege",
+            "stream",
+            "position",
+        ];
+        assert_eq!(statement.column_names(), by_position);
     }
 
     /// What can't be read here is left to the pool, which reports errors.
