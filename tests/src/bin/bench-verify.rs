@@ -5,7 +5,7 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! target/release/bench-verify all        # or one: cold hit rotating miss miss-pg basic propagation
+//! target/release/bench-verify all        # or one: cold hit rotating miss floor miss-pg basic propagation
 //! target/release/bench-verify instructions   # user-space instructions per request, under valgrind
 //! ```
 //!
@@ -64,6 +64,9 @@ async fn main() {
     }
     if run("miss-pg") {
         miss_postgres().await;
+    }
+    if run("floor") {
+        floor().await;
     }
     if run("basic") {
         basic_admin().await;
@@ -297,6 +300,15 @@ struct Turns {
     mix: Mix,
 }
 
+/// "server CPU x µs/request, wrk's y"
+fn cpu(w: &Wrk) -> String {
+    format!(
+        "server CPU {:.1} µs/request, wrk's {:.1}",
+        w.cpu_us(),
+        w.load_cpu_us()
+    )
+}
+
 impl Turns {
     /// The two healthz rows and verify's, as the tables show them.
     fn rows(&self, store: &str, verify: &str) {
@@ -306,13 +318,6 @@ impl Turns {
             verify: v,
             mix,
         } = self;
-        let cpu = |w: &Wrk| {
-            format!(
-                "server CPU {:.1} µs/request, wrk's {:.1}",
-                w.cpu_us(),
-                w.load_cpu_us()
-            )
-        };
         println!(
             "| {store}wrk `GET /healthz`, {TURNS} × {TURN_SECONDS} s in turns | {}; {} |",
             healthz.summary(),
@@ -464,6 +469,54 @@ async fn miss_sqlite() {
         let turns = healthz_and_verify_in_turns(&node, &seeded).await;
         turns.rows("SQLite: ", &format!("wrk verify, 100,000 keys, {what}"));
     }
+}
+
+/// (4b) The framework's floor: the cached verify and healthz of
+/// `keyward-api`, then the same two loads (the same keys, caller and wrk
+/// script) against `bench-floor`, a bare actix-web server that answers
+/// verify's request shape without middleware, authentication or
+/// verification. The floor's verify-shaped ÷ healthz is what the HTTP
+/// exchange alone allows on this stack and machine; the gap between the
+/// two servers' ratios is all Keyward does per request.
+async fn floor() {
+    let n: usize = env_or("KEYWARD_BENCH_KEYS", 10_000);
+    let db = TestDatabase::sqlite().await;
+    let seeded = seed(&db.store(), n).await;
+    let node = api(&db, &[]).await;
+    let _warm = wrk(
+        &node,
+        "/api/v1/verify",
+        5,
+        Some((&seeded.keys, &seeded.verifier)),
+    );
+    let keyward = healthz_and_verify_in_turns(&node, &seeded).await;
+    drop(node);
+    let bare = started("bench-floor", &[]).await;
+    let (mut health, mut shaped) = (Vec::new(), Vec::new());
+    for _ in 0..TURNS {
+        health.push(wrk(&bare, "/healthz", TURN_SECONDS, None));
+        shaped.push(wrk(
+            &bare,
+            "/api/v1/verify",
+            TURN_SECONDS,
+            Some((&seeded.keys, &seeded.verifier)),
+        ));
+    }
+    let (health, shaped) = (Wrk::merged(&health), Wrk::merged(&shaped));
+    keyward.rows("keyward-api: ", &format!("verify, {n} keys, cached"));
+    println!(
+        "| bare actix-web (`bench-floor`): wrk `GET /healthz`, {TURNS} × {TURN_SECONDS} s in turns | {}; {} |",
+        health.summary(),
+        cpu(&health)
+    );
+    println!(
+        "| bare actix-web: verify's request shape, same keys and script, {TURNS} × {TURN_SECONDS} s in turns | \
+         {}; **{:.0} % of its healthz**; {}; server CPU = {:.0} % of its healthz's |",
+        shaped.summary(),
+        100.0 * shaped.rps() / health.rps(),
+        cpu(&shaped),
+        100.0 * shaped.cpu_us() / health.cpu_us()
+    );
 }
 
 /// User-space instructions per request of healthz, a cached verify and a
