@@ -156,7 +156,12 @@ fn spawn_at(under: &[&str], name: &str, port: u16, env: &[(&str, &str)]) -> Runn
     }
 }
 
-/// Starts `keyward-api` on a free port with `env` added.
+/// Starts `keyward-api` on a free port with `env` added, its stderr read
+/// from the start (`drain_stderr`; `stderr_text` still returns it all):
+/// the API logs a line per admin request, and once a pipe nobody reads is
+/// full (~250 lines) its workers block on the write. A test polling a
+/// revocation every 20 ms filled it in 5 s and then waited for ever on an
+/// answer that could not come.
 pub fn start_api(env: &[(&str, &str)]) -> Running {
     // Cheap argon2: these tests are about the process, not the cost.
     let mut all = vec![
@@ -164,7 +169,9 @@ pub fn start_api(env: &[(&str, &str)]) -> Running {
         ("KEYWARD_ARGON2_ITERATIONS", "1"),
     ];
     all.extend_from_slice(env);
-    start("keyward-api", &all)
+    let mut api = start("keyward-api", &all);
+    api.drain_stderr();
+    api
 }
 
 impl Running {

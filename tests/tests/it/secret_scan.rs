@@ -318,7 +318,6 @@ async fn run(url: &str, format: &str) -> (Seen, String) {
         ("KEYWARD_LOG_FORMAT", format),
         ("RUST_LOG", "trace"),
     ]);
-    api.drain_stderr();
     api.wait_ready("/readyz", READY).await;
     let seen = drive(&api).await;
     let log = stop(api).await;
