@@ -2577,8 +2577,48 @@ async fn wait_for_a_lock_wait(url: &str) {
     }
 }
 
+/// PostgreSQL: an event's mark takes `outbox_totals` before any outbox
+/// row. A recording of acks holds it FOR SHARE (taken first) and then
+/// locks the events' rows (its foreign-key check, FOR KEY SHARE); a mark
+/// that had updated those rows before its trigger waited for the share
+/// was a deadlock (40P01, `postgres_unacked_stays_exact_under_concurrent_writers`
+/// about one run in ten on a loaded machine). Here the share is held, a
+/// mark started and seen waiting: the recording's next step must find the
+/// event's row free. Checked with the mark's statement as it was (no
+/// `totals` CTE): the row was then locked by the waiting mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_mark_waits_for_the_totals_before_any_outbox_row() {
+    use sqlx::Connection;
+    let Some(db) = keyward_core::testing::TestDatabase::postgres().await else {
+        return;
+    };
+    let s = db.store();
+    let acme = tenant(&s, "acme").await;
+    revoked_keys(&s, &acme, 1).await;
+    let event = claim_all(&s).await.remove(0);
+    let mut recording = sqlx::PgConnection::connect(db.url.as_str()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut recording).await.unwrap();
+    sqlx::query("SELECT published FROM outbox_totals FOR SHARE")
+        .execute(&mut recording)
+        .await
+        .unwrap();
+    let store = Arc::clone(&s);
+    let mark = tokio::spawn(async move { store.mark_published(&[event.id], now(), now()).await });
+    wait_for_a_lock_wait(db.url.as_str()).await;
+    let row = sqlx::query("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE NOWAIT")
+        .bind(event.id)
+        .execute(&mut recording)
+        .await;
+    assert!(
+        row.is_ok(),
+        "the waiting mark holds the event's row: {row:?}"
+    );
+    sqlx::query("COMMIT").execute(&mut recording).await.unwrap();
+    assert_eq!(mark.await.unwrap().unwrap(), 1);
+}
+
 /// PostgreSQL: `unacked`'s counts (migration 0009) under every writer at
-/// once — two workers claiming and marking, three report batches of
+/// once — four workers claiming and marking, six report batches of
 /// overlapping acks (some before their event's mark), nodes seen for the
 /// first time meanwhile, settling and purges — end equal to the
 /// definition counted from the rows, and no writer meets a deadlock.
@@ -2597,7 +2637,7 @@ async fn postgres_unacked_stays_exact_under_concurrent_writers() {
     let event_ids: Arc<Vec<EventId>> = Arc::new(all.iter().map(|e| e.event_id).collect());
     let nodes = ["n0", "n1", "n2", "n3"];
     let mut tasks = tokio::task::JoinSet::new();
-    for w in 0..2 {
+    for w in 0..4 {
         let s = Arc::clone(&s);
         tasks.spawn(async move {
             let owner = format!("w{w}");
@@ -2611,7 +2651,7 @@ async fn postgres_unacked_stays_exact_under_concurrent_writers() {
             }
         });
     }
-    for r in 0..3_u64 {
+    for r in 0..6_u64 {
         let (s, event_ids) = (Arc::clone(&s), Arc::clone(&event_ids));
         tasks.spawn(async move {
             let mut seed = 0x2545_F491_4F6C_DD1D_u64 + r;

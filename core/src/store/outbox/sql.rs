@@ -42,13 +42,23 @@ const CLAIM: Dialect = Dialect {
 };
 
 /// `$1` now, `$2` live-since, `$3` the list of outbox ids.
+///
+/// On PostgreSQL the mark takes `outbox_totals` FOR UPDATE before it
+/// touches an outbox row (the uncorrelated `EXISTS` is a one-time filter,
+/// evaluated before the scan), as every other writer of the counts takes
+/// it first (migration 0009). Its statement trigger would otherwise take
+/// it only after the rows: a recording of acks holding it FOR SHARE and
+/// then reaching a row the mark held, while the mark's trigger waited for
+/// that share, was a deadlock (40P01, seen in
+/// `postgres_unacked_stays_exact_under_concurrent_writers`).
 const MARK_PUBLISHED: Dialect = Dialect {
     sqlite: "UPDATE outbox SET published_at = $1, lease_owner = NULL, lease_until = NULL, \
                live_ingestors = (SELECT COUNT(*) FROM ingestors WHERE last_seen_at >= $2) \
              WHERE id IN (SELECT value FROM json_each($3)) AND published_at IS NULL",
-    postgres: "UPDATE outbox SET published_at = $1, lease_owner = NULL, lease_until = NULL, \
+    postgres: "WITH totals AS (SELECT published FROM outbox_totals FOR UPDATE) \
+               UPDATE outbox SET published_at = $1, lease_owner = NULL, lease_until = NULL, \
                  live_ingestors = (SELECT COUNT(*) FROM ingestors WHERE last_seen_at >= $2) \
-               WHERE id = ANY($3) AND published_at IS NULL",
+               WHERE id = ANY($3) AND published_at IS NULL AND EXISTS (SELECT FROM totals)",
 };
 
 /// `$1` owner, `$2` the list of outbox ids.
