@@ -171,6 +171,66 @@ async fn role_withdrawn_during_a_miss_is_not_cached(app: TestApp) {
     );
 }
 
+/// A verify whose caller is an API key (Bearer): once that key is proven
+/// its requests are answered in the extractor from the verify cache (the
+/// fast path, `VerifyService::verify_cached`). The caller's own first read
+/// held, the caller's key revoked, the read released: that request and
+/// the next ones are refused — nothing of the read from before the revoke
+/// was used or cached.
+async fn a_bearer_caller_revoked_during_its_first_read_is_refused(app: TestApp) {
+    setup(&app).await;
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/_platform/apikeys",
+            ADMIN,
+            json!({"name": "node", "roles": ["verifier"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let caller_id = body["keyId"].as_str().unwrap().to_owned();
+    let caller = body["secret"].as_str().unwrap().to_owned();
+    let (_, secret) = create_key(&app, "ci").await;
+    let verify = |caller: String, secret: String| {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        async move {
+            let res = client
+                .post(format!("{base}/api/v1/verify"))
+                .bearer_auth(caller)
+                .json(&json!({"apiKey": secret}))
+                .send()
+                .await
+                .unwrap();
+            crate::support::read(res).await
+        }
+    };
+
+    // The first read of a verify is its caller's.
+    let mut held = app.gates.key.hold_next();
+    let in_flight = tokio::spawn(verify(caller.clone(), secret.clone()));
+    held.reached().await;
+    let (s, body) = app
+        .delete(
+            &format!("/api/v1/tenants/_platform/apikeys/{caller_id}"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    held.release();
+    // Its read is older than the revoke it is answered after: it reads
+    // again (as any verify does) and is refused; so are the next ones,
+    // which find nothing cached.
+    for in_flight in [
+        in_flight.await.unwrap(),
+        verify(caller.clone(), secret.clone()).await,
+    ] {
+        let (s, body) = in_flight;
+        assert_error(s, &body, 401, "unauthenticated");
+        assert_eq!(body["error"]["message"], "The API key is revoked.");
+    }
+    let (s, body) = verify(caller, secret).await;
+    assert_error(s, &body, 401, "unauthenticated");
+}
+
 /// `GET …/acme/apikeys` as user `ops` (Basic), in the background; its status.
 fn ops_lists_keys_in_background(app: &TestApp) -> tokio::task::JoinHandle<u16> {
     let (client, base) = (app.client.clone(), app.base.clone());
@@ -343,6 +403,7 @@ on_both_stores!(
     verify_in_flight_across_a_revoke_caches_nothing,
     a_request_joining_a_read_from_before_a_revoke_says_revoked,
     role_withdrawn_during_a_miss_is_not_cached,
+    a_bearer_caller_revoked_during_its_first_read_is_refused,
     basic_user_deleted_during_its_proof_is_not_remembered,
     basic_proofs_are_remembered_until_the_user_changes,
     concurrent_first_basic_requests_share_one_proof,
