@@ -45,13 +45,26 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// A running binary, killed when dropped.
+/// A running binary, killed when dropped. Dropped while its test panics,
+/// it prints the end of what it logged (when its stderr is being read,
+/// `drain_stderr`): the test harness shows that with the failure, which is
+/// how a timeout seen only under CI's load can be traced afterwards.
 pub struct Running {
     pub child: Child,
     pub port: u16,
-    /// Reads stderr while the process runs (`drain_stderr`).
-    drained: Option<tokio::task::JoinHandle<String>>,
+    /// The binary's name, for those lines.
+    name: String,
+    /// What was read of stderr so far, and the reader (`drain_stderr`).
+    drained: Option<Drained>,
 }
+
+struct Drained {
+    text: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// How much of a process's log a failing test prints.
+const LOG_TAIL_LINES: usize = 200;
 
 impl Running {
     pub fn url(&self, path: &str) -> String {
@@ -64,11 +77,15 @@ impl Running {
     pub fn drain_stderr(&mut self) {
         use tokio::io::AsyncReadExt;
         if let Some(mut stderr) = self.child.stderr.take() {
-            self.drained = Some(tokio::spawn(async move {
-                let mut all = Vec::new();
-                let _ = stderr.read_to_end(&mut all).await;
-                String::from_utf8_lossy(&all).into_owned()
-            }));
+            let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let into = std::sync::Arc::clone(&text);
+            let reader = tokio::spawn(async move {
+                let mut buf = [0_u8; 8192];
+                while let Ok(n @ 1..) = stderr.read(&mut buf).await {
+                    into.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            self.drained = Some(Drained { text, reader });
         }
     }
 
@@ -76,7 +93,9 @@ impl Running {
     pub async fn stderr_text(&mut self) -> String {
         use tokio::io::AsyncReadExt;
         if let Some(drained) = self.drained.take() {
-            return drained.await.expect("stderr reader");
+            drained.reader.await.expect("stderr reader");
+            let all = std::mem::take(&mut *drained.text.lock().unwrap());
+            return String::from_utf8_lossy(&all).into_owned();
         }
         let mut err = String::new();
         if let Some(mut stderr) = self.child.stderr.take() {
@@ -152,7 +171,33 @@ fn spawn_at(under: &[&str], name: &str, port: u16, env: &[(&str, &str)]) -> Runn
     Running {
         child: cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}")),
         port,
+        name: name.to_owned(),
         drained: None,
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let Some(drained) = &self.drained else {
+            return;
+        };
+        let text = drained.text.lock().map(|t| t.clone()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+        eprintln!(
+            "---- {} (port {}): the last {} of {} lines it logged ----",
+            self.name,
+            self.port,
+            lines.len() - from,
+            lines.len()
+        );
+        for line in &lines[from..] {
+            eprintln!("{line}");
+        }
     }
 }
 

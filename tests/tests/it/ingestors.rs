@@ -190,7 +190,11 @@ impl System {
             .collect()
     }
 
-    /// Waits until the API counts `n` ingestors live.
+    /// Waits until the API counts `n` ingestors live. A test that waits
+    /// for a revocation's `applied` starts here: `applied` counts the nodes
+    /// live at the event's publication, and a node whose first heartbeat
+    /// the worker had not yet recorded leaves it `published` for good
+    /// (seen under CI's load: "applied: not within 10s").
     async fn until_live(&self, n: usize) {
         eventually("ingestors live", Duration::from_secs(10), || async {
             self.live_ingestors().await.len() == n
@@ -459,6 +463,7 @@ async fn trace_scan(format: &str) {
     };
     let amqp = keyward_tests::amqp::amqp_url();
     let mut node = sys.ingestor_with("c", &amqp, &trace).await;
+    sys.until_live(1).await;
     let (key_id, secret) = sys.key().await;
     let http = &sys.http;
     assert_eq!(ingest(http, &node, "clicks-eu", &secret).await, 202);
@@ -823,6 +828,7 @@ async fn a_revoked_key_is_refused_from_memory_with_the_api_stopped() {
         return;
     };
     let a = sys.ingestor("a", &keyward_tests::amqp::amqp_url()).await;
+    sys.until_live(1).await;
     let http = sys.http.clone();
     let (key_id, secret) = sys.key().await;
     let (_, other) = sys.key().await;
