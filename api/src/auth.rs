@@ -345,6 +345,7 @@ async fn prove(
         Ok(u) => state.store.user_credentials(&u).await?,
         Err(_) => None,
     };
+    state.gates.password.pass().await;
     let Some(user) = found else {
         // Same cost as a wrong password: no username oracle by timing.
         state.passwords.verify(password, &state.dummy_hash).await?;

@@ -65,11 +65,16 @@ impl FillGate {
     }
 }
 
-/// One gate per cache.
+/// One gate per cache, and one before each password proof.
 #[derive(Default)]
 pub struct FillGates {
     /// Verify cache (keys).
     pub key: FillGate,
     /// Remembered Basic proofs (users).
     pub user: FillGate,
+    /// Passed just before each argon2 proof of a Basic password runs,
+    /// right or wrong: what tests count as proofs of this app (the
+    /// `keyward_argon2_duration_seconds` metric is the process's, shared
+    /// by every app a test binary runs).
+    pub password: FillGate,
 }
