@@ -134,9 +134,16 @@ impl Running {
 }
 
 /// Starts a workspace binary with `KEYWARD_LISTEN` on a free port and
-/// `env` added (and nothing else from this process's environment).
+/// `env` added (and nothing else from this process's environment), its
+/// stderr read from the start (`drain_stderr`; `stderr_text` still returns
+/// it all): once a pipe nobody reads is full (~250 lines of the API's
+/// per-request log) the process blocks on the write — a test polling a
+/// revocation every 20 ms filled it in 5 s and then waited for ever on an
+/// answer that could not come — and a failing test prints what was read.
 pub fn start(name: &str, env: &[(&str, &str)]) -> Running {
-    start_under(&[], name, env)
+    let mut running = start_under(&[], name, env);
+    running.drain_stderr();
+    running
 }
 
 /// `start`, the binary run by the command `under` names (a profiler such
@@ -201,12 +208,7 @@ impl Drop for Running {
     }
 }
 
-/// Starts `keyward-api` on a free port with `env` added, its stderr read
-/// from the start (`drain_stderr`; `stderr_text` still returns it all):
-/// the API logs a line per admin request, and once a pipe nobody reads is
-/// full (~250 lines) its workers block on the write. A test polling a
-/// revocation every 20 ms filled it in 5 s and then waited for ever on an
-/// answer that could not come.
+/// Starts `keyward-api` on a free port with `env` added (`start`).
 pub fn start_api(env: &[(&str, &str)]) -> Running {
     // Cheap argon2: these tests are about the process, not the cost.
     let mut all = vec![
@@ -214,9 +216,7 @@ pub fn start_api(env: &[(&str, &str)]) -> Running {
         ("KEYWARD_ARGON2_ITERATIONS", "1"),
     ];
     all.extend_from_slice(env);
-    let mut api = start("keyward-api", &all);
-    api.drain_stderr();
-    api
+    start("keyward-api", &all)
 }
 
 impl Running {

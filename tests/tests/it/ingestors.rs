@@ -74,7 +74,6 @@ impl System {
         ];
         env.extend_from_slice(worker_env);
         let mut worker = start("keyward-sync-worker", &env);
-        worker.drain_stderr();
         worker.wait_ready("/readyz", READY).await;
         let prefix = broker.exchange.replace(".events", "");
         let mut system = Self {
@@ -221,8 +220,6 @@ impl System {
         ];
         env.extend_from_slice(extra);
         let mut node = start("keyward-ingestor", &env);
-        // Read as it comes: a node at trace level fills a pipe fast.
-        node.drain_stderr();
         node.wait_ready("/readyz", READY).await;
         node
     }

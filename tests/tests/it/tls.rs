@@ -211,7 +211,6 @@ async fn a_wrong_ca_or_host_name_is_refused_and_said() {
                 ("KEYWARD_ACKS_QUEUE", &broker.acks_queue),
             ],
         );
-        worker.drain_stderr();
         worker.wait_ready("/healthz", READY).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ready = reqwest::get(worker.url("/readyz")).await.unwrap();
@@ -256,7 +255,6 @@ async fn a_wrong_ca_or_host_name_is_refused_and_said() {
             ("KEYWARD_INGESTOR_ID", &node_id),
         ],
     );
-    node.drain_stderr();
     node.wait_ready("/readyz", READY).await;
     let status = reqwest::Client::new()
         .post(node.url("/ingest/clicks"))
