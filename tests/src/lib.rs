@@ -46,15 +46,15 @@ pub fn free_port() -> u16 {
 }
 
 /// A running binary, killed when dropped. Dropped while its test panics,
-/// it prints the end of what it logged (when its stderr is being read,
-/// `drain_stderr`): the test harness shows that with the failure, which is
-/// how a timeout seen only under CI's load can be traced afterwards.
+/// a process `start` began prints the end of what it logged: the test
+/// harness shows that with the failure, which is how a timeout seen only
+/// under CI's load can be traced afterwards.
 pub struct Running {
     pub child: Child,
     pub port: u16,
     /// The binary's name, for those lines.
     name: String,
-    /// What was read of stderr so far, and the reader (`drain_stderr`).
+    /// What was read of stderr so far, and the reader (`start`).
     drained: Option<Drained>,
 }
 
@@ -71,10 +71,10 @@ impl Running {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    /// Reads stderr from now on, so that a process logging more than a
-    /// pipe holds (trace level) does not stall on a full pipe;
-    /// `stderr_text` then returns all of it.
-    pub fn drain_stderr(&mut self) {
+    /// Reads stderr from now on (`start` does, for every process it
+    /// starts), so that a process logging more than a pipe holds does not
+    /// stall on a full pipe; `stderr_text` then returns all of it.
+    fn drain_stderr(&mut self) {
         use tokio::io::AsyncReadExt;
         if let Some(mut stderr) = self.child.stderr.take() {
             let text = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -89,19 +89,16 @@ impl Running {
         }
     }
 
-    /// Everything the process wrote to stderr; call once it has exited.
+    /// Everything a process `start` began wrote to stderr; call once it
+    /// has exited.
     pub async fn stderr_text(&mut self) -> String {
-        use tokio::io::AsyncReadExt;
-        if let Some(drained) = self.drained.take() {
-            drained.reader.await.expect("stderr reader");
-            let all = std::mem::take(&mut *drained.text.lock().unwrap());
-            return String::from_utf8_lossy(&all).into_owned();
-        }
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            stderr.read_to_string(&mut err).await.expect("read stderr");
-        }
-        err
+        let drained = self
+            .drained
+            .take()
+            .expect("stderr is kept only for processes `start` began, and returned once");
+        drained.reader.await.expect("stderr reader");
+        let all = std::mem::take(&mut *drained.text.lock().unwrap());
+        String::from_utf8_lossy(&all).into_owned()
     }
 
     /// The URL of `path` on this process when it serves HTTPS (with a
