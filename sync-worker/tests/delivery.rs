@@ -440,15 +440,14 @@ async fn sqlite_single_worker_end_to_end_and_unrouted_events() {
     let expected: HashSet<String> = routed.iter().map(|(_, e)| e.to_string()).collect();
     assert_eq!(distinct(&seen), expected);
     wait_for_state(store.as_ref(), "lonely", lonely[0].0, EventState::Published).await;
-    let metrics = keyward_core::telemetry::render_metrics();
-    assert!(
-        metrics.contains("keyward_events_unrouted_total"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("keyward_events_published_total"),
-        "{metrics}"
-    );
+    // Counted once the mark returns to the worker, a moment after the
+    // state it wrote can be read.
+    eventually("counted", Duration::from_secs(5), || async {
+        let metrics = keyward_core::telemetry::render_metrics();
+        metrics.contains("keyward_events_unrouted_total")
+            && metrics.contains("keyward_events_published_total")
+    })
+    .await;
     worker.stop().await;
     broker.cleanup().await;
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use keyward_core::testing::{TestDatabase, revocations};
 use keyward_tests::amqp::{TestBroker, amqp_url, collect_events, next_delivery};
-use keyward_tests::{Running, free_port, start, start_api};
+use keyward_tests::{Running, eventually, free_port, start, start_api};
 use lapin::types::FieldTable;
 
 const READY: Duration = Duration::from_secs(30);
@@ -110,16 +110,18 @@ async fn a_revoke_through_the_api_reaches_a_bound_queue() {
         assert!(Instant::now() < deadline, "not published: {key}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = reqwest::get(worker.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("keyward_events_published_total"),
-        "{metrics}"
-    );
+    // Counted once the mark that the key's state shows has returned to
+    // the worker: a moment after the state can be read.
+    eventually("counted as published", Duration::from_secs(5), || async {
+        let metrics = reqwest::get(worker.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.contains("keyward_events_published_total")
+    })
+    .await;
 
     worker.signal("TERM");
     let status = worker.exit_status(Duration::from_secs(15)).await;
