@@ -125,6 +125,17 @@ impl KeywardApi {
             dummy_hash,
             ingestor_liveness: Duration::from_secs(settings.ingestor_liveness_seconds),
         });
+        // Proven passwords past their minute, or of a user changed since,
+        // are freed once a minute (the verify cache is swept by the
+        // verifier's own background task).
+        let sweeping = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROVEN_PASSWORD_TTL);
+            loop {
+                tick.tick().await;
+                sweeping.proven.drop_stale();
+            }
+        });
         Ok(Self {
             state,
             readiness,

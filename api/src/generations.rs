@@ -20,7 +20,7 @@
 //! and one taken after the clock moved was taken after the change had
 //! committed (bumps follow commits), so what it reads is already fresh.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 use keyward_core::ids::{KeyId, TenantId, Username};
@@ -51,7 +51,9 @@ pub struct Generations {
     keys: Box<[AtomicU64]>,
     tenants: Box<[AtomicU64]>,
     users: Box<[AtomicU64]>,
-    hasher: RandomState,
+    /// Every hit checks two slots: a fast hash, seeded at random so that
+    /// which scopes share a slot can't be chosen from outside.
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Default for Generations {
@@ -64,7 +66,7 @@ impl Default for Generations {
             keys: slots(KEY_SLOTS),
             tenants: slots(TENANT_SLOTS),
             users: slots(USER_SLOTS),
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 }
@@ -111,7 +113,11 @@ impl Generations {
     }
 }
 
-fn pick<'a>(slots: &'a [AtomicU64], hasher: &RandomState, x: impl Hash) -> &'a AtomicU64 {
+fn pick<'a>(
+    slots: &'a [AtomicU64],
+    hasher: &foldhash::fast::RandomState,
+    x: impl Hash,
+) -> &'a AtomicU64 {
     &slots[(hasher.hash_one(x) as usize) % slots.len()]
 }
 

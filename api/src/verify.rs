@@ -371,10 +371,10 @@ fn count(verdict: Outcome, cache: &'static str) -> Outcome {
 }
 
 /// Background work of the verifier: batched `lastUsedAt` writes every
-/// `USAGE_FLUSH_INTERVAL`, the cache gauge, and the changes other replicas
-/// announce (PostgreSQL NOTIFY). Spawned on tokio, not on actix's local
-/// set: a `PgListener` must be dropped inside a tokio context when the
-/// server stops.
+/// `USAGE_FLUSH_INTERVAL`, with stale cache entries freed and the cache
+/// gauge, and the changes other replicas announce (PostgreSQL NOTIFY).
+/// Spawned on tokio, not on actix's local set: a `PgListener` must be
+/// dropped inside a tokio context when the server stops.
 pub fn spawn_background(
     verifier: Arc<VerifyService>,
     generations: Arc<Generations>,
@@ -385,6 +385,7 @@ pub fn spawn_background(
         loop {
             tick.tick().await;
             verifier.flush_usage().await;
+            verifier.cache.drop_stale();
             metrics::gauge!("keyward_verify_cache_entries")
                 .set(verifier.cache.entry_count() as f64);
         }

@@ -1,7 +1,8 @@
 //! The API's caches of proven credentials: verified keys (the hot path of
 //! `POST /api/v1/verify` and Bearer authentication) and proven Basic
-//! passwords. Both are [`GuardedCache`]s: bounded (moka: TinyLFU admission,
-//! so a full cache costs no scan), each entry lives at most the TTL, and an
+//! passwords. Both are [`GuardedCache`]s: bounded (quick_cache: S3-FIFO
+//! eviction, so a full cache costs no scan and a one-off scan of keys does
+//! not push out the ones in use), each entry lives at most the TTL, and an
 //! entry counts only while no scope it depends on changed since its fill
 //! began ([`Generations`]): a fill racing a revoke, an RBAC change or a user
 //! change can never leave its pre-change answer behind.
@@ -9,7 +10,7 @@
 use std::hash::Hash;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
@@ -42,9 +43,27 @@ pub struct Filled<V> {
     pub filled: Snapshot,
 }
 
+/// A cached entry with the moment its TTL ends.
+struct Held<V> {
+    until: Instant,
+    entry: Arc<Filled<V>>,
+}
+
+impl<V> Clone for Held<V> {
+    fn clone(&self) -> Self {
+        Self {
+            until: self.until,
+            entry: Arc::clone(&self.entry),
+        }
+    }
+}
+
+type Entries<K, V> =
+    quick_cache::sync::Cache<K, Held<V>, quick_cache::UnitWeighter, foldhash::fast::RandomState>;
+
 pub struct GuardedCache<K, V> {
     /// `None` when the TTL is zero: nothing is cached.
-    entries: Option<moka::sync::Cache<K, Arc<Filled<V>>, foldhash::fast::RandomState>>,
+    entries: Option<Entries<K, V>>,
     generations: Arc<Generations>,
     ttl: Duration,
 }
@@ -56,13 +75,18 @@ where
 {
     pub fn new(capacity: u64, ttl: Duration, generations: Arc<Generations>) -> Self {
         let entries = (!ttl.is_zero()).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(capacity.max(1))
-                .time_to_live(ttl)
+            let capacity = capacity.max(1);
+            quick_cache::sync::Cache::with(
+                // Shards are sized from this; their tables grow as filled.
+                usize::try_from(capacity).unwrap_or(usize::MAX),
+                capacity,
+                quick_cache::UnitWeighter,
                 // Seeded at random per cache: keys are not chosen by
                 // clients (only proven keys are inserted), and a seed
                 // they can't know keeps it so.
-                .build_with_hasher(foldhash::fast::RandomState::default())
+                foldhash::fast::RandomState::default(),
+                Default::default(),
+            )
         });
         Self {
             entries,
@@ -75,10 +99,12 @@ where
         self.ttl
     }
 
-    /// The entry for `key` if it is still the truth.
+    /// The entry for `key` if it is still the truth. An expired or retired
+    /// entry is left where it is: the fill that follows replaces it, and
+    /// `drop_stale` clears the rest.
     pub fn get(&self, key: &K) -> Option<Arc<Filled<V>>> {
-        let entry = self.entries.as_ref()?.get(key)?;
-        self.current(key, &entry).then_some(entry)
+        let held = self.entries.as_ref()?.get(key)?;
+        (Instant::now() < held.until && self.current(key, &held.entry)).then_some(held.entry)
     }
 
     /// Caches what a fill read, unless a scope it depends on changed since
@@ -90,7 +116,9 @@ where
         if !self.current(&key, &entry) {
             return false;
         }
-        entries.insert(key, entry);
+        // The TTL is at most an hour (settings), so this cannot overflow.
+        let until = Instant::now() + self.ttl;
+        entries.insert(key, Held { until, entry });
         true
     }
 
@@ -98,17 +126,25 @@ where
         is_current(&self.generations, key, entry)
     }
 
-    /// Entries held (approximate, as moka counts them).
+    /// Frees the entries that can no longer be answered from: past their
+    /// TTL, or filled before a change they depend on. Run now and then
+    /// (each shard is locked in turn while it is swept), so that memory
+    /// goes back without waiting for newer entries to push them out.
+    pub fn drop_stale(&self) {
+        if let Some(entries) = &self.entries {
+            let now = Instant::now();
+            entries.retain(|key, held| now < held.until && self.current(key, &held.entry));
+        }
+    }
+
+    /// Entries held, stale ones included until `drop_stale`.
     pub fn entry_count(&self) -> u64 {
-        self.entries.as_ref().map_or(0, |e| {
-            e.run_pending_tasks();
-            e.entry_count()
-        })
+        self.entries.as_ref().map_or(0, |e| e.len() as u64)
     }
 
     pub fn clear(&self) {
         if let Some(e) = &self.entries {
-            e.invalidate_all();
+            e.clear();
         }
     }
 }
@@ -231,6 +267,35 @@ mod tests {
         assert!(cache.get(&b).is_none(), "retired by its tenant's change");
         assert!(cache.insert(a, entry("t1", g.snapshot())));
         assert!(cache.get(&a).is_some());
+    }
+
+    #[test]
+    fn entries_past_their_ttl_are_not_answered_and_are_swept() {
+        let g = Arc::new(Generations::default());
+        let cache = KeyCache::new(100, Duration::from_millis(50), Arc::clone(&g));
+        let key = KeyId::new();
+        assert!(cache.insert(key, entry("t", g.snapshot())));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(cache.get(&key).is_none(), "past its TTL");
+        assert_eq!(cache.entry_count(), 1, "held until swept");
+        cache.drop_stale();
+        assert_eq!(cache.entry_count(), 0);
+    }
+
+    #[test]
+    fn retired_entries_are_swept_and_current_ones_kept() {
+        let g = Arc::new(Generations::default());
+        let cache = KeyCache::new(100, Duration::from_secs(60), Arc::clone(&g));
+        let (retired, kept) = (KeyId::new(), KeyId::new());
+        assert!(cache.insert(retired, entry("t", g.snapshot())));
+        g.bump(Scope::Key(retired));
+        // Filled after the change: current whichever slot its key shares.
+        assert!(cache.insert(kept, entry("t", g.snapshot())));
+        assert!(cache.get(&retired).is_none(), "retired by its key's change");
+        assert_eq!(cache.entry_count(), 2, "held until swept");
+        cache.drop_stale();
+        assert_eq!(cache.entry_count(), 1);
+        assert!(cache.get(&kept).is_some());
     }
 
     #[test]
