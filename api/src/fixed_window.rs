@@ -1,13 +1,25 @@
 //! Fixed-window counters per key (a username, a client address): at most
-//! `limit` slots in a window that starts at the key's first slot. Windows
-//! are forgotten when they end, and at most 100,000 keys are held, so a
-//! flood of made-up keys costs bounded memory.
+//! `limit` slots in a window that starts at the key's first slot. A window
+//! that ended counts nothing: the key's next slot starts a new one. At most
+//! 100,000 keys are held (keys seen once leave first), so a flood of
+//! made-up keys costs bounded memory.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
+/// Keys are chosen by clients: SipHash, seeded at random, keeps them from
+/// piling up in one bucket.
+type Cache = quick_cache::sync::Cache<
+    String,
+    Arc<Window>,
+    quick_cache::UnitWeighter,
+    std::hash::RandomState,
+>;
+
+/// Keys held at most.
+const KEYS: usize = 100_000;
 
 /// Slots taken in one window.
 struct Window {
@@ -16,7 +28,7 @@ struct Window {
 }
 
 pub struct Counter {
-    windows: Cache<String, Arc<Window>>,
+    windows: Cache,
     limit: u32,
     window: Duration,
 }
@@ -34,10 +46,13 @@ impl Slot {
 impl Counter {
     pub fn new(limit: u32, window: Duration) -> Self {
         Self {
-            windows: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(window)
-                .build(),
+            windows: Cache::with(
+                KEYS,
+                KEYS as u64,
+                quick_cache::UnitWeighter,
+                std::hash::RandomState::new(),
+                Default::default(),
+            ),
             limit,
             window,
         }
@@ -45,12 +60,7 @@ impl Counter {
 
     /// Takes a slot of `key`'s window, or says how long until it ends.
     pub fn take(&self, key: &str) -> Result<Slot, Duration> {
-        let window = self.windows.get_with_by_ref(key, || {
-            Arc::new(Window {
-                started: Instant::now(),
-                used: AtomicU32::new(0),
-            })
-        });
+        let window = self.current_window(key);
         let taken = window
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -59,6 +69,26 @@ impl Counter {
         match taken {
             Ok(_) => Ok(Slot(window)),
             Err(_) => Err(self.window.saturating_sub(window.started.elapsed())),
+        }
+    }
+
+    /// `key`'s window, a new one if it had none or its window ended. One
+    /// window at a time: a concurrent caller that finds none waits for the
+    /// one being made, and an ended window is removed only if it is still
+    /// the one in place.
+    fn current_window(&self, key: &str) -> Arc<Window> {
+        loop {
+            let Ok(window) = self.windows.get_or_insert_with(key, || {
+                Ok::<_, Infallible>(Arc::new(Window {
+                    started: Instant::now(),
+                    used: AtomicU32::new(0),
+                }))
+            });
+            if window.started.elapsed() < self.window {
+                return window;
+            }
+            self.windows
+                .remove_if(key, |held| Arc::ptr_eq(held, &window));
         }
     }
 }

@@ -299,6 +299,7 @@ impl RevocationConsumer {
 
     /// Sends a heartbeat; its confirm is returned to be awaited.
     async fn heartbeat(&self, channel: &Channel) -> Result<PublisherConfirm, Lost> {
+        self.verifier.drop_expired();
         let (cached, tombstones) = self.verifier.sizes();
         metrics::gauge!("keyward_ingestor_cache_entries").set(cached as f64);
         metrics::gauge!("keyward_ingestor_tombstones").set(tombstones as f64);

@@ -76,9 +76,18 @@ pub const TOMBSTONE_CAPACITY: usize = 1_000_000;
 /// that joined it later must not cache it under its own, newer epoch.
 type Call = (u64, Result<Answer, Unavailable>);
 
+/// Bounded, evicting by S3-FIFO (keys seen once leave first); a hit is a
+/// shard read lock and a flag. Each entry carries its own end (`until`).
+type Entries = quick_cache::sync::Cache<
+    KeyId,
+    Arc<Entry>,
+    quick_cache::UnitWeighter,
+    foldhash::fast::RandomState,
+>;
+
 pub struct Verifier {
     client: VerifyClient,
-    cache: moka::sync::Cache<KeyId, Arc<Entry>>,
+    cache: Entries,
     tombstones: Tombstones,
     digest_key: [u8; 32],
     flights: SingleFlight<(KeyId, [u8; 32]), Call>,
@@ -104,10 +113,13 @@ impl Verifier {
         }
         Self {
             client,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(capacity.max(1) as u64)
-                .time_to_live(MAX_ENTRY_TTL)
-                .build(),
+            cache: Entries::with(
+                capacity.max(1),
+                capacity.max(1) as u64,
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                Default::default(),
+            ),
             tombstones: Tombstones::new(TOMBSTONE_CAPACITY),
             digest_key,
             flights: SingleFlight::default(),
@@ -232,7 +244,7 @@ impl Verifier {
     pub fn evict(&self, key_id: KeyId) {
         let _guard = self.eviction_lock();
         self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate(&key_id);
+        self.cache.remove(&key_id);
     }
 
     /// Drops every cached answer for keys of `tenant`: its roles, groups or
@@ -242,11 +254,9 @@ impl Verifier {
     pub fn evict_tenant(&self, tenant: &TenantId) {
         let _guard = self.eviction_lock();
         self.evictions.fetch_add(1, Ordering::AcqRel);
-        for (key_id, entry) in &self.cache {
-            if matches!(&entry.answer, Cached::Valid(k) if k.tenant_id == *tenant) {
-                self.cache.invalidate(&*key_id);
-            }
-        }
+        self.cache.retain(
+            |_, entry| !matches!(&entry.answer, Cached::Valid(k) if k.tenant_id == *tenant),
+        );
     }
 
     /// A key's `key.revoked` event arrived: it is refused from memory from
@@ -266,7 +276,7 @@ impl Verifier {
     pub fn set_trusted(&self, trusted: bool) {
         let _guard = self.eviction_lock();
         self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.cache.invalidate_all();
+        self.cache.clear();
         self.trusted.store(trusted, Ordering::Release);
     }
 
@@ -292,10 +302,18 @@ impl Verifier {
         self.tombstones.contains(key_id)
     }
 
-    /// Cached answers (approximate) and tombstones, for the gauges.
+    /// Frees the answers past their end: they are never served, and would
+    /// otherwise stay until newer ones pushed them out. Run now and then
+    /// (each shard of the cache is locked in turn while it is swept).
+    pub fn drop_expired(&self) {
+        let now = Instant::now();
+        self.cache.retain(|_, entry| entry.until > now);
+    }
+
+    /// Cached answers (expired ones included until `drop_expired`) and
+    /// tombstones, for the gauges.
     pub fn sizes(&self) -> (u64, usize) {
-        self.cache.run_pending_tasks();
-        (self.cache.entry_count(), self.tombstones.len())
+        (self.cache.len() as u64, self.tombstones.len())
     }
 
     fn count(&self, verdict: Verdict, cache: &'static str) -> Verdict {
@@ -372,6 +390,26 @@ impl Tombstones {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_past_their_end_are_not_served_and_are_swept() {
+        let api = url::Url::parse("http://127.0.0.1:9").unwrap();
+        let key = ApiKeyToken::generate(&Default::default(), KeyId::new()).unwrap();
+        let client = VerifyClient::new(&api, key, Duration::from_secs(1)).unwrap();
+        let verifier = Verifier::new(client, 100);
+        let (short, long) = (KeyId::new(), KeyId::new());
+        let digest = blake3::hash(b"secret");
+        let refused = || Cached::Refused("expired".into());
+        verifier.store(short, digest, refused(), Duration::from_millis(50), 0);
+        verifier.store(long, digest, refused(), Duration::from_secs(60), 0);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(verifier.lookup(short, &digest).is_none(), "past its end");
+        assert!(verifier.lookup(long, &digest).is_some());
+        assert_eq!(verifier.sizes().0, 2, "held until swept");
+        verifier.drop_expired();
+        assert_eq!(verifier.sizes().0, 1);
+        assert!(verifier.cached(long));
+    }
 
     #[test]
     fn tombstones_expire_and_stay_bounded() {
