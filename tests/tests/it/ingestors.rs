@@ -1148,6 +1148,8 @@ async fn privileges_withdrawn_stop_working_at_both_ingestors() {
         sys.ingestor("a", &amqp).await,
         sys.ingestor("b", &amqp).await,
     );
+    // Its events are awaited `applied` at the end.
+    sys.until_live(2).await;
     let http = &sys.http;
     let (key_id, secret) = sys.key().await;
     let both = |stream: &'static str, want: u16| {
@@ -1401,6 +1403,7 @@ async fn least_privilege_broker_users_suffice() {
         return;
     };
     let node = sys.ingestor_with("c", &node_user.url(), &[]).await;
+    sys.until_live(1).await;
     let (key_id, secret) = sys.key().await;
     assert_eq!(ingest(&sys.http, &node, "clicks-eu", &secret).await, 202);
     sys.revoke(&key_id).await;

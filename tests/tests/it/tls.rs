@@ -150,6 +150,17 @@ async fn the_revoke_path_runs_with_tls_on_every_link() {
             .0
     };
     assert_eq!(ingest().await, 202, "verified through the API over HTTPS");
+    // `applied` counts the nodes live when the event is published: the
+    // node's first heartbeat must have been recorded before the revoke.
+    eventually("the node live", Duration::from_secs(20), || async {
+        let (_, list) = admin(Method::GET, "/api/v1/ingestors", None).await;
+        list["items"].as_array().is_some_and(|items| {
+            items
+                .iter()
+                .any(|i| i["id"] == node_id.as_str() && i["live"] == true)
+        })
+    })
+    .await;
 
     let revoke = format!("/api/v1/tenants/acme/apikeys/{key_id}");
     assert_eq!(admin(Method::DELETE, &revoke, None).await.0, 202);
