@@ -87,8 +87,44 @@ impl Counter {
             if window.started.elapsed() < self.window {
                 return window;
             }
-            self.windows
-                .remove_if(key, |held| Arc::ptr_eq(held, &window));
+            self.retire(key, &window);
         }
+    }
+
+    /// Removes `key`'s ended window, unless another caller has replaced it
+    /// meanwhile: removing that one would hand out its slots again.
+    fn retire(&self, key: &str, ended: &Arc<Window>) {
+        self.windows.remove_if(key, |held| Arc::ptr_eq(held, ended));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails when `retire` removes whatever window the key holds (checked
+    /// by making it a plain `remove`).
+    #[test]
+    fn a_late_retirement_leaves_the_new_window_in_place() {
+        let window = Duration::from_secs(60);
+        let counter = Counter::new(1, window);
+        let started = Instant::now().checked_sub(window + Duration::from_secs(1));
+        counter.windows.insert(
+            "x".into(),
+            Arc::new(Window {
+                started: started.expect("a monotonic clock over a minute old"),
+                used: AtomicU32::new(1),
+            }),
+        );
+        // A caller that found the window after it ended...
+        let ended = counter.windows.get("x").unwrap();
+        // ...is overtaken by one that replaces it and takes its slot...
+        drop(counter.take("x").unwrap());
+        // ...then retires the window it found: the new one stays full.
+        counter.retire("x", &ended);
+        assert!(
+            counter.take("x").is_err(),
+            "the new window's slot was handed out again"
+        );
     }
 }
