@@ -141,12 +141,6 @@ where
     pub fn entry_count(&self) -> u64 {
         self.entries.as_ref().map_or(0, |e| e.len() as u64)
     }
-
-    pub fn clear(&self) {
-        if let Some(e) = &self.entries {
-            e.clear();
-        }
-    }
 }
 
 /// A key's state as the store holds it, with what its cache entry keeps

@@ -378,24 +378,14 @@ async fn two_ingestors_accept_then_reject_at_once_and_the_revocation_is_applied(
         .publish_event("key.revoked.acme", body.to_string().as_bytes())
         .await;
     eventually("duplicate applied", Duration::from_secs(5), || async {
-        let m = reqwest::get(a.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = keyward_tests::bench::metrics(&a).await;
         m.contains("keyward_revocations_applied_total{redelivered=\"false\"} 2")
     })
     .await;
     assert_eq!(ingest(http, &a, "clicks-eu", &secret).await, 401);
     let r = sys.revocation(&key_id).await;
     assert_eq!(r["appliedBy"].as_i64(), Some(2));
-    let m = reqwest::get(a.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = keyward_tests::bench::metrics(&a).await;
     assert!(m.contains("keyward_ingest_total"), "{m}");
     assert!(m.contains("keyward_revocation_propagation_seconds"), "{m}");
 

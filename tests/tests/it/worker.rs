@@ -113,13 +113,9 @@ async fn a_revoke_through_the_api_reaches_a_bound_queue() {
     // Counted once the mark that the key's state shows has returned to
     // the worker: a moment after the state can be read.
     eventually("counted as published", Duration::from_secs(5), || async {
-        let metrics = reqwest::get(worker.url("/metrics"))
+        keyward_tests::bench::metrics(&worker)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics.contains("keyward_events_published_total")
+            .contains("keyward_events_published_total")
     })
     .await;
 
