@@ -1403,6 +1403,58 @@ async fn purge_keeps_undelivered_rows(s: S) {
     );
 }
 
+/// A node counts towards `applied` only if it was first seen by the time
+/// the event was sent: one whose first heartbeat came while the confirms
+/// were on their way bound its queue after the event was routed and never
+/// reports it. Checked by dropping `first_seen_at <= $1` from the mark: the
+/// late node was counted and the event stayed `published`.
+async fn nodes_that_joined_after_the_send_are_not_awaited(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let keys = revoked_keys(&s, &acme, 1).await;
+    let t0 = now();
+    s.ingestor_heartbeat(
+        "early",
+        "keyward.ingestor.early",
+        t0 - chrono::Duration::seconds(5),
+    )
+    .await
+    .unwrap();
+    let claimed = s.claim_events("w", LEASE, 10, t0).await.unwrap();
+    // Sent at t0; the late node heartbeats before the confirm is recorded.
+    s.ingestor_heartbeat(
+        "late",
+        "keyward.ingestor.late",
+        t0 + chrono::Duration::milliseconds(20),
+    )
+    .await
+    .unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    s.mark_published(&ids, t0, t0 - chrono::Duration::seconds(30))
+        .await
+        .unwrap();
+    let rev = s
+        .get_key(&acme, keys[0], now())
+        .await
+        .unwrap()
+        .revocation
+        .unwrap();
+    assert_eq!((rev.state, rev.ingestors), (EventState::Published, 1));
+    assert_eq!(rev.published_at, Some(t0.with_nanosecond_micros()));
+    s.record_applied(claimed[0].event_id, "early", t0)
+        .await
+        .unwrap();
+    let rev = s
+        .get_key(&acme, keys[0], now())
+        .await
+        .unwrap()
+        .revocation
+        .unwrap();
+    assert_eq!((rev.state, rev.applied_by), (EventState::Applied, 1));
+    let late = s.list_ingestors().await.unwrap();
+    let late = late.iter().find(|i| i.id == "late").unwrap();
+    assert_eq!(late.unacked, 0, "the late node owes nothing");
+}
+
 async fn concurrent_claimers_never_share_a_row(s: S) {
     let acme = tenant(&s, "acme").await;
     revoked_keys(&s, &acme, 60).await;
@@ -2430,6 +2482,7 @@ conformance!(
     purge_keeps_undelivered_rows,
     concurrent_claimers_never_share_a_row,
     ingestors_acks_and_applied_state,
+    nodes_that_joined_after_the_send_are_not_awaited,
     unacked_counts_acks_that_outran_their_publication,
     unacked_stays_exact_through_a_mixed_history,
     rbac_changes_emit_events_and_audit,

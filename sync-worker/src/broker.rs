@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use keyward_core::amqp::{self, QueueType};
 use keyward_core::config::AmqpUrl;
@@ -124,6 +125,7 @@ impl Broker {
     /// the next batch can go out while this one's are still on their way.
     /// Sending is bounded by `timeout` too, and so is each confirm.
     pub async fn send_batch(&self, events: &[OutboxEvent], timeout: Duration) -> SentBatch {
+        let sent_at = Utc::now();
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut healthy = true;
@@ -154,6 +156,7 @@ impl Broker {
             sent.push(one);
         }
         SentBatch {
+            sent_at,
             started,
             deadline,
             sent,
@@ -234,6 +237,9 @@ impl Broker {
 /// A batch on its way: each event's confirm still to come (or why it was
 /// not sent).
 pub struct SentBatch {
+    /// Taken before the first event went out: an ingestor first seen by
+    /// then had its queue bound before any of them was routed.
+    sent_at: DateTime<Utc>,
     started: Instant,
     deadline: tokio::time::Instant,
     sent: Vec<Result<lapin::PublisherConfirm, Outcome>>,
@@ -247,6 +253,11 @@ impl SentBatch {
         self.healthy
     }
 
+    /// When the batch began to go out (its events' `published_at`).
+    pub fn sent_at(&self) -> DateTime<Utc> {
+        self.sent_at
+    }
+
     /// Awaits every confirm until the batch's deadline. The outcomes are
     /// in the order of the events sent, each with the time from sending to
     /// its answer; the `bool` is `false` when the connection failed on the
@@ -258,6 +269,7 @@ impl SentBatch {
             deadline,
             sent,
             healthy,
+            ..
         } = self;
         let outcomes = futures_util::future::join_all(sent.into_iter().map(|sent| async move {
             let outcome = match sent {

@@ -121,6 +121,7 @@ impl Deliverer {
     /// Records what the broker said about one sent batch; `false` when the
     /// broker connection failed.
     async fn settle(&self, broker: &Broker, events: &[OutboxEvent], sent: SentBatch) -> bool {
+        let sent_at = sent.sent_at();
         let (outcomes, healthy) = sent.confirms(broker).await;
         let now = Utc::now();
         let mut delivered = Vec::with_capacity(events.len());
@@ -140,9 +141,15 @@ impl Deliverer {
             }
         }
         if !delivered.is_empty() {
-            let live_since =
-                now - chrono::Duration::from_std(self.liveness).unwrap_or(chrono::Duration::zero());
-            match self.store.mark_published(&delivered, now, live_since).await {
+            // Live and receiving when the batch went out: a node that
+            // joined while its confirms were on their way does not have it.
+            let live_since = sent_at
+                - chrono::Duration::from_std(self.liveness).unwrap_or(chrono::Duration::zero());
+            match self
+                .store
+                .mark_published(&delivered, sent_at, live_since)
+                .await
+            {
                 Ok(n) => {
                     metrics::counter!("keyward_events_published_total").increment(n);
                     tracing::debug!(published = n, "batch confirmed");

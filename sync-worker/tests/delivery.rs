@@ -329,6 +329,71 @@ async fn a_slow_confirm_does_not_hold_back_the_next_event() {
     broker.cleanup().await;
 }
 
+/// An ingestor that joins while an event's confirm is on its way bound its
+/// queue after the event was routed: it never gets it, so the event must
+/// not wait for its report. The confirm is held, the late node's first
+/// heartbeat recorded, the confirm released: the event counts the node that
+/// was there before it went out, and reaches `applied` with its report.
+/// Checked by marking with the time of the confirm instead of the send: the
+/// late node was counted and the event stayed `published`.
+#[tokio::test]
+async fn a_node_that_joins_during_the_confirm_is_not_awaited() {
+    let (db, mut broker) = services!(TestDatabase::postgres().await);
+    let store = db.store();
+    let proxy = FaultProxy::start(broker_addr()).await;
+    let mut queue = broker.bind("all", "#", FieldTable::default()).await;
+    let worker = RunningWorker::start(
+        &db,
+        &broker,
+        &proxy.amqp_url(),
+        &["--confirm-timeout-ms", "30000"],
+    )
+    .await;
+    eventually("connected", Duration::from_secs(10), || async {
+        worker.health.broker_connected()
+    })
+    .await;
+    let heartbeat = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .ingestor_heartbeat(id, &format!("keyward.ingestor.{id}"), chrono::Utc::now())
+                .await
+                .unwrap();
+        }
+    };
+    heartbeat("early").await;
+
+    proxy.set(Mode::HoldReplies);
+    let (key, event) = revocations(store.as_ref(), "acme", 1).await[0];
+    let seen = collect_events(&mut queue, 1, Duration::from_secs(10)).await;
+    assert_eq!(seen.first().map(EventMessage::event_id), Some(event));
+    heartbeat("late").await;
+    assert_eq!(
+        revocation_state(store.as_ref(), "acme", key).await,
+        EventState::Pending,
+        "the confirm is still held"
+    );
+    proxy.set(Mode::Pass);
+
+    wait_for_state(store.as_ref(), "acme", key, EventState::Published).await;
+    let tenant = TenantId::parse("acme").unwrap();
+    let r = store
+        .get_key(&tenant, key, chrono::Utc::now())
+        .await
+        .unwrap()
+        .revocation
+        .unwrap();
+    assert_eq!(r.ingestors, 1, "only the node there before the send");
+    store
+        .record_applied(event, "early", chrono::Utc::now())
+        .await
+        .unwrap();
+    wait_for_state(store.as_ref(), "acme", key, EventState::Applied).await;
+    worker.stop().await;
+    broker.cleanup().await;
+}
+
 #[tokio::test]
 async fn two_workers_deliver_everything_once_without_sharing_leases() {
     let (db, mut broker) = services!(TestDatabase::postgres().await);

@@ -29,12 +29,14 @@ pub trait OutboxStore: Backend {
         batch: u32,
         now: Timestamp,
     ) -> StoreResult<Vec<OutboxEvent>>;
-    /// Marks events confirmed by the broker and clears their lease. Also
-    /// snapshots how many ingestors were live (seen since `live_since`).
+    /// Marks events confirmed by the broker and clears their lease;
+    /// `sent_at` (when they were sent, before their confirms) is their
+    /// `published_at`. Also snapshots how many ingestors were live (seen
+    /// since `live_since`) and receiving (first seen by `sent_at`).
     async fn mark_published(
         &self,
         ids: &[i64],
-        now: Timestamp,
+        sent_at: Timestamp,
         live_since: Timestamp,
     ) -> StoreResult<u64>;
     /// Counts a failed attempt and schedules the next one, if `owner` still

@@ -41,7 +41,15 @@ const CLAIM: Dialect = Dialect {
                RETURNING id, event_id, kind, tenant_id, key_id, created_at, attempts",
 };
 
-/// `$1` now, `$2` live-since, `$3` the list of outbox ids.
+/// `$1` when the batch was sent, `$2` live-since, `$3` the list of outbox
+/// ids.
+///
+/// An ingestor counts towards `applied` only if it was live and had
+/// already sent its first heartbeat when the batch was sent: a node
+/// heartbeats only once its queue is bound, so it has the event. One that
+/// joined while the confirms were on their way (the mark comes after them)
+/// bound its queue after the event was routed and will never report it:
+/// counting it left the event `published` for ever.
 ///
 /// On PostgreSQL the mark takes `outbox_totals` FOR UPDATE before it
 /// touches an outbox row (the uncorrelated `EXISTS` is a one-time filter,
@@ -53,11 +61,13 @@ const CLAIM: Dialect = Dialect {
 /// `postgres_unacked_stays_exact_under_concurrent_writers`).
 const MARK_PUBLISHED: Dialect = Dialect {
     sqlite: "UPDATE outbox SET published_at = $1, lease_owner = NULL, lease_until = NULL, \
-               live_ingestors = (SELECT COUNT(*) FROM ingestors WHERE last_seen_at >= $2) \
+               live_ingestors = (SELECT COUNT(*) FROM ingestors \
+                                   WHERE last_seen_at >= $2 AND first_seen_at <= $1) \
              WHERE id IN (SELECT value FROM json_each($3)) AND published_at IS NULL",
     postgres: "WITH totals AS (SELECT published FROM outbox_totals FOR UPDATE) \
                UPDATE outbox SET published_at = $1, lease_owner = NULL, lease_until = NULL, \
-                 live_ingestors = (SELECT COUNT(*) FROM ingestors WHERE last_seen_at >= $2) \
+                 live_ingestors = (SELECT COUNT(*) FROM ingestors \
+                                   WHERE last_seen_at >= $2 AND first_seen_at <= $1) \
                WHERE id = ANY($3) AND published_at IS NULL AND EXISTS (SELECT FROM totals)",
 };
 
@@ -308,11 +318,11 @@ impl OutboxStore for SqlStore {
     async fn mark_published(
         &self,
         ids: &[i64],
-        now: Timestamp,
+        sent_at: Timestamp,
         live_since: Timestamp,
     ) -> StoreResult<u64> {
         let done = sqlx::query(sql(&MARK_PUBLISHED))
-            .bind(Ts(now))
+            .bind(Ts(sent_at))
             .bind(Ts(live_since))
             .bind(id_list(ids))
             .execute(&self.pool)
