@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abandoned_transactions;
 mod binaries;
 mod ingestor_cache_races;
 mod ingestors;
