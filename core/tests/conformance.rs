@@ -94,6 +94,22 @@ fn state(k: &ApiKey) -> EventState {
         .state
 }
 
+/// The revocation of a revoked key, as read now.
+async fn revocation(s: &S, tenant: &TenantId, key_id: KeyId) -> Revocation {
+    s.get_key(tenant, key_id, now())
+        .await
+        .unwrap()
+        .revocation
+        .expect("revoked key has a revocation")
+}
+
+/// A heartbeat of ingestor `id` (its queue named after it) sent at `at`.
+async fn heartbeat(s: &S, id: &str, at: chrono::DateTime<Utc>) {
+    s.ingestor_heartbeat(id, &format!("keyward.ingestor.{id}"), at)
+        .await
+        .unwrap();
+}
+
 const LEASE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------- tenants
@@ -1403,58 +1419,6 @@ async fn purge_keeps_undelivered_rows(s: S) {
     );
 }
 
-/// A node counts towards `applied` only if it was first seen by the time
-/// the event was sent: one whose first heartbeat came while the confirms
-/// were on their way bound its queue after the event was routed and never
-/// reports it. Checked by dropping `first_seen_at <= $1` from the mark: the
-/// late node was counted and the event stayed `published`.
-async fn nodes_that_joined_after_the_send_are_not_awaited(s: S) {
-    let acme = tenant(&s, "acme").await;
-    let keys = revoked_keys(&s, &acme, 1).await;
-    let t0 = now();
-    s.ingestor_heartbeat(
-        "early",
-        "keyward.ingestor.early",
-        t0 - chrono::Duration::seconds(5),
-    )
-    .await
-    .unwrap();
-    let claimed = s.claim_events("w", LEASE, 10, t0).await.unwrap();
-    // Sent at t0; the late node heartbeats before the confirm is recorded.
-    s.ingestor_heartbeat(
-        "late",
-        "keyward.ingestor.late",
-        t0 + chrono::Duration::milliseconds(20),
-    )
-    .await
-    .unwrap();
-    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
-    s.mark_published(&ids, t0, t0 - chrono::Duration::seconds(30))
-        .await
-        .unwrap();
-    let rev = s
-        .get_key(&acme, keys[0], now())
-        .await
-        .unwrap()
-        .revocation
-        .unwrap();
-    assert_eq!((rev.state, rev.ingestors), (EventState::Published, 1));
-    assert_eq!(rev.published_at, Some(t0.with_nanosecond_micros()));
-    s.record_applied(claimed[0].event_id, "early", t0)
-        .await
-        .unwrap();
-    let rev = s
-        .get_key(&acme, keys[0], now())
-        .await
-        .unwrap()
-        .revocation
-        .unwrap();
-    assert_eq!((rev.state, rev.applied_by), (EventState::Applied, 1));
-    let late = s.list_ingestors().await.unwrap();
-    let late = late.iter().find(|i| i.id == "late").unwrap();
-    assert_eq!(late.unacked, 0, "the late node owes nothing");
-}
-
 async fn concurrent_claimers_never_share_a_row(s: S) {
     let acme = tenant(&s, "acme").await;
     revoked_keys(&s, &acme, 60).await;
@@ -1493,31 +1457,11 @@ async fn ingestors_acks_and_applied_state(s: S) {
     let acme = tenant(&s, "acme").await;
     let keys = revoked_keys(&s, &acme, 2).await;
     let t0 = now();
-    s.ingestor_heartbeat(
-        "i1",
-        "keyward.ingestor.i1",
-        t0 - chrono::Duration::seconds(5),
-    )
-    .await
-    .unwrap();
-    s.ingestor_heartbeat("i2", "keyward.ingestor.i2", t0)
-        .await
-        .unwrap();
-    s.ingestor_heartbeat(
-        "gone",
-        "keyward.ingestor.gone",
-        t0 - chrono::Duration::minutes(10),
-    )
-    .await
-    .unwrap();
+    heartbeat(&s, "i1", t0 - chrono::Duration::seconds(5)).await;
+    heartbeat(&s, "i2", t0).await;
+    heartbeat(&s, "gone", t0 - chrono::Duration::minutes(10)).await;
     // Heartbeats never move last_seen backwards.
-    s.ingestor_heartbeat(
-        "i2",
-        "keyward.ingestor.i2",
-        t0 - chrono::Duration::seconds(50),
-    )
-    .await
-    .unwrap();
+    heartbeat(&s, "i2", t0 - chrono::Duration::seconds(50)).await;
 
     let claimed = s.claim_events("w", LEASE, 10, t0).await.unwrap();
     let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
@@ -1539,20 +1483,10 @@ async fn ingestors_acks_and_applied_state(s: S) {
         !s.record_applied(EventId::new(), "i1", t0).await.unwrap(),
         "unknown event ignored"
     );
-    let rev = s
-        .get_key(&acme, keys[0], now())
-        .await
-        .unwrap()
-        .revocation
-        .unwrap();
+    let rev = revocation(&s, &acme, keys[0]).await;
     assert_eq!((rev.state, rev.applied_by), (EventState::Published, 1));
     s.record_applied(ev, "i2", t0).await.unwrap();
-    let rev = s
-        .get_key(&acme, keys[0], now())
-        .await
-        .unwrap()
-        .revocation
-        .unwrap();
+    let rev = revocation(&s, &acme, keys[0]).await;
     assert_eq!(
         (rev.state, rev.applied_by, rev.ingestors),
         (EventState::Applied, 2, 2)
@@ -1579,13 +1513,38 @@ async fn ingestors_acks_and_applied_state(s: S) {
     ];
     assert_eq!(s.record_applied_all(&batch).await.unwrap(), 1);
     assert_eq!(s.record_applied_all(&[]).await.unwrap(), 0);
-    let rev = s
-        .get_key(&acme, keys[0], now())
-        .await
-        .unwrap()
-        .revocation
-        .unwrap();
+    let rev = revocation(&s, &acme, keys[0]).await;
     assert_eq!(rev.applied_by, 3, "i1, i2 and now i3");
+}
+
+/// A node counts towards `applied` only if it was first seen by the time
+/// the event was sent: one whose first heartbeat came while the confirms
+/// were on their way bound its queue after the event was routed and never
+/// reports it. Checked by dropping `first_seen_at <= $1` from the mark: the
+/// late node was counted and the event stayed `published`.
+async fn nodes_that_joined_after_the_send_are_not_awaited(s: S) {
+    let acme = tenant(&s, "acme").await;
+    let keys = revoked_keys(&s, &acme, 1).await;
+    let t0 = now();
+    heartbeat(&s, "early", t0 - chrono::Duration::seconds(5)).await;
+    let claimed = s.claim_events("w", LEASE, 10, t0).await.unwrap();
+    // Sent at t0; the late node heartbeats before the confirm is recorded.
+    heartbeat(&s, "late", t0 + chrono::Duration::milliseconds(20)).await;
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    s.mark_published(&ids, t0, t0 - chrono::Duration::seconds(30))
+        .await
+        .unwrap();
+    let rev = revocation(&s, &acme, keys[0]).await;
+    assert_eq!((rev.state, rev.ingestors), (EventState::Published, 1));
+    assert_eq!(rev.published_at, Some(t0.with_nanosecond_micros()));
+    s.record_applied(claimed[0].event_id, "early", t0)
+        .await
+        .unwrap();
+    let rev = revocation(&s, &acme, keys[0]).await;
+    assert_eq!((rev.state, rev.applied_by), (EventState::Applied, 1));
+    let listed = s.list_ingestors().await.unwrap();
+    let late = listed.iter().find(|i| i.id == "late").unwrap();
+    assert_eq!(late.unacked, 0, "the late node owes nothing");
 }
 
 /// `unacked`: events published since the ingestor was first seen, less
@@ -2224,9 +2183,7 @@ async fn event_status_follows_the_outbox(s: S) {
     );
     assert!(st.published_at.is_none());
 
-    s.ingestor_heartbeat("i1", "keyward.ingestor.i1", t0)
-        .await
-        .unwrap();
+    heartbeat(&s, "i1", t0).await;
     let claimed = s.claim_events("w", LEASE, 10, t0).await.unwrap();
     let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
     s.mark_published(&ids, t0, t0 - chrono::Duration::seconds(30))

@@ -63,6 +63,16 @@ impl RunningWorker {
         }
     }
 
+    /// Starts the worker and waits until it is connected to the broker.
+    async fn connected(db: &TestDatabase, broker: &TestBroker, amqp: &str, extra: &[&str]) -> Self {
+        let worker = Self::start(db, broker, amqp, extra).await;
+        eventually("connected", Duration::from_secs(10), || async {
+            worker.health.broker_connected()
+        })
+        .await;
+        worker
+    }
+
     /// Asks for shutdown and waits for the worker to be gone.
     async fn stop(self) {
         self.shutdown.cancel();
@@ -232,16 +242,12 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
     let mut queue = broker
         .bind("all", "key.revoked.#", FieldTable::default())
         .await;
-    let worker = RunningWorker::start(
+    let worker = RunningWorker::connected(
         &db,
         &broker,
         &proxy.amqp_url(),
         &["--confirm-timeout-ms", "300"],
     )
-    .await;
-    eventually("connected", Duration::from_secs(10), || async {
-        worker.health.broker_connected()
-    })
     .await;
 
     proxy.set(Mode::Stall);
@@ -287,16 +293,12 @@ async fn a_slow_confirm_does_not_hold_back_the_next_event() {
     let proxy = FaultProxy::start(broker_addr()).await;
     proxy.set(Mode::SlowReplies(Duration::from_millis(150)));
     let mut queue = broker.bind("all", "#", FieldTable::default()).await;
-    let worker = RunningWorker::start(
+    let worker = RunningWorker::connected(
         &db,
         &broker,
         &proxy.amqp_url(),
         &["--confirm-timeout-ms", "30000"],
     )
-    .await;
-    eventually("connected", Duration::from_secs(10), || async {
-        worker.health.broker_connected()
-    })
     .await;
 
     proxy.set(Mode::HoldReplies);
@@ -342,16 +344,12 @@ async fn a_node_that_joins_during_the_confirm_is_not_awaited() {
     let store = db.store();
     let proxy = FaultProxy::start(broker_addr()).await;
     let mut queue = broker.bind("all", "#", FieldTable::default()).await;
-    let worker = RunningWorker::start(
+    let worker = RunningWorker::connected(
         &db,
         &broker,
         &proxy.amqp_url(),
         &["--confirm-timeout-ms", "30000"],
     )
-    .await;
-    eventually("connected", Duration::from_secs(10), || async {
-        worker.health.broker_connected()
-    })
     .await;
     let heartbeat = |id: &'static str| {
         let store = store.clone();
