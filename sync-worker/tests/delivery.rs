@@ -83,6 +83,26 @@ impl RunningWorker {
     }
 }
 
+/// A worker connected through a fault proxy (in `mode` from the start),
+/// with 30 s for a confirm, and a queue bound to every event.
+async fn behind_proxy(
+    db: &TestDatabase,
+    broker: &mut TestBroker,
+    mode: Mode,
+) -> (FaultProxy, RunningWorker, lapin::Consumer) {
+    let proxy = FaultProxy::start(broker_addr()).await;
+    proxy.set(mode);
+    let queue = broker.bind("all", "#", FieldTable::default()).await;
+    let worker = RunningWorker::connected(
+        db,
+        broker,
+        &proxy.amqp_url(),
+        &["--confirm-timeout-ms", "30000"],
+    )
+    .await;
+    (proxy, worker, queue)
+}
+
 async fn revocation_state(store: &dyn Store, tenant: &str, key: KeyId) -> EventState {
     let tenant = TenantId::parse(tenant).unwrap();
     let key = store
@@ -290,14 +310,10 @@ async fn a_stalled_broker_times_out_and_the_event_is_retried() {
 async fn a_slow_confirm_does_not_hold_back_the_next_event() {
     let (db, mut broker) = services!(TestDatabase::postgres().await);
     let store = db.store();
-    let proxy = FaultProxy::start(broker_addr()).await;
-    proxy.set(Mode::SlowReplies(Duration::from_millis(150)));
-    let mut queue = broker.bind("all", "#", FieldTable::default()).await;
-    let worker = RunningWorker::connected(
+    let (proxy, worker, mut queue) = behind_proxy(
         &db,
-        &broker,
-        &proxy.amqp_url(),
-        &["--confirm-timeout-ms", "30000"],
+        &mut broker,
+        Mode::SlowReplies(Duration::from_millis(150)),
     )
     .await;
 
@@ -342,15 +358,7 @@ async fn a_slow_confirm_does_not_hold_back_the_next_event() {
 async fn a_node_that_joins_during_the_confirm_is_not_awaited() {
     let (db, mut broker) = services!(TestDatabase::postgres().await);
     let store = db.store();
-    let proxy = FaultProxy::start(broker_addr()).await;
-    let mut queue = broker.bind("all", "#", FieldTable::default()).await;
-    let worker = RunningWorker::connected(
-        &db,
-        &broker,
-        &proxy.amqp_url(),
-        &["--confirm-timeout-ms", "30000"],
-    )
-    .await;
+    let (proxy, worker, mut queue) = behind_proxy(&db, &mut broker, Mode::Pass).await;
     let heartbeat = |id: &'static str| {
         let store = store.clone();
         async move {
