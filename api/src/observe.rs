@@ -62,9 +62,12 @@ pub async fn observe(
     let started = Instant::now();
     // The request cannot be cloned before routing (actix needs it unique),
     // so a panic is answered through the error path, which knows the id.
-    let outcome = request_id::scope(id.clone(), AssertUnwindSafe(next.call(req)).catch_unwind())
-        .instrument(span.clone())
-        .await;
+    let handled = AssertUnwindSafe(next.call(req))
+        .catch_unwind()
+        .instrument(span.clone());
+    let mut scoped = std::pin::pin!(request_id::scope(id, handled));
+    let outcome = scoped.as_mut().await;
+    let id = scoped.as_mut().take_value().unwrap_or_default();
     let mut res = match outcome {
         Ok(Ok(res)) => res.map_into_boxed_body(),
         Ok(Err(e)) => {
@@ -102,7 +105,7 @@ pub async fn observe(
             tracing::info!(status, elapsed_ms = elapsed * 1000.0, "request finished");
         }
     });
-    if let Ok(value) = HeaderValue::from_str(&id) {
+    if let Ok(value) = HeaderValue::try_from(id) {
         res.headers_mut()
             .insert(HeaderName::from_static(request_id::HEADER), value);
     }

@@ -27,9 +27,13 @@ pub fn for_request(req: &ServiceRequest) -> String {
         .unwrap_or_else(|| ulid::Ulid::generate().to_string())
 }
 
-/// Runs `fut` with `id` as the current request id.
-pub async fn scope<F: std::future::Future>(id: String, fut: F) -> F::Output {
-    REQUEST_ID.scope(id, fut).await
+/// Runs `fut` with `id` as the current request id; once it is done the id
+/// can be taken back (`TaskLocalFuture::take_value`) rather than cloned.
+pub fn scope<F: std::future::Future>(
+    id: String,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<String, F> {
+    REQUEST_ID.scope(id, fut)
 }
 
 /// The current request's id (outside a request: `-`).

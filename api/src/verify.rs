@@ -82,11 +82,7 @@ pub enum Outcome {
 /// What the checks before any store read made of a token.
 enum Checked {
     Answered(Outcome),
-    Miss {
-        token: ApiKeyToken,
-        key_id: KeyId,
-        offered: KeyDigest,
-    },
+    Miss { key_id: KeyId, offered: KeyDigest },
 }
 
 /// What one store read found: the key's row (`None`: no such key), with
@@ -160,13 +156,9 @@ impl VerifyService {
     }
 
     pub async fn verify(&self, raw: &str) -> ApiResult<Outcome> {
-        let (token, key_id, offered) = match self.check(raw) {
+        let (key_id, offered) = match self.check(raw) {
             Checked::Answered(outcome) => return Ok(outcome),
-            Checked::Miss {
-                token,
-                key_id,
-                offered,
-            } => (token, key_id, offered),
+            Checked::Miss { key_id, offered } => (key_id, offered),
         };
         let reader = self.reader.clone();
         let mut read = self
@@ -188,7 +180,7 @@ impl VerifyService {
                 self.judge(key_id, entry, &offered)
             }
             StoredSecret::Argon2(phc) => {
-                if self.prove_legacy(key_id, &token, phc).await? {
+                if self.prove_legacy(key_id, raw, phc).await? {
                     let entry = self.remember(key_id, offered, row, read.filled);
                     self.judge(key_id, entry, &offered)
                 } else {
@@ -203,20 +195,16 @@ impl VerifyService {
         Ok(count(verdict, "miss"))
     }
 
-    /// Token shape and checksum, then the cache.
+    /// Token shape and checksum, then the cache. The token is checked in
+    /// place, not copied: a well-formed `raw` is the whole secret.
     fn check(&self, raw: &str) -> Checked {
-        let Ok(token) = ApiKeyToken::parse(raw) else {
+        let Ok(key_id) = ApiKeyToken::key_id_of(raw) else {
             return Checked::Answered(count(Outcome::Invalid(InvalidReason::Malformed), "none"));
         };
-        let key_id = token.key_id();
-        let offered = KeyDigest::of(token.expose_secret());
+        let offered = KeyDigest::of(raw);
         match self.cache.get(&key_id) {
             Some(entry) => Checked::Answered(count(self.judge(key_id, entry, &offered), "hit")),
-            None => Checked::Miss {
-                token,
-                key_id,
-                offered,
-            },
+            None => Checked::Miss { key_id, offered },
         }
     }
 
@@ -250,11 +238,12 @@ impl VerifyService {
 
     /// A key written as argon2id by an earlier version: proven on the
     /// password pool, then stored as its SHA-256 digest.
-    async fn prove_legacy(&self, key_id: KeyId, token: &ApiKeyToken, phc: &str) -> ApiResult<bool> {
-        if !self.passwords.verify(token.expose_secret(), phc).await? {
+    /// `secret` is a whole token that `check` found well-formed.
+    async fn prove_legacy(&self, key_id: KeyId, secret: &str, phc: &str) -> ApiResult<bool> {
+        if !self.passwords.verify(secret, phc).await? {
             return Ok(false);
         }
-        let digest = KeyDigest::of(token.expose_secret()).encode();
+        let digest = KeyDigest::of(secret).encode();
         if self
             .reader
             .store

@@ -105,6 +105,24 @@ impl ApiKeyToken {
 
     /// Parses and checks a token without I/O.
     pub fn parse(value: &str) -> Result<Self, TokenError> {
+        let (key_id, prefix_len) = Self::checked(value)?;
+        Ok(Self {
+            full: value.to_owned(),
+            prefix_len,
+            key_id,
+        })
+    }
+
+    /// The key id of `value` if it is a well-formed token whose checksum
+    /// matches: what `parse` checks, without keeping a copy of the secret
+    /// (verification's hot path needs only the id, and hashes `value`
+    /// itself).
+    pub fn key_id_of(value: &str) -> Result<KeyId, TokenError> {
+        Self::checked(value).map(|(key_id, _)| key_id)
+    }
+
+    /// The key id and the prefix's length.
+    fn checked(value: &str) -> Result<(KeyId, usize), TokenError> {
         let (prefix, rest) = value.split_once('_').ok_or(TokenError::Malformed)?;
         if !KeyPrefix::is_valid(prefix) {
             return Err(TokenError::Malformed);
@@ -120,11 +138,7 @@ impl ApiKeyToken {
         if checksum(body) != sum.as_bytes() {
             return Err(TokenError::BadChecksum);
         }
-        Ok(Self {
-            full: value.to_owned(),
-            prefix_len: prefix.len(),
-            key_id,
-        })
+        Ok((key_id, prefix.len()))
     }
 
     pub fn key_id(&self) -> KeyId {
