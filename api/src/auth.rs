@@ -144,8 +144,13 @@ fn principal_of(
 
 /// Names the principal in the request's span.
 fn noted(principal: Principal) -> Principal {
-    tracing::Span::current().record("principal", tracing::field::display(&principal.id));
+    note(&principal.id);
     principal
+}
+
+/// Names the principal in the request's span.
+fn note(id: &PrincipalId) {
+    tracing::Span::current().record("principal", tracing::field::display(id));
 }
 
 impl FromRequest for Principal {
@@ -190,7 +195,22 @@ impl FromRequest for TenantScope {
 /// the verify cache, which every role, group and key change evicts (locally
 /// at once, on other replicas by NOTIFY), instead of from two queries per
 /// call. Users (Basic) are authenticated as usual.
-pub struct CachedPrincipal(pub Principal);
+pub enum CachedPrincipal {
+    /// A Bearer caller as its verification holds it: its permissions are
+    /// borrowed, not shared out (each share a write to a count that every
+    /// worker's requests for this caller touch).
+    Key(VerifiedKey),
+    Other(Principal),
+}
+
+impl CachedPrincipal {
+    pub fn permissions(&self) -> &Permissions {
+        match self {
+            Self::Key(key) => key.permissions(),
+            Self::Other(principal) => &principal.permissions,
+        }
+    }
+}
 
 impl FromRequest for CachedPrincipal {
     type Error = ApiError;
@@ -204,19 +224,19 @@ impl FromRequest for CachedPrincipal {
         // future to allocate, no copy of the header, no shared state to
         // clone — each a cost on every request of the hot path.
         if let Some(answered) = cached_bearer(req) {
-            return Either::Left(ready(answered.map(CachedPrincipal)));
+            return Either::Left(ready(answered.map(CachedPrincipal::Key)));
         }
         let principal = principal_of(req, true);
-        Either::Right(Box::pin(
-            async move { principal.await.map(CachedPrincipal) },
-        ))
+        Either::Right(Box::pin(async move {
+            principal.await.map(CachedPrincipal::Other)
+        }))
     }
 }
 
 /// A Bearer caller whose key the verify cache holds (or whose token is
 /// malformed); `None` for anything else — no header, Basic, a key to read
 /// from the store — which takes the full path.
-fn cached_bearer(req: &HttpRequest) -> Option<ApiResult<Principal>> {
+fn cached_bearer(req: &HttpRequest) -> Option<ApiResult<VerifiedKey>> {
     let state = req.app_data::<web::Data<AppState>>()?;
     let header = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, _) = header.split_once(' ')?;
@@ -226,8 +246,8 @@ fn cached_bearer(req: &HttpRequest) -> Option<ApiResult<Principal>> {
     let Ok(Presented::Bearer(key)) = parse_authorization(header) else {
         return None;
     };
-    let outcome = state.verifier.verify_cached(key)?;
-    Some(proven_key(outcome).map(|key| noted(key_principal(&key))))
+    let outcome = state.verifier.verify_caller_cached(key)?;
+    Some(proven_key(outcome).inspect(|key| note(&PrincipalId::Key(key.key_id))))
 }
 
 /// What an `Authorization` header presents.

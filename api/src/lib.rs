@@ -5,6 +5,7 @@
 pub mod admin_cli;
 pub mod auth;
 pub mod bootstrap;
+pub mod caller_memo;
 pub mod denied;
 pub mod embed;
 pub mod error;

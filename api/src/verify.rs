@@ -6,7 +6,7 @@
 //! the key or its tenant changed while it was read.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
@@ -19,6 +19,7 @@ use keyward_core::store::{KeyChange, Store};
 use keyward_core::token::ApiKeyToken;
 use serde::Serialize;
 
+use crate::caller_memo::CallerMemo;
 use crate::error::{ApiError, ApiResult, Code};
 use crate::fill_gate::FillGates;
 use crate::generations::{Generations, Scope, Snapshot};
@@ -118,6 +119,8 @@ pub struct VerifyService {
     /// Only for keys still stored as argon2id by an earlier version.
     passwords: PasswordHasher,
     pub cache: KeyCache,
+    /// Each worker's copy of the Bearer callers it answers most.
+    callers: CallerMemo,
     flights: SingleFlight<KeyId, Result<Read, ReadFailed>>,
     usage: UsageRecorder,
 }
@@ -140,19 +143,33 @@ impl VerifyService {
             },
             passwords,
             cache,
+            callers: CallerMemo::default(),
             flights: SingleFlight::default(),
             usage: UsageRecorder::default(),
         }
     }
 
-    /// The answer for `raw` when it needs no store read (a malformed token,
-    /// or a key the cache holds): no I/O, nothing to await, so a caller on
-    /// the hot path needs no future of its own. `None`: ask `verify`.
-    pub fn verify_cached(&self, raw: &str) -> Option<Outcome> {
-        match self.check(raw) {
-            Checked::Answered(outcome) => Some(outcome),
-            Checked::Miss { .. } => None,
+    /// The answer for the caller of a request (`Authorization: Bearer`)
+    /// when it needs no store read (a malformed token, or a key the cache
+    /// holds): no I/O, nothing to await, so the hot path needs no future of
+    /// its own; `None`: ask `verify`. From this thread's copy of the
+    /// caller's entry when it has one (`caller_memo`), else from the cache,
+    /// keeping a copy of a valid answer's entry for the next request.
+    pub fn verify_caller_cached(&self, raw: &str) -> Option<Outcome> {
+        let offered = KeyDigest::of(raw);
+        let now = Instant::now();
+        if let Some((key_id, entry)) = self.callers.get(&offered, &self.reader.generations, now) {
+            return Some(count(self.judge(key_id, entry, &offered), "hit"));
         }
+        let Ok(key_id) = ApiKeyToken::key_id_of(raw) else {
+            return Some(count(Outcome::Invalid(InvalidReason::Malformed), "none"));
+        };
+        let (entry, until) = self.cache.get_until(&key_id)?;
+        let verdict = self.judge(key_id, Arc::clone(&entry), &offered);
+        if matches!(verdict, Outcome::Valid(_)) {
+            self.callers.keep(key_id, &entry, until);
+        }
+        Some(count(verdict, "hit"))
     }
 
     pub async fn verify(&self, raw: &str) -> ApiResult<Outcome> {

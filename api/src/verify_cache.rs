@@ -103,8 +103,14 @@ where
     /// entry is left where it is: the fill that follows replaces it, and
     /// `drop_stale` clears the rest.
     pub fn get(&self, key: &K) -> Option<Arc<Filled<V>>> {
+        self.get_until(key).map(|(entry, _)| entry)
+    }
+
+    /// `get`, with the moment the entry's TTL ends.
+    pub fn get_until(&self, key: &K) -> Option<(Arc<Filled<V>>, Instant)> {
         let held = self.entries.as_ref()?.get(key)?;
-        (Instant::now() < held.until && self.current(key, &held.entry)).then_some(held.entry)
+        (Instant::now() < held.until && self.current(key, &held.entry))
+            .then_some((held.entry, held.until))
     }
 
     /// Caches what a fill read, unless a scope it depends on changed since

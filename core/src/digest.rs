@@ -35,6 +35,12 @@ impl KeyDigest {
         Some(Self(bytes.try_into().ok()?))
     }
 
+    /// One byte of the digest, to spread digests over a few slots. Not a
+    /// secret: the digest is of a 256-bit random secret.
+    pub fn slot_hint(&self) -> u8 {
+        self.0[0]
+    }
+
     /// Constant time: how much of a digest matched leaks nothing.
     pub fn matches(&self, other: &KeyDigest) -> bool {
         constant_time_eq::constant_time_eq_32(&self.0, &other.0)

@@ -496,10 +496,10 @@ fn json_body(body: Bytes) -> HttpResponse {
     responses((status = 200, body = Verification)), security(("basic" = []), ("bearer" = [])))]
 pub async fn verify(
     req: HttpRequest,
-    CachedPrincipal(who): CachedPrincipal,
+    who: CachedPrincipal,
     payload: web::Payload,
 ) -> ApiResult<HttpResponse> {
-    if !who.permissions.may_verify() {
+    if !who.permissions().may_verify() {
         return Err(ApiError::new(Code::Forbidden));
     }
     // Borrowed, not extracted: `web::Data` clones an `Arc` that every

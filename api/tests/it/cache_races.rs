@@ -49,6 +49,52 @@ async fn create_key(app: &TestApp, name: &str) -> (String, String) {
     )
 }
 
+/// A `verifier` key of `_platform`, to call verify with (Bearer): its id
+/// and secret.
+async fn verifier_key(app: &TestApp) -> (String, String) {
+    let (s, body) = app
+        .post(
+            "/api/v1/tenants/_platform/apikeys",
+            ADMIN,
+            json!({"name": "node", "roles": ["verifier"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    (
+        body["keyId"].as_str().unwrap().to_owned(),
+        body["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// `POST /api/v1/verify` of `secret` by the key `caller` (Bearer) at the
+/// API `base`: status and body.
+async fn verify_as_key(
+    client: &reqwest::Client,
+    base: &str,
+    caller: &str,
+    secret: &str,
+) -> (u16, Value) {
+    let res = client
+        .post(format!("{base}/api/v1/verify"))
+        .bearer_auth(caller)
+        .json(&json!({"apiKey": secret}))
+        .send()
+        .await
+        .unwrap();
+    crate::support::read(res).await
+}
+
+/// Revokes the `_platform` key `key_id` as the superadmin.
+async fn revoke_platform_key(app: &TestApp, key_id: &str) {
+    let (s, body) = app
+        .delete(
+            &format!("/api/v1/tenants/_platform/apikeys/{key_id}"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+}
+
 async fn verify_at(app: &TestApp, base: &str, verifier: As<'_>, secret: &str) -> Value {
     let As::User(u, p) = verifier else {
         unreachable!()
@@ -173,62 +219,59 @@ async fn role_withdrawn_during_a_miss_is_not_cached(app: TestApp) {
 
 /// A verify whose caller is an API key (Bearer): once that key is proven
 /// its requests are answered in the extractor from the verify cache (the
-/// fast path, `VerifyService::verify_cached`). The caller's own first read
+/// fast path, `VerifyService::verify_caller_cached`). The caller's own first read
 /// held, the caller's key revoked, the read released: that request and
 /// the next ones are refused — nothing of the read from before the revoke
 /// was used or cached.
 async fn a_bearer_caller_revoked_during_its_first_read_is_refused(app: TestApp) {
     setup(&app).await;
-    let (s, body) = app
-        .post(
-            "/api/v1/tenants/_platform/apikeys",
-            ADMIN,
-            json!({"name": "node", "roles": ["verifier"]}),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
-    let caller_id = body["keyId"].as_str().unwrap().to_owned();
-    let caller = body["secret"].as_str().unwrap().to_owned();
+    let (caller_id, caller) = verifier_key(&app).await;
     let (_, secret) = create_key(&app, "ci").await;
-    let verify = |caller: String, secret: String| {
-        let (client, base) = (app.client.clone(), app.base.clone());
-        async move {
-            let res = client
-                .post(format!("{base}/api/v1/verify"))
-                .bearer_auth(caller)
-                .json(&json!({"apiKey": secret}))
-                .send()
-                .await
-                .unwrap();
-            crate::support::read(res).await
-        }
-    };
 
     // The first read of a verify is its caller's.
     let mut held = app.gates.key.hold_next();
-    let in_flight = tokio::spawn(verify(caller.clone(), secret.clone()));
+    let in_flight = {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        let (caller, secret) = (caller.clone(), secret.clone());
+        tokio::spawn(async move { verify_as_key(&client, &base, &caller, &secret).await })
+    };
     held.reached().await;
-    let (s, body) = app
-        .delete(
-            &format!("/api/v1/tenants/_platform/apikeys/{caller_id}"),
-            ADMIN,
-        )
-        .await;
-    assert_eq!(s, 202, "{body}");
+    revoke_platform_key(&app, &caller_id).await;
     held.release();
     // Its read is older than the revoke it is answered after: it reads
     // again (as any verify does) and is refused; so are the next ones,
     // which find nothing cached.
-    for in_flight in [
+    for (s, body) in [
         in_flight.await.unwrap(),
-        verify(caller.clone(), secret.clone()).await,
+        verify_as_key(&app.client, &app.base, &caller, &secret).await,
+        verify_as_key(&app.client, &app.base, &caller, &secret).await,
     ] {
-        let (s, body) = in_flight;
         assert_error(s, &body, 401, "unauthenticated");
         assert_eq!(body["error"]["message"], "The API key is revoked.");
     }
-    let (s, body) = verify(caller, secret).await;
-    assert_error(s, &body, 401, "unauthenticated");
+}
+
+/// A Bearer caller answered over and over is answered from its worker's
+/// own copy of its entry (`caller_memo`): once its key is revoked, that
+/// copy must not answer either. Run with the copy's generation check
+/// removed (`CallerMemo::get`), this test failed: the revoked caller kept
+/// verifying on the connection whose worker held the copy.
+async fn a_bearer_caller_answered_from_its_workers_copy_is_refused_once_revoked(app: TestApp) {
+    setup(&app).await;
+    let (caller_id, caller) = verifier_key(&app).await;
+    let (_, secret) = create_key(&app, "ci").await;
+    // One client, one keep-alive connection: one worker answers them all.
+    for _ in 0..5 {
+        let (s, body) = verify_as_key(&app.client, &app.base, &caller, &secret).await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["valid"], true, "{body}");
+    }
+    revoke_platform_key(&app, &caller_id).await;
+    for _ in 0..5 {
+        let (s, body) = verify_as_key(&app.client, &app.base, &caller, &secret).await;
+        assert_error(s, &body, 401, "unauthenticated");
+        assert_eq!(body["error"]["message"], "The API key is revoked.");
+    }
 }
 
 /// `GET …/acme/apikeys` as user `ops` (Basic), in the background; its status.
@@ -404,6 +447,7 @@ on_both_stores!(
     a_request_joining_a_read_from_before_a_revoke_says_revoked,
     role_withdrawn_during_a_miss_is_not_cached,
     a_bearer_caller_revoked_during_its_first_read_is_refused,
+    a_bearer_caller_answered_from_its_workers_copy_is_refused_once_revoked,
     basic_user_deleted_during_its_proof_is_not_remembered,
     basic_proofs_are_remembered_until_the_user_changes,
     concurrent_first_basic_requests_share_one_proof,
