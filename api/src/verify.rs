@@ -254,8 +254,8 @@ impl VerifyService {
     }
 
     /// A key written as argon2id by an earlier version: proven on the
-    /// password pool, then stored as its SHA-256 digest.
-    /// `secret` is a whole token that `check` found well-formed.
+    /// password pool, then stored as its SHA-256 digest. `secret` is the
+    /// whole token, which `check` found well-formed.
     async fn prove_legacy(&self, key_id: KeyId, secret: &str, phc: &str) -> ApiResult<bool> {
         if !self.passwords.verify(secret, phc).await? {
             return Ok(false);
