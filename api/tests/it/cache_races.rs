@@ -66,35 +66,6 @@ async fn verifier_key(app: &TestApp) -> (String, String) {
     )
 }
 
-/// `POST /api/v1/verify` of `secret` by the key `caller` (Bearer) at the
-/// API `base`: status and body.
-async fn verify_as_key(
-    client: &reqwest::Client,
-    base: &str,
-    caller: &str,
-    secret: &str,
-) -> (u16, Value) {
-    let res = client
-        .post(format!("{base}/api/v1/verify"))
-        .bearer_auth(caller)
-        .json(&json!({"apiKey": secret}))
-        .send()
-        .await
-        .unwrap();
-    crate::support::read(res).await
-}
-
-/// Revokes the `_platform` key `key_id` as the superadmin.
-async fn revoke_platform_key(app: &TestApp, key_id: &str) {
-    let (s, body) = app
-        .delete(
-            &format!("/api/v1/tenants/_platform/apikeys/{key_id}"),
-            ADMIN,
-        )
-        .await;
-    assert_eq!(s, 202, "{body}");
-}
-
 async fn verify_at(app: &TestApp, base: &str, verifier: As<'_>, secret: &str) -> Value {
     let As::User(u, p) = verifier else {
         unreachable!()
@@ -123,13 +94,21 @@ fn verify_in_background(
 }
 
 async fn revoke(app: &TestApp, key_id: &str) {
+    revoke_in(app, "acme", ACME_ADMIN, key_id).await;
+}
+
+/// Revokes `key_id` of `tenant` as `who`.
+async fn revoke_in(app: &TestApp, tenant: &str, who: As<'_>, key_id: &str) {
     let (s, body) = app
-        .delete(
-            &format!("/api/v1/tenants/acme/apikeys/{key_id}"),
-            ACME_ADMIN,
-        )
+        .delete(&format!("/api/v1/tenants/{tenant}/apikeys/{key_id}"), who)
         .await;
     assert_eq!(s, 202, "{body}");
+}
+
+/// `POST /api/v1/verify` of `secret` by the key `caller` (Bearer).
+async fn verify_as_key(app: &TestApp, caller: &str, secret: &str) -> (u16, Value) {
+    app.post("/api/v1/verify", As::Key(caller), json!({"apiKey": secret}))
+        .await
 }
 
 /// Store reads of this app's verify path: every one passes the key gate.
@@ -219,10 +198,10 @@ async fn role_withdrawn_during_a_miss_is_not_cached(app: TestApp) {
 
 /// A verify whose caller is an API key (Bearer): once that key is proven
 /// its requests are answered in the extractor from the verify cache (the
-/// fast path, `VerifyService::verify_caller_cached`). The caller's own first read
-/// held, the caller's key revoked, the read released: that request and
-/// the next ones are refused — nothing of the read from before the revoke
-/// was used or cached.
+/// fast path, `VerifyService::verify_caller_cached`). The caller's own
+/// first read held, the caller's key revoked, the read released: that
+/// request and the next ones are refused — nothing of the read from before
+/// the revoke was used or cached.
 async fn a_bearer_caller_revoked_during_its_first_read_is_refused(app: TestApp) {
     setup(&app).await;
     let (caller_id, caller) = verifier_key(&app).await;
@@ -230,21 +209,22 @@ async fn a_bearer_caller_revoked_during_its_first_read_is_refused(app: TestApp) 
 
     // The first read of a verify is its caller's.
     let mut held = app.gates.key.hold_next();
-    let in_flight = {
-        let (client, base) = (app.client.clone(), app.base.clone());
-        let (caller, secret) = (caller.clone(), secret.clone());
-        tokio::spawn(async move { verify_as_key(&client, &base, &caller, &secret).await })
-    };
+    let in_flight = app
+        .request(reqwest::Method::POST, "/api/v1/verify", As::Key(&caller))
+        .json(&json!({"apiKey": secret}))
+        .send();
+    let in_flight =
+        tokio::spawn(async move { crate::support::read(in_flight.await.unwrap()).await });
     held.reached().await;
-    revoke_platform_key(&app, &caller_id).await;
+    revoke_in(&app, "_platform", ADMIN, &caller_id).await;
     held.release();
     // Its read is older than the revoke it is answered after: it reads
     // again (as any verify does) and is refused; so are the next ones,
     // which find nothing cached.
     for (s, body) in [
         in_flight.await.unwrap(),
-        verify_as_key(&app.client, &app.base, &caller, &secret).await,
-        verify_as_key(&app.client, &app.base, &caller, &secret).await,
+        verify_as_key(&app, &caller, &secret).await,
+        verify_as_key(&app, &caller, &secret).await,
     ] {
         assert_error(s, &body, 401, "unauthenticated");
         assert_eq!(body["error"]["message"], "The API key is revoked.");
@@ -262,13 +242,13 @@ async fn a_bearer_caller_answered_from_its_workers_copy_is_refused_once_revoked(
     let (_, secret) = create_key(&app, "ci").await;
     // One client, one keep-alive connection: one worker answers them all.
     for _ in 0..5 {
-        let (s, body) = verify_as_key(&app.client, &app.base, &caller, &secret).await;
+        let (s, body) = verify_as_key(&app, &caller, &secret).await;
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["valid"], true, "{body}");
     }
-    revoke_platform_key(&app, &caller_id).await;
+    revoke_in(&app, "_platform", ADMIN, &caller_id).await;
     for _ in 0..5 {
-        let (s, body) = verify_as_key(&app.client, &app.base, &caller, &secret).await;
+        let (s, body) = verify_as_key(&app, &caller, &secret).await;
         assert_error(s, &body, 401, "unauthenticated");
         assert_eq!(body["error"]["message"], "The API key is revoked.");
     }
