@@ -28,8 +28,9 @@ use crate::key_loader::{KeyLoader, ReadFailed};
 use crate::usage::UsageRecorder;
 use crate::verify_cache::{DependsOn, Filled, KeyCache, KeyEntry, KeyState, is_current};
 
-/// How often remembered uses are written. `lastUsedAt` is at most this
-/// stale; each flush costs one UPDATE per key used since the last one.
+/// How often remembered uses are written: a key's first use in a minute
+/// (`usage::USAGE_RESOLUTION`) shows in `lastUsedAt` at most this late.
+/// Each flush costs one UPDATE per key it writes.
 pub const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a key is not valid; `verify` answers it as `reason`.
@@ -296,15 +297,13 @@ impl VerifyService {
 
     /// Writes remembered uses in one batch.
     pub async fn flush_usage(&self) {
-        let batch = self.usage.take();
+        let batch = self.usage.take(Utc::now());
         if batch.is_empty() {
             return;
         }
         if let Err(e) = self.reader.store.record_key_usage(&batch).await {
             tracing::warn!(error = %keyward_core::store::error::chain(&e), "lastUsedAt not recorded");
-            for (key_id, at) in batch {
-                self.usage.record(key_id, at);
-            }
+            self.usage.restore(batch);
         }
     }
 }
