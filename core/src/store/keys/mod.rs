@@ -77,8 +77,9 @@ pub trait KeyStore: Backend {
         grace: std::time::Duration,
         change: &Change,
     ) -> StoreResult<Rotated>;
-    /// Records last use for many keys in one transaction (the verify path
-    /// batches them in memory first). Never moves `last_used_at` backwards.
+    /// Records last use for many keys, a short transaction per 1,000 (the
+    /// verify path batches them in memory first). Never moves
+    /// `last_used_at` backwards; on an error some chunks may be written.
     async fn record_key_usage(&self, used: &[(KeyId, Timestamp)]) -> StoreResult<u64>;
     /// Marks at most `limit` active keys whose expiry passed by `now` as
     /// swept (`expiry_passed`, migration 0008); how many it marked. An index

@@ -675,19 +675,28 @@ impl KeyStore for SqlStore {
         if used.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.begin_write().await?;
+        // A transaction per chunk: one for the whole batch (100,000 keys
+        // after a busy interval) held SQLite's write lock, and PostgreSQL's
+        // row locks, for the whole flush, so a revoke of any of those keys
+        // waited for it. Uses are independent and never move backwards, so
+        // a flush cut short loses nothing: the caller writes it again.
+        // Sorted, so that two replicas' flushes of common keys meet in
+        // matching chunks, one short transaction each, not across batches.
+        let mut used = used.to_vec();
+        used.sort_by_key(|(key_id, _)| *key_id);
         let mut updated = 0;
         for chunk in used.chunks(JSON_ROWS_PER_STATEMENT) {
             let list = json_rows(chunk, |(key_id, at)| {
                 serde_json::json!([key_id.to_string(), at.timestamp_micros()])
             });
+            let mut tx = self.begin_write().await?;
             updated += sqlx::query(sql(&RECORD_USAGE))
                 .bind(list)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            tx.commit().await?;
         }
-        tx.commit().await?;
         Ok(updated)
     }
 
