@@ -149,17 +149,20 @@ for line in io.lines("{list}") do keys[#keys + 1] = line end
 local requests = {{}}
 local i = 0
 local threads = 0
--- Each thread starts its own share of the list away from the others, so
--- that no thread trails another over keys it has just put in the cache.
+-- Each thread cycles through a share of the list of its own: no thread
+-- asks for a key another has just put in the cache, however far their
+-- rates drift apart (starting half a list apart on one shared list, one
+-- thread caught up with the other's trail within a 10 s run).
 function setup(thread)
-  thread:set("start", threads)
+  thread:set("share", threads)
   threads = threads + 1
 end
 function init(args)
-  for k = 1, #keys do
-    requests[k] = {request}
+  local first = math.floor(share * #keys / {threads}) + 1
+  local last = math.floor((share + 1) * #keys / {threads})
+  for k = first, last do
+    requests[#requests + 1] = {request}
   end
-  i = math.floor(start * #keys / {threads})
 end
 function request()
   i = i % #requests + 1
