@@ -71,8 +71,9 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// a thread of its own. The recorder keeps each value a histogram records
 /// until then — rendering `/metrics` folds them too, but nothing says
 /// anyone scrapes it: unfolded, the request latency alone grew the API by
-/// ~2 MB a second under load (16 bytes a value), for as long as it ran. A plain thread: the
-/// recorder is installed before (and outlives) any runtime.
+/// ~2 MB a second under load (16 bytes a value), for as long as it ran.
+/// A plain thread: the recorder is installed before (and outlives) any
+/// runtime.
 fn keep_up(handle: PrometheusHandle, every: Duration) {
     let spawned = std::thread::Builder::new()
         .name("metrics-upkeep".into())
