@@ -173,10 +173,10 @@ fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyGrantRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{KeyId, RoleName, TenantId};
-    use crate::privilege::{Privilege, PrivilegeKind};
+    use crate::ids::{GroupName, KeyId, RoleName, TenantId};
+    use crate::privilege::{Privilege, PrivilegeKind, StreamPattern};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{KeyStore, RbacStore, TenantStore};
+    use crate::store::{GroupSpec, KeyStore, RbacStore, TenantStore};
 
     fn list(ids: &[KeyId]) -> Vec<String> {
         ids.iter().map(ToString::to_string).collect()
@@ -195,16 +195,45 @@ mod tests {
     async fn reads_on_this_thread_what_the_pool_reads() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
-        let now = crate::testing::change();
+        // Each write its own change (its own event id).
+        let now = crate::testing::change;
         let acme = TenantId::parse("acme").unwrap();
-        s.create_tenant(&acme, None, &now).await.unwrap();
+        s.create_tenant(&acme, None, &now()).await.unwrap();
         let role = RoleName::parse("admin").unwrap();
         let admin = vec![Privilege::new(PrivilegeKind::Admin, None)];
-        s.put_role(&acme, &role, &admin, &now).await.unwrap();
-        let nk = crate::testing::placeholder_new_key(&acme, "ci", &[role]);
-        s.create_key(&nk, &now).await.unwrap();
+        s.put_role(&acme, &role, &admin, &now()).await.unwrap();
+        let reader = RoleName::parse("reader").unwrap();
+        let read = vec![
+            Privilege::new(PrivilegeKind::Reader, None),
+            Privilege::new(
+                PrivilegeKind::Ingestor,
+                Some(StreamPattern::parse("app-*").unwrap()),
+            ),
+        ];
+        s.put_role(&acme, &reader, &read, &now()).await.unwrap();
+        let nk = crate::testing::placeholder_new_key(&acme, "ci", &[role.clone()]);
+        s.create_key(&nk, &now()).await.unwrap();
+        // Grants through groups too: a key with roles of its own and of a
+        // group, and one whose only roles are its group's.
+        let both = crate::testing::placeholder_new_key(&acme, "both", &[role]);
+        s.create_key(&both, &now()).await.unwrap();
+        let grouped = crate::testing::placeholder_new_key(&acme, "grouped", &[]);
+        s.create_key(&grouped, &now()).await.unwrap();
+        let spec = GroupSpec {
+            roles: vec![reader],
+            users: vec![],
+            api_keys: vec![both.key_id, grouped.key_id],
+        };
+        let team = GroupName::parse("team").unwrap();
+        s.put_group(&acme, &team, &spec, &now()).await.unwrap();
 
-        let ids = list(&[nk.key_id, KeyId::new(), nk.key_id]);
+        let ids = list(&[
+            nk.key_id,
+            KeyId::new(),
+            both.key_id,
+            nk.key_id,
+            grouped.key_id,
+        ]);
         let inline = s.inline_key_grants(&ids).expect("read on this thread");
         let pooled: Vec<KeyGrantRow> = sqlx::query_as(super::super::keys::KEY_GRANTS.sqlite)
             .bind(super::super::text_list(ids.clone()))
@@ -230,7 +259,9 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(inline.len(), 1);
+        // nk: its role's one privilege; both: that and the group role's
+        // two; grouped: a row without grants of its own, and the two.
+        assert_eq!(inline.len(), 1 + 3 + 3);
         assert_eq!(fields(&inline), fields(&pooled));
     }
 
