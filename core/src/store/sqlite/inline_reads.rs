@@ -211,7 +211,7 @@ mod tests {
             ),
         ];
         s.put_role(&acme, &reader, &read, &now()).await.unwrap();
-        let nk = crate::testing::placeholder_new_key(&acme, "ci", &[role.clone()]);
+        let nk = crate::testing::placeholder_new_key(&acme, "ci", std::slice::from_ref(&role));
         s.create_key(&nk, &now()).await.unwrap();
         // Grants through groups too: a key with roles of its own and of a
         // group, and one whose only roles are its group's.
