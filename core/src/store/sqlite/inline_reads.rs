@@ -196,12 +196,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(&dir).await;
         // Each write its own change (its own event id).
-        let now = crate::testing::change;
+        let change = crate::testing::change;
         let acme = TenantId::parse("acme").unwrap();
-        s.create_tenant(&acme, None, &now()).await.unwrap();
+        s.create_tenant(&acme, None, &change()).await.unwrap();
         let role = RoleName::parse("admin").unwrap();
         let admin = vec![Privilege::new(PrivilegeKind::Admin, None)];
-        s.put_role(&acme, &role, &admin, &now()).await.unwrap();
+        s.put_role(&acme, &role, &admin, &change()).await.unwrap();
         let reader = RoleName::parse("reader").unwrap();
         let read = vec![
             Privilege::new(PrivilegeKind::Reader, None),
@@ -210,22 +210,22 @@ mod tests {
                 Some(StreamPattern::parse("app-*").unwrap()),
             ),
         ];
-        s.put_role(&acme, &reader, &read, &now()).await.unwrap();
+        s.put_role(&acme, &reader, &read, &change()).await.unwrap();
         let nk = crate::testing::placeholder_new_key(&acme, "ci", std::slice::from_ref(&role));
-        s.create_key(&nk, &now()).await.unwrap();
+        s.create_key(&nk, &change()).await.unwrap();
         // Grants through groups too: a key with roles of its own and of a
         // group, and one whose only roles are its group's.
         let both = crate::testing::placeholder_new_key(&acme, "both", &[role]);
-        s.create_key(&both, &now()).await.unwrap();
+        s.create_key(&both, &change()).await.unwrap();
         let grouped = crate::testing::placeholder_new_key(&acme, "grouped", &[]);
-        s.create_key(&grouped, &now()).await.unwrap();
+        s.create_key(&grouped, &change()).await.unwrap();
         let spec = GroupSpec {
             roles: vec![reader],
             users: vec![],
             api_keys: vec![both.key_id, grouped.key_id],
         };
         let team = GroupName::parse("team").unwrap();
-        s.put_group(&acme, &team, &spec, &now()).await.unwrap();
+        s.put_group(&acme, &team, &spec, &change()).await.unwrap();
 
         let ids = list(&[
             nk.key_id,
