@@ -133,10 +133,20 @@ async fn load(store: Arc<dyn Store>, queue: Queue) {
         metrics::histogram!("keyward_verify_read_batch_keys").record(ids.len() as f64);
         match store.key_credentials_many(&ids).await {
             Ok(found) => {
-                let found: HashMap<KeyId, KeyCredentials> =
+                let mut found: HashMap<KeyId, KeyCredentials> =
                     found.into_iter().map(|k| (k.key_id, k)).collect();
-                for (id, reply) in batch {
-                    let _ = reply.send(Ok(found.get(&id).cloned()));
+                // Moved to its last waiter, copied for the others (a key
+                // is asked for once per batch unless its flight was
+                // superseded, so a copy is rare).
+                let mut waiting = batch.into_iter();
+                while let Some((id, reply)) = waiting.next() {
+                    let again = waiting.as_slice().iter().any(|(other, _)| *other == id);
+                    let credentials = if again {
+                        found.get(&id).cloned()
+                    } else {
+                        found.remove(&id)
+                    };
+                    let _ = reply.send(Ok(credentials));
                 }
             }
             Err(e) => {
@@ -150,5 +160,42 @@ async fn load(store: Arc<dyn Store>, queue: Queue) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyward_core::testing::{TestDatabase, ensure_tenant, placeholder_key};
+
+    use super::*;
+
+    /// Loads queued together are one batch, and every waiter gets its own
+    /// key's answer: a key asked for twice (both get it: one a copy, the
+    /// last the original), another key, and an unknown one.
+    #[tokio::test]
+    async fn every_waiter_of_a_batch_gets_its_keys_answer() {
+        let db = TestDatabase::sqlite().await;
+        let store = db.store();
+        let tenant = ensure_tenant(store.as_ref(), "acme").await;
+        let (a, b) = (
+            placeholder_key(store.as_ref(), &tenant).await,
+            placeholder_key(store.as_ref(), &tenant).await,
+        );
+        let unknown = KeyId::new();
+        let loader = KeyLoader::spawn(store);
+        // One thread: all four are queued before a loader runs.
+        let (a_first, b_once, a_again, none) = tokio::join!(
+            loader.load(a),
+            loader.load(b),
+            loader.load(a),
+            loader.load(unknown)
+        );
+        let id = |found: Result<Option<KeyCredentials>, ReadFailed>| {
+            found.expect("read").map(|k| k.key_id)
+        };
+        assert_eq!(id(a_first), Some(a));
+        assert_eq!(id(b_once), Some(b));
+        assert_eq!(id(a_again), Some(a));
+        assert_eq!(id(none), None);
     }
 }
