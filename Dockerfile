@@ -13,6 +13,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 COPY --from=plan /src/recipe.json recipe.json
+# How the bundled SQLite is compiled (LIBSQLITE3_FLAGS), before the
+# dependencies are.
+COPY .cargo .cargo
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
       -p keyward-api -p keyward-sync-worker -p keyward-ingestor
 COPY . .

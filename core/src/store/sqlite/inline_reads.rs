@@ -21,6 +21,11 @@
 //! one pooled statement for the whole list does; what a reader may cache
 //! is decided by the generation rule above the store (every key's
 //! snapshot is taken before its read is queued), which this doesn't change.
+//!
+//! Each thread's connection has a page cache of its own only because
+//! SQLite is built without `SQLITE_ENABLE_MEMORY_MANAGEMENT`
+//! (`.cargo/config.toml`): with it, all connections share one cache behind
+//! one mutex, and the worker threads' reads queued on it for every page.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -270,6 +275,28 @@ mod tests {
         // two; grouped: a row without grants of its own, and the two.
         assert_eq!(inline.len(), 1 + 3 + 3);
         assert_eq!(fields(&inline), fields(&pooled));
+    }
+
+    /// The bundled SQLite is built as `.cargo/config.toml` says: page
+    /// caches per connection (no shared cache behind one mutex), no
+    /// memory statistics (no mutex in every allocation).
+    #[test]
+    fn sqlite_is_built_without_process_wide_locks() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut statement = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = statement
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
     }
 
     /// `grant_row` reads by position what the statement names.
