@@ -137,10 +137,12 @@ async fn load(store: Arc<dyn Store>, queue: Queue) {
                     found.into_iter().map(|k| (k.key_id, k)).collect();
                 // Moved to its last waiter, copied for the others (a key
                 // is asked for once per batch unless its flight was
-                // superseded, so a copy is rare).
+                // superseded, so a copy is rare). `ids` is the batch
+                // without repeats: the same length, no key waits twice.
+                let repeats = ids.len() < batch.len();
                 let mut waiting = batch.into_iter();
                 while let Some((id, reply)) = waiting.next() {
-                    let again = waiting.as_slice().iter().any(|(other, _)| *other == id);
+                    let again = repeats && waiting.as_slice().iter().any(|(other, _)| *other == id);
                     let credentials = if again {
                         found.get(&id).cloned()
                     } else {
