@@ -321,6 +321,42 @@ mod tests {
         assert_eq!(statement.column_names(), by_position);
     }
 
+    /// A key's read probes the b-trees `key_grants_select` says it does:
+    /// its role links and their privileges from covering indexes, its
+    /// group links before its key row a second time. SQLite's planner is
+    /// free to choose otherwise, so a change of statement, index or SQLite
+    /// that loses one of these shows here, not only in a benchmark.
+    #[tokio::test]
+    async fn a_key_read_probes_only_the_indexes_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let _migrated = store(&dir).await;
+        let conn = Connection::open(dir.path().join("k.db")).unwrap();
+        let plan = format!("EXPLAIN QUERY PLAN {}", KEY_GRANTS_OF_ONE.sqlite);
+        let mut statement = conn.prepare(&plan).unwrap();
+        let steps: Vec<String> = statement
+            .query_map(["01"], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let searches: Vec<&str> = steps
+            .iter()
+            .map(String::as_str)
+            .filter(|step| step.starts_with("SEARCH") || step.starts_with("SCAN"))
+            .collect();
+        assert_eq!(
+            searches,
+            [
+                "SEARCH k USING INDEX sqlite_autoindex_api_keys_1 (key_id=?)",
+                "SEARCH kr USING COVERING INDEX sqlite_autoindex_api_key_roles_1 (key_id=?) LEFT-JOIN",
+                "SEARCH p USING COVERING INDEX role_privileges_covering (tenant_id=? AND role_name=?) LEFT-JOIN",
+                "SEARCH gk USING INDEX group_keys_key (key_id=?)",
+                "SEARCH k USING INDEX sqlite_autoindex_api_keys_1 (key_id=?)",
+                "SEARCH gr USING COVERING INDEX sqlite_autoindex_group_roles_1 (tenant_id=? AND group_name=?)",
+                "SEARCH p USING COVERING INDEX role_privileges_covering (tenant_id=? AND role_name=?) LEFT-JOIN",
+            ]
+        );
+    }
+
     /// What can't be read here is left to the pool, which reports errors.
     #[test]
     fn a_read_that_cannot_run_here_is_left_to_the_pool() {
