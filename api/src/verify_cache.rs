@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::web::Bytes;
 use chrono::{DateTime, Utc};
+use keyward_core::cache_sweep;
 use keyward_core::digest::KeyDigest;
 use keyward_core::ids::{KeyId, TenantId, Username};
 use keyward_core::rbac::Permissions;
@@ -135,35 +136,21 @@ where
     /// Frees the entries that can no longer be answered from: past their
     /// TTL, or filled before a change they depend on. Run now and then, so
     /// that memory goes back without waiting for newer entries to push
-    /// them out.
-    ///
-    /// One entry at a time, never a shard at a time: quick_cache's `retain`
-    /// holds a shard's write lock while it walks the shard and frees what
-    /// it drops, and a full cache (100,000 keys by default, 8 shards on 2
-    /// cores) made every request for a key of that shard wait behind it.
-    /// Here each look is a short read lock; each removal a short write
-    /// lock that judges the entry again (one refilled since the look
-    /// stays); and what is removed is freed after the lock is released.
+    /// them out; one entry at a time (`cache_sweep`), so that lookups never
+    /// wait for a whole shard's sweep.
     pub fn drop_stale(&self) {
         self.sweep(|_| {});
     }
 
     /// `drop_stale`, with `between` called after an entry was found stale
     /// and before its removal (tests change the entry there).
-    fn sweep(&self, mut between: impl FnMut(&K)) {
+    fn sweep(&self, between: impl FnMut(&K)) {
         let Some(entries) = &self.entries else {
             return;
         };
         let now = Instant::now();
         let stale = |key: &K, held: &Held<V>| now >= held.until || !self.current(key, &held.entry);
-        for (key, held) in entries.iter() {
-            if stale(&key, &held) {
-                drop(held);
-                between(&key);
-                let freed = entries.remove_if(&key, |held| stale(&key, held));
-                drop(freed);
-            }
-        }
+        cache_sweep::sweep_with(entries, stale, between);
     }
 
     /// Entries held, stale ones included until `drop_stale`.

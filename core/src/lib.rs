@@ -10,6 +10,7 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+pub mod cache_sweep;
 pub mod config;
 pub mod digest;
 pub mod events;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use keyward_core::cache_sweep;
 use keyward_core::ids::{KeyId, TenantId};
 use keyward_core::single_flight::SingleFlight;
 use keyward_core::token::ApiKeyToken;
@@ -303,11 +304,12 @@ impl Verifier {
     }
 
     /// Frees the answers past their end: they are never served, and would
-    /// otherwise stay until newer ones pushed them out. Run now and then
-    /// (each shard of the cache is locked in turn while it is swept).
+    /// otherwise stay until newer ones pushed them out. Run now and then;
+    /// one entry at a time (`cache_sweep`), so that checks never wait for
+    /// a whole shard's sweep.
     pub fn drop_expired(&self) {
         let now = Instant::now();
-        self.cache.retain(|_, entry| entry.until > now);
+        cache_sweep::sweep(&self.cache, |_, entry| entry.until <= now);
     }
 
     /// Cached answers (expired ones included until `drop_expired`) and
