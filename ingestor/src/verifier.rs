@@ -252,11 +252,18 @@ impl Verifier {
     /// memberships changed (`rbac.changed`). Refusals (`expired`) stay: no
     /// role change can revive an expired key. Under the eviction lock, like
     /// every eviction: an answer fetched before it is not cached after it.
+    ///
+    /// One entry at a time (`cache_sweep`), so that checks of other
+    /// tenants' keys never wait for a whole shard's walk. Complete all the
+    /// same: nothing is stored while the eviction lock is held, and the
+    /// sweep visits every entry present from its start to its end (entries
+    /// are walked by slot, which removals elsewhere do not move).
     pub fn evict_tenant(&self, tenant: &TenantId) {
         let _guard = self.eviction_lock();
         self.evictions.fetch_add(1, Ordering::AcqRel);
-        self.cache.retain(
-            |_, entry| !matches!(&entry.answer, Cached::Valid(k) if k.tenant_id == *tenant),
+        cache_sweep::sweep(
+            &self.cache,
+            |_, entry| matches!(&entry.answer, Cached::Valid(k) if k.tenant_id == *tenant),
         );
     }
 
@@ -411,6 +418,69 @@ mod tests {
         verifier.drop_expired();
         assert_eq!(verifier.sizes().0, 1);
         assert!(verifier.cached(long));
+    }
+
+    /// An `rbac.changed` leaves no answer of its tenant behind, refusals
+    /// and other tenants' answers stay, and a sweep of expired answers
+    /// running at the same time (removing entries around the eviction's
+    /// walk) does not make it skip any.
+    #[test]
+    fn a_tenant_eviction_is_complete_while_expired_answers_are_swept() {
+        let api = url::Url::parse("http://127.0.0.1:9").unwrap();
+        let key = ApiKeyToken::generate(&Default::default(), KeyId::new()).unwrap();
+        let client = VerifyClient::new(&api, key, Duration::from_secs(1)).unwrap();
+        let verifier = Arc::new(Verifier::new(client, 20_000));
+        let changed = TenantId::parse("acme").unwrap();
+        let other = TenantId::parse("globex").unwrap();
+        let digest = blake3::hash(b"secret");
+        let valid = |tenant: &TenantId, key_id| {
+            Cached::Valid(Arc::new(ValidKey {
+                tenant_id: tenant.clone(),
+                key_id,
+                privileges: Vec::new(),
+                expires_at: None,
+                cache_ttl: Duration::from_secs(60),
+            }))
+        };
+        let mut kept = Vec::new();
+        for i in 0..12_000 {
+            let key_id = KeyId::new();
+            // A third of them already past their end: the sweep's work.
+            let expired = i % 3 == 0;
+            let ttl = if expired {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_secs(60)
+            };
+            let answer = match i % 4 {
+                0 | 1 => valid(&changed, key_id),
+                2 => valid(&other, key_id),
+                _ => Cached::Refused("expired".into()),
+            };
+            if i % 4 >= 2 && !expired {
+                kept.push(key_id);
+            }
+            verifier.store(key_id, digest, answer, ttl, 0);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let sweeping = {
+            let verifier = Arc::clone(&verifier);
+            std::thread::spawn(move || verifier.drop_expired())
+        };
+        verifier.evict_tenant(&changed);
+        sweeping.join().unwrap();
+        let of_changed = verifier
+            .cache
+            .iter()
+            .filter(|(_, e)| matches!(&e.answer, Cached::Valid(k) if k.tenant_id == changed))
+            .count();
+        assert_eq!(of_changed, 0, "an answer of the changed tenant stayed");
+        for key_id in &kept {
+            assert!(
+                verifier.cached(*key_id),
+                "another tenant's answer or a refusal went"
+            );
+        }
     }
 
     #[test]

@@ -124,6 +124,33 @@ async fn an_eviction_during_a_call_keeps_its_answer_out_of_the_cache() {
     assert!(verifier.cached(token.key_id()));
 }
 
+/// `rbac.changed` for the key's tenant (a role or group changed) arrives
+/// while a verify call is in flight: the answer, whose privileges may be
+/// the old ones, is served but not cached; the tenant's answers cached
+/// before the change go too.
+#[actix_web::test]
+async fn a_tenant_eviction_during_a_call_keeps_its_answer_out_of_the_cache() {
+    let (db, gates, verifier, token) = setup().await;
+    let tenant = TenantId::parse("acme").unwrap();
+    let cached_before = key(&db.store(), &tenant, "shippers").await;
+    assert!(matches!(
+        verifier.verify(cached_before.expose_secret()).await,
+        Verdict::Valid(_)
+    ));
+    assert!(verifier.cached(cached_before.key_id()));
+    let mut held = gates.key.hold_next();
+    let call = verify_in_background(&verifier, &token);
+    held.reached().await;
+    verifier.evict_tenant(&tenant);
+    held.release();
+    assert!(matches!(call.await.unwrap(), Verdict::Valid(_)));
+    assert!(
+        !verifier.cached(token.key_id()),
+        "an answer older than the tenant's change was cached"
+    );
+    assert!(!verifier.cached(cached_before.key_id()));
+}
+
 /// A request that arrives after an eviction and joins a call begun before
 /// it gets that call's answer, but must not cache it either.
 #[actix_web::test]
