@@ -4,7 +4,8 @@
 //! Every `/api/v1/tenants/{t}/apikeys…` route also answers at
 //! `/api/v1/apikeys…` for the caller's own tenant.
 
-use actix_web::http::header::ContentType;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_TYPE, HeaderValue};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -484,11 +485,15 @@ pub async fn validate(
     Ok(HttpResponse::Ok().json(answer))
 }
 
-/// A JSON body already serialised.
+/// A JSON body already serialised. Built directly, with a static header
+/// value: `HttpResponse::Ok().insert_header(ContentType::json())` goes
+/// through a builder and formats and allocates the media type on every
+/// cached verify.
 fn json_body(body: Bytes) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(ContentType::json())
-        .body(body)
+    let mut res = HttpResponse::with_body(StatusCode::OK, body);
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res.map_into_boxed_body()
 }
 
 /// Ingestors' verification (`verifier` or `superadmin`): the hot path.
