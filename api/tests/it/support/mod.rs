@@ -145,12 +145,25 @@ impl TestApp {
 
 pub async fn read(res: Response) -> (u16, Value) {
     let status = res.status().as_u16();
+    let media = res
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let text = res.text().await.unwrap_or_default();
     let json = if text.is_empty() {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
+    // Every JSON body says so (clients pick their parser by it).
+    if json.is_object() || json.is_array() {
+        assert!(
+            media.starts_with("application/json"),
+            "a JSON body with Content-Type {media:?}: {json}"
+        );
+    }
     (status, json)
 }
 
