@@ -400,12 +400,18 @@ impl Tombstones {
 mod tests {
     use super::*;
 
-    #[test]
-    fn answers_past_their_end_are_not_served_and_are_swept() {
+    /// A verifier of `capacity` answers whose API is never reached: these
+    /// tests fill its cache themselves.
+    fn offline(capacity: usize) -> Verifier {
         let api = url::Url::parse("http://127.0.0.1:9").unwrap();
         let key = ApiKeyToken::generate(&Default::default(), KeyId::new()).unwrap();
         let client = VerifyClient::new(&api, key, Duration::from_secs(1)).unwrap();
-        let verifier = Verifier::new(client, 100);
+        Verifier::new(client, capacity)
+    }
+
+    #[test]
+    fn answers_past_their_end_are_not_served_and_are_swept() {
+        let verifier = offline(100);
         let (short, long) = (KeyId::new(), KeyId::new());
         let digest = blake3::hash(b"secret");
         let refused = || Cached::Refused("expired".into());
@@ -426,10 +432,7 @@ mod tests {
     /// walk) does not make it skip any.
     #[test]
     fn a_tenant_eviction_is_complete_while_expired_answers_are_swept() {
-        let api = url::Url::parse("http://127.0.0.1:9").unwrap();
-        let key = ApiKeyToken::generate(&Default::default(), KeyId::new()).unwrap();
-        let client = VerifyClient::new(&api, key, Duration::from_secs(1)).unwrap();
-        let verifier = Arc::new(Verifier::new(client, 20_000));
+        let verifier = Arc::new(offline(20_000));
         let changed = TenantId::parse("acme").unwrap();
         let other = TenantId::parse("globex").unwrap();
         let digest = blake3::hash(b"secret");
