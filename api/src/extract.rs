@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, Code};
+use crate::first_look;
 
 /// Bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -106,18 +107,18 @@ fn is_json_mime(mime: &str) -> bool {
 
 /// The whole body within `timeout`, else `408`. A small body usually comes
 /// in the same read as the head, and actix hands it over just after its
-/// first poll of the handler: so the body is looked for again once before
-/// a timer is set (setting and clearing one on every verify showed in its
-/// profile); a body still missing then gets the whole `timeout`.
+/// first poll of the handler: so the first look leaves no wake-up behind
+/// (`first_look`), and the body is looked for again once before a timer is
+/// set (setting and clearing one on every verify showed in its profile); a
+/// body still missing then gets the whole `timeout`.
 async fn read_body_in_time(
     payload: &mut Payload,
     timeout: BodyTimeout,
 ) -> Result<web::BytesMut, ApiError> {
     let mut reading = std::pin::pin!(read_body(payload));
-    if let Some(body) = look(reading.as_mut()).await {
+    if let Some(body) = first_look::quietly(reading.as_mut()).await {
         return body;
     }
-    tokio::task::yield_now().await;
     if let Some(body) = look(reading.as_mut()).await {
         return body;
     }

@@ -13,6 +13,7 @@ pub mod expiry_sweep;
 pub mod extract;
 pub mod failed_proofs;
 pub mod fill_gate;
+pub mod first_look;
 pub mod fixed_window;
 pub mod generations;
 pub mod interned;

@@ -86,6 +86,69 @@ async fn a_trickled_body_is_408_and_closes() {
     );
 }
 
+/// The same for a pipelined verify, the hot path: its caller's key is
+/// cached, so the body's first look is the handler's first wait, and
+/// nothing else of the connection's is pending. actix starts a pipelined
+/// request once its predecessor is answered and polls it once; that first
+/// look leaves no wake-up behind (`first_look`), so without the watch's
+/// ticker nothing polls the request again unless more bytes come (checked:
+/// with `first_look::watch` made to skip the watch, the connection was
+/// still open after 20 s and this fails).
+#[actix_web::test]
+async fn a_pipelined_request_with_a_trickled_body_is_408_in_time() {
+    let timeout = Duration::from_secs(4);
+    let app = app_with(HttpLimits {
+        request_timeout_seconds: timeout.as_secs(),
+        ..HttpLimits::default()
+    })
+    .await;
+    let (s, key) = app
+        .post(
+            "/api/v1/tenants/_platform/apikeys",
+            crate::support::ADMIN,
+            serde_json::json!({"name": "node", "roles": ["verifier"]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{key}");
+    let secret = key["secret"].as_str().unwrap();
+    let verify = |body: &str, length: usize| {
+        format!(
+            "POST /api/v1/verify HTTP/1.1\r\nHost: keyward\r\nAuthorization: Bearer {secret}\r\n\
+             Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body}"
+        )
+    };
+    let whole = format!(r#"{{"apiKey":"{secret}"}}"#);
+    // The key in the cache, so that neither request on the connection
+    // waits for anything but its body.
+    let (s, answer) = app
+        .post(
+            "/api/v1/verify",
+            As::Key(secret),
+            serde_json::json!({"apiKey": secret}),
+        )
+        .await;
+    assert_eq!(
+        (s, &answer["valid"]),
+        (200, &serde_json::json!(true)),
+        "{answer}"
+    );
+    let mut stream = connect(&app).await;
+    let pipelined = verify(&whole, whole.len()) + &verify(r#"{"apiKey":"#, whole.len());
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    let (answer, took) = until_closed(&mut stream, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let second = answer
+        .find("HTTP/1.1 408")
+        .unwrap_or_else(|| panic!("no 408 after the first answer: {answer}"));
+    assert!(answer[second..].contains("\"request_timeout\""), "{answer}");
+    // The timeout, and at most a tick of the watch before it started.
+    assert!(
+        took >= timeout - Duration::from_millis(100)
+            && took < timeout + keyward_api::first_look::TICK + Duration::from_millis(1500),
+        "{took:?}"
+    );
+}
+
 /// A client that never finishes its request head is cut off too.
 #[actix_web::test]
 async fn a_trickled_head_is_cut_off() {
