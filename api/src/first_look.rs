@@ -226,7 +226,7 @@ mod tests {
         assert_eq!(second.0.load(Ordering::SeqCst), 0);
     }
 
-    /// Never ready until its second poll, and says which waker it saw.
+    /// Never ready until its second poll.
     struct Late {
         polls: usize,
     }
