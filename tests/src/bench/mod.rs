@@ -33,6 +33,11 @@ pub async fn started_under(under: &[&str], name: &str, env: &[(&str, &str)]) -> 
     if let Some(filter) = &log_filter {
         env.push(("RUST_LOG", filter));
     }
+    // KEYWARD_BENCH_SETTINGS="NAME=value,…": settings for every binary the
+    // bench starts, after its own, for trials against the defaults (say
+    // which were set next to any figure they gave).
+    let trial = std::env::var("KEYWARD_BENCH_SETTINGS").unwrap_or_default();
+    env.extend(trial.split(',').filter_map(|s| s.split_once('=')));
     let mut node = start_under(under, name, &env);
     if let Some(mut out) = node.child.stdout.take() {
         tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });

@@ -11,6 +11,8 @@
 //!
 //! Needs `wrk` (`apt-get install wrk`) for the throughput figures, and
 //! PostgreSQL and RabbitMQ (as the tests) for `miss-pg` and `propagation`.
+//! `KEYWARD_BENCH_SETTINGS="NAME=value,…"` starts every binary with those
+//! settings besides the bench's own (trials against the defaults).
 //! Results go to stdout as Markdown table rows for `docs/BENCHMARKS.md`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
