@@ -25,11 +25,12 @@ use crate::fill_gate::FillGates;
 use crate::generations::{Generations, Scope, Snapshot};
 use crate::interned::Interned;
 use crate::key_loader::{KeyLoader, ReadFailed};
-use crate::usage::UsageRecorder;
+use crate::usage::{self, UsageRecorder};
 use crate::verify_cache::{DependsOn, Filled, KeyCache, KeyEntry, KeyState, is_current};
 
 /// How often remembered uses are written: a key's first use in a minute
-/// (`usage::USAGE_RESOLUTION`) shows in `lastUsedAt` at most this late.
+/// (`usage::USAGE_RESOLUTION`) shows in `lastUsedAt` at most this late,
+/// plus the spread of a big flush (`usage::write_paced`).
 /// Each flush costs one UPDATE per key it writes.
 pub const USAGE_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -295,15 +296,17 @@ impl VerifyService {
         Outcome::Valid(VerifiedKey { key_id, entry })
     }
 
-    /// Writes remembered uses in one batch.
+    /// Writes remembered uses, paced (`usage::write_paced`); what a failed
+    /// write left is written at the next flush.
     pub async fn flush_usage(&self) {
         let batch = self.usage.take(Utc::now());
-        if batch.is_empty() {
-            return;
-        }
-        if let Err(e) = self.reader.store.record_key_usage(&batch).await {
+        let store = &self.reader.store;
+        let written = usage::write_paced(batch, |chunk| async move {
+            store.record_key_usage(&chunk).await
+        });
+        if let Err((e, unwritten)) = written.await {
             tracing::warn!(error = %keyward_core::store::error::chain(&e), "lastUsedAt not recorded");
-            self.usage.restore(batch);
+            self.usage.restore(unwritten);
         }
     }
 }
