@@ -53,7 +53,7 @@ pub type Use = (KeyId, DateTime<Utc>);
 
 /// Uses written per statement: a short write transaction each, so that a
 /// revoke waits for at most one chunk, not for the whole flush.
-pub const USAGE_CHUNK: usize = 1000;
+const USAGE_CHUNK: usize = 1000;
 /// A big flush is spread over this much of the flush interval
 /// (`verify::USAGE_FLUSH_INTERVAL`, 10 s)...
 const USAGE_SPREAD: Duration = Duration::from_secs(5);
@@ -62,7 +62,7 @@ const USAGE_SPREAD: Duration = Duration::from_secs(5);
 const USAGE_MAX_PAUSE: Duration = Duration::from_millis(50);
 
 /// The pause between two chunks of a flush of `uses` uses.
-pub fn pause_between_chunks(uses: usize) -> Duration {
+fn pause_between_chunks(uses: usize) -> Duration {
     let chunks = u32::try_from(uses.div_ceil(USAGE_CHUNK)).unwrap_or(u32::MAX);
     (USAGE_SPREAD / chunks.max(1)).min(USAGE_MAX_PAUSE)
 }
