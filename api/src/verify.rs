@@ -117,7 +117,10 @@ impl From<ReadFailed> for ApiError {
 }
 
 pub struct VerifyService {
-    reader: Reader,
+    /// Shared with every flight it leads: one reference count to move per
+    /// miss, not one per part (each such count is a cache line that both
+    /// actix workers write).
+    reader: Arc<Reader>,
     /// Only for keys still stored as argon2id by an earlier version.
     passwords: PasswordHasher,
     pub cache: KeyCache,
@@ -136,13 +139,13 @@ impl VerifyService {
         gates: Arc<FillGates>,
     ) -> Self {
         Self {
-            reader: Reader {
-                loader: Arc::new(KeyLoader::spawn(Arc::clone(&store))),
+            reader: Arc::new(Reader {
+                loader: KeyLoader::spawn(Arc::clone(&store)),
                 store,
                 generations,
                 gates,
-                permissions: Arc::default(),
-            },
+                permissions: Interned::default(),
+            }),
             passwords,
             cache,
             callers: CallerMemo::default(),
@@ -179,7 +182,7 @@ impl VerifyService {
             Checked::Answered(outcome) => return Ok(outcome),
             Checked::Miss { key_id, offered } => (key_id, offered),
         };
-        let reader = self.reader.clone();
+        let reader = Arc::clone(&self.reader);
         let mut read = self
             .flights
             .run(key_id, move || reader.read(key_id))
@@ -188,7 +191,7 @@ impl VerifyService {
             // The flight began before a change of this key or its tenant
             // and this request may have come after that change's commit:
             // read again rather than answer from before it.
-            read = self.reader.clone().read(key_id).await?;
+            read = Arc::clone(&self.reader).read(key_id).await?;
         }
         let Some(row) = &read.value else {
             return Ok(count(Outcome::Invalid(InvalidReason::Unknown), "miss"));
@@ -311,22 +314,21 @@ impl VerifyService {
     }
 }
 
-/// Reads a key's row for a fill; owned parts, so that a flight outlives
-/// the request that led it.
-#[derive(Clone)]
+/// Reads a key's row for a fill; held by an `Arc`, so that a flight
+/// outlives the request that led it.
 struct Reader {
     store: Arc<dyn Store>,
-    loader: Arc<KeyLoader>,
+    loader: KeyLoader,
     generations: Arc<Generations>,
     gates: Arc<FillGates>,
     /// Keys of a tenant mostly hold equal permissions: cached, they share
     /// one copy.
-    permissions: Arc<Interned<Permissions>>,
+    permissions: Interned<Permissions>,
 }
 
 impl Reader {
     /// Snapshot, then the row by primary key.
-    async fn read(self, key_id: KeyId) -> Result<Read, ReadFailed> {
+    async fn read(self: Arc<Self>, key_id: KeyId) -> Result<Read, ReadFailed> {
         let filled = self.generations.snapshot();
         metrics::counter!("keyward_verify_store_reads_total").increment(1);
         let creds = self.loader.load(key_id).await?;

@@ -6,23 +6,38 @@
 //! The work runs as long as any caller still waits for it; the first
 //! caller to finish removes the flight, so the next caller starts anew
 //! (a flight never serves an answer older than its own start).
+//!
+//! The flights are kept in shards, each behind its own lock: every miss
+//! takes a lock twice, from whichever worker thread it runs on, and one
+//! lock for all keys was a cache line both threads wrote on every miss.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::Hash;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Mutex, MutexGuard};
 
+use foldhash::quality::RandomState;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
+/// More than the threads that ask at once (an API has one per core).
+const SHARDS: usize = 16;
+
+type Flights<K, V> = HashMap<K, Shared<BoxFuture<'static, V>>, RandomState>;
+
 pub struct SingleFlight<K, V: Clone> {
-    flights: Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>,
+    /// Picks a key's shard. Seeded per process (keys may be chosen by
+    /// whoever sends a token), apart from the maps' own hashers, so that
+    /// the keys of a shard still spread over its map.
+    hasher: RandomState,
+    shards: [Mutex<Flights<K, V>>; SHARDS],
 }
 
 impl<K, V: Clone> Default for SingleFlight<K, V> {
     fn default() -> Self {
         Self {
-            flights: Mutex::new(HashMap::new()),
+            hasher: RandomState::default(),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::default())),
         }
     }
 }
@@ -35,14 +50,14 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> SingleFlight<K, V> 
         F: Future<Output = V> + Send + 'static,
     {
         let flight = {
-            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flights = self.shard(&key);
             flights
                 .entry(key.clone())
                 .or_insert_with(|| work().boxed().shared())
                 .clone()
         };
         let value = flight.clone().await;
-        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        let mut flights = self.shard(&key);
         // Only this flight: a newer one under the same key stays.
         if flights.get(&key).is_some_and(|f| f.ptr_eq(&flight)) {
             flights.remove(&key);
@@ -52,11 +67,19 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> SingleFlight<K, V> 
 
     /// Flights in the air now.
     pub fn len(&self) -> usize {
-        self.flights.lock().map(|f| f.len()).unwrap_or(0)
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|f| f.len()).unwrap_or(0))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn shard(&self, key: &K) -> MutexGuard<'_, Flights<K, V>> {
+        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -100,6 +123,45 @@ mod tests {
         assert!(flights.is_empty(), "the flight is gone once answered");
         // The next caller flies anew.
         assert_eq!(flights.run(7, || async { 43 }).await, 43);
+    }
+
+    /// Keys in every shard: each key's callers share its one run, and
+    /// every flight is gone once answered.
+    #[tokio::test]
+    async fn many_keys_each_share_one_run() {
+        const KEYS: u32 = 200;
+        let flights = Arc::new(SingleFlight::<u32, u32>::default());
+        let runs: Arc<Vec<AtomicUsize>> =
+            Arc::new((0..KEYS).map(|_| AtomicUsize::new(0)).collect());
+        let joined = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for caller in 0..KEYS * 3 {
+            let key = caller % KEYS;
+            let (flights, runs, mut gate) = (Arc::clone(&flights), Arc::clone(&runs), gate.clone());
+            let joined = Arc::clone(&joined);
+            tasks.push(tokio::spawn(async move {
+                // One thread: nothing runs between this and the join below.
+                joined.fetch_add(1, Ordering::SeqCst);
+                flights
+                    .run(key, || async move {
+                        runs[key as usize].fetch_add(1, Ordering::SeqCst);
+                        let _ = gate.wait_for(|open| *open).await;
+                        key * 2
+                    })
+                    .await
+            }));
+        }
+        while joined.load(Ordering::SeqCst) < (KEYS * 3) as usize {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(flights.len(), KEYS as usize);
+        release.send(true).unwrap();
+        for (caller, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap(), (caller as u32 % KEYS) * 2);
+        }
+        assert!(runs.iter().all(|r| r.load(Ordering::SeqCst) == 1));
+        assert!(flights.is_empty(), "every flight is gone once answered");
     }
 
     #[tokio::test]
