@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keyward_core::ids::KeyId;
+use keyward_core::sharded::Sharded;
 
 /// Least time between two uses of one key written by this replica:
 /// `lastUsedAt` may lag a key in steady use by this much (plus the flush
@@ -32,9 +33,9 @@ pub const USAGE_RESOLUTION: Duration = Duration::from_secs(60);
 /// threads recording different keys rarely meet on one lock; a key's
 /// cached state (`KeyState::first_use_in`) hands it over at most once a
 /// second.
+#[derive(Default)]
 pub struct UsageRecorder {
-    shards: Vec<std::sync::Mutex<UsageShard>>,
-    hasher: std::hash::RandomState,
+    shards: Sharded<UsageShard>,
 }
 
 #[derive(Default)]
@@ -45,8 +46,6 @@ struct UsageShard {
     /// a later use before `taken + USAGE_RESOLUTION` is not kept.
     taken: HashMap<KeyId, DateTime<Utc>>,
 }
-
-const USAGE_SHARDS: usize = 16;
 
 /// One key's latest use.
 pub type Use = (KeyId, DateTime<Utc>);
@@ -99,18 +98,9 @@ where
     Ok(())
 }
 
-impl Default for UsageRecorder {
-    fn default() -> Self {
-        Self {
-            shards: (0..USAGE_SHARDS).map(|_| Default::default()).collect(),
-            hasher: std::hash::RandomState::new(),
-        }
-    }
-}
-
 impl UsageRecorder {
     pub fn record(&self, key_id: KeyId, at: DateTime<Utc>) {
-        let mut shard = self.shard(key_id);
+        let mut shard = self.shards.lock(&key_id);
         if shard
             .taken
             .get(&key_id)
@@ -125,8 +115,7 @@ impl UsageRecorder {
     /// resolution past it.
     pub fn take(&self, now: DateTime<Utc>) -> Vec<Use> {
         let mut all = Vec::new();
-        for shard in &self.shards {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+        for mut shard in self.shards.each() {
             let UsageShard { pending, taken } = &mut *shard;
             taken.retain(|_, at| now < *at + USAGE_RESOLUTION);
             for (key_id, at) in pending.drain() {
@@ -140,16 +129,8 @@ impl UsageRecorder {
     /// Uses taken whose write failed: written at the next flush.
     pub fn restore(&self, batch: Vec<Use>) {
         for (key_id, at) in batch {
-            keep_latest(&mut self.shard(key_id).pending, key_id, at);
+            keep_latest(&mut self.shards.lock(&key_id).pending, key_id, at);
         }
-    }
-
-    fn shard(&self, key_id: KeyId) -> std::sync::MutexGuard<'_, UsageShard> {
-        use std::hash::BuildHasher;
-        let hash = self.hasher.hash_one(key_id);
-        self.shards[(hash as usize) % USAGE_SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -311,9 +292,8 @@ mod tests {
             u.record(KeyId::new(), t);
         }
         assert_eq!(u.take(t).len(), 100);
-        let remembered = |u: &UsageRecorder| -> usize {
-            u.shards.iter().map(|s| s.lock().unwrap().taken.len()).sum()
-        };
+        let remembered =
+            |u: &UsageRecorder| -> usize { u.shards.each().map(|s| s.taken.len()).sum() };
         assert_eq!(remembered(&u), 100);
         let _ = u.take(t + secs(USAGE_RESOLUTION.as_secs() as i64));
         assert_eq!(remembered(&u), 0);

@@ -23,6 +23,7 @@ pub mod privilege;
 pub mod rbac;
 pub mod reconnect;
 pub mod secret;
+pub mod sharded;
 pub mod single_flight;
 pub mod store;
 pub mod telemetry;

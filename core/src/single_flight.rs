@@ -7,37 +7,30 @@
 //! caller to finish removes the flight, so the next caller starts anew
 //! (a flight never serves an answer older than its own start).
 //!
-//! The flights are kept in shards, each behind its own lock: every miss
-//! takes a lock twice, from whichever worker thread it runs on, and one
-//! lock for all keys was a cache line both threads wrote on every miss.
+//! The flights are kept in shards (`Sharded`): every miss takes a lock
+//! twice, from whichever worker thread it runs on, and one lock for all
+//! keys was a cache line both threads wrote on every miss.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash};
-use std::sync::{Mutex, MutexGuard};
+use std::hash::Hash;
 
 use foldhash::quality::RandomState;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
-/// More than the threads that ask at once (an API has one per core).
-const SHARDS: usize = 16;
+use crate::sharded::Sharded;
 
 type Flights<K, V> = HashMap<K, Shared<BoxFuture<'static, V>>, RandomState>;
 
 pub struct SingleFlight<K, V: Clone> {
-    /// Picks a key's shard. Seeded per process (keys may be chosen by
-    /// whoever sends a token), apart from the maps' own hashers, so that
-    /// the keys of a shard still spread over its map.
-    hasher: RandomState,
-    shards: [Mutex<Flights<K, V>>; SHARDS],
+    flights: Sharded<Flights<K, V>>,
 }
 
 impl<K, V: Clone> Default for SingleFlight<K, V> {
     fn default() -> Self {
         Self {
-            hasher: RandomState::default(),
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::default())),
+            flights: Sharded::default(),
         }
     }
 }
@@ -50,14 +43,14 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> SingleFlight<K, V> 
         F: Future<Output = V> + Send + 'static,
     {
         let flight = {
-            let mut flights = self.shard(&key);
+            let mut flights = self.flights.lock(&key);
             flights
                 .entry(key.clone())
                 .or_insert_with(|| work().boxed().shared())
                 .clone()
         };
         let value = flight.clone().await;
-        let mut flights = self.shard(&key);
+        let mut flights = self.flights.lock(&key);
         // Only this flight: a newer one under the same key stays.
         if flights.get(&key).is_some_and(|f| f.ptr_eq(&flight)) {
             flights.remove(&key);
@@ -67,19 +60,11 @@ impl<K: Hash + Eq + Clone, V: Clone + Send + Sync + 'static> SingleFlight<K, V> 
 
     /// Flights in the air now.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map(|f| f.len()).unwrap_or(0))
-            .sum()
+        self.flights.each().map(|f| f.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn shard(&self, key: &K) -> MutexGuard<'_, Flights<K, V>> {
-        let i = (self.hasher.hash_one(key) as usize) % SHARDS;
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
