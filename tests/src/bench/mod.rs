@@ -2,6 +2,7 @@
 //! their output drained, reading their metrics and CPU time, latency
 //! quantiles, and the admin's requests.
 
+pub mod raw_client;
 pub mod wrk;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
